@@ -1,0 +1,712 @@
+//! Loading and validating the TOML config (SPEC §3).
+//!
+//! Text → `${VAR}` interpolation of every string ([`interpolate`]) → the file format
+//! (`raw`, which rejects unknown keys) → the validated [`Config`] used by the rest of the
+//! crate. Every error names the table and key it is about, e.g.
+//! `teamcity[0] (id "main").rate_per_second: must be greater than 0`.
+
+mod interpolate;
+mod raw;
+
+pub use interpolate::{InterpolateError, interpolate};
+
+use crate::ids::{BuildTypeId, Secret, ServerId, SourceId, TeamCityToken};
+use crate::routing::Patterns;
+use raw::{RawConfig, RawRoute, RawSource, RawTeamCity};
+use reqwest::Url;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why the config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path that was tried.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("config is not valid TOML: {0}")]
+    Syntax(String),
+    /// One or more keys have bad values; one line per problem, each naming the key.
+    #[error("invalid config:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[server]`: the HTTP listener.
+    pub http: HttpSettings,
+    /// `[storage]`: where the sled store lives and how tokens are encrypted.
+    pub storage: StorageSettings,
+    /// `[admin] token`: the admin API token; `None` means generate one at first start.
+    pub admin_token: Option<Secret>,
+    /// `[[bitbucket]]` tables.
+    pub sources: Vec<Source>,
+    /// `[[teamcity]]` tables.
+    pub servers: Vec<TeamCityServer>,
+    /// `[[route]]` tables, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: u64,
+    /// Time allowed for a whole request (headers and body).
+    pub read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How long shutdown waits for in-flight work.
+    pub shutdown_grace: Duration,
+    /// How users reach bb2tc; defaults to `http://{listen}`.
+    pub public_url: String,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// The sled directory.
+    pub path: PathBuf,
+    /// Base64 of 32 bytes; `None` means use or create `<path>/master.key`.
+    pub master_key: Option<Secret>,
+}
+
+/// Whether a source is Bitbucket Data Center/Server or Bitbucket Cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Bitbucket Data Center or Server.
+    DataCenter,
+    /// Bitbucket Cloud.
+    Cloud,
+}
+
+impl SourceKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::DataCenter => "datacenter",
+            SourceKind::Cloud => "cloud",
+        }
+    }
+}
+
+/// `[[bitbucket]]`: one Bitbucket instance or Cloud workspace sending webhooks.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The id in the webhook URL `/hooks/bitbucket/{id}`.
+    pub id: SourceId,
+    /// Data Center or Cloud: decides the payload format and the user key.
+    pub kind: SourceKind,
+    /// Webhook secrets; a signature made with any of them is accepted (rotation).
+    pub secrets: Vec<Secret>,
+    /// Accept deliveries without a signature (only when no secret is configured).
+    pub allow_unsigned: bool,
+    /// The Bitbucket base URL (for the token page's sign-in).
+    pub url: Option<Url>,
+    /// OAuth client id for "Sign in with Bitbucket", when configured.
+    pub oauth_client_id: Option<String>,
+    /// OAuth client secret.
+    pub oauth_client_secret: Option<Secret>,
+}
+
+/// `[[teamcity]]`: one TeamCity server and how hard bb2tc may call it.
+#[derive(Debug, Clone)]
+pub struct TeamCityServer {
+    /// The id routes refer to.
+    pub id: ServerId,
+    /// Base URL, without a trailing slash (TeamCity may live under a path).
+    pub url: Url,
+    /// Sustained trigger calls per second.
+    pub rate_per_second: f64,
+    /// Calls allowed at once after idle time.
+    pub burst: u32,
+    /// Concurrent requests to this server.
+    pub max_in_flight: usize,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Waits before each retry; after the last one the job is dead.
+    pub retry_schedule: Vec<Duration>,
+    /// Extra PEM roots for a self-signed TeamCity.
+    pub ca_file: Option<PathBuf>,
+    /// Token used when the pusher has none (see SPEC §7).
+    pub service_token: Option<TeamCityToken>,
+    /// Use `service_token` in build mode too.
+    pub fallback_to_service_token: bool,
+}
+
+impl TeamCityServer {
+    /// `url` joined with a REST path such as `app/rest/buildQueue`.
+    pub fn endpoint(&self, path: &str) -> String {
+        format!("{}/{}", self.base_url(), path.trim_start_matches('/'))
+    }
+
+    /// The base URL as text, normalised (lower-case scheme and host, no trailing slash):
+    /// the form tokens are registered and listed under.
+    pub fn base_url(&self) -> &str {
+        self.url.as_str().trim_end_matches('/')
+    }
+}
+
+/// The event kinds a route can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// A push of branches or tags.
+    Push,
+    /// Pull request opened or updated (not acted on yet).
+    PullRequest,
+}
+
+/// How a route triggers TeamCity (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TriggerMode {
+    /// `POST /app/rest/buildQueue` per build type.
+    Build,
+    /// `POST /app/rest/vcs-root-instances/commitHookNotification` per clone URL.
+    CheckForChanges,
+}
+
+/// Whether TeamCity gets `feature/x` or `refs/heads/feature/x`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BranchNaming {
+    /// `refs/heads/x` → `x`, `refs/tags/v1` → `v1`.
+    Logical,
+    /// The full ref.
+    Full,
+}
+
+/// `[[route]]`: repositories of a source → build types on a server.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Position in the file, for messages.
+    pub index: usize,
+    /// The source whose pushes this route takes.
+    pub source: SourceId,
+    /// Glob over `PROJECTKEY/repo-slug` or `workspace/repo-slug`, case-insensitive.
+    pub repository: Patterns,
+    /// The server builds run on.
+    pub teamcity: ServerId,
+    /// One job per build type.
+    pub build_types: Vec<BuildTypeId>,
+    /// Branch globs over the logical name.
+    pub branches: Patterns,
+    /// Branches excluded even when `branches` matches.
+    pub exclude_branches: Patterns,
+    /// Whether tag pushes trigger.
+    pub tags: bool,
+    /// Tag globs (when `tags`).
+    pub tag_patterns: Patterns,
+    /// Event kinds acted on.
+    pub events: Vec<EventKind>,
+    /// Build or check-for-changes.
+    pub mode: TriggerMode,
+    /// Logical or full branch names.
+    pub branch_name: BranchNaming,
+    /// VCS root to pin the pushed commit on, through `revisions`.
+    pub vcs_root_id: Option<String>,
+    /// Extra build parameters.
+    pub properties: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`, interpolating from the process environment.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Validates config text, looking `${VAR}`s up with `env`.
+    pub fn from_toml_str(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut problems = Vec::new();
+        interpolate_all(&mut value, String::new(), env, &mut problems);
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Invalid(vec![format!("{path}: {}", e.into_inner())])
+        })?;
+        Validator::default().validate(raw)
+    }
+
+    /// The source with this id.
+    pub fn source(&self, id: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.id.as_str() == id)
+    }
+
+    /// The server with this id.
+    pub fn server(&self, id: &ServerId) -> Option<&TeamCityServer> {
+        self.servers.iter().find(|s| &s.id == id)
+    }
+
+    /// The server named by id or by URL (scheme, case and trailing slash ignored).
+    pub fn server_by_id_or_url(&self, name: &str) -> Option<&TeamCityServer> {
+        let name = name.trim();
+        if let Some(server) = self.servers.iter().find(|s| s.id.as_str() == name) {
+            return Some(server);
+        }
+        let wanted = Url::parse(name).ok()?;
+        let wanted = wanted.as_str().trim_end_matches('/');
+        self.servers.iter().find(|s| s.base_url() == wanted)
+    }
+}
+
+/// Replaces `${VAR}` in every string of the document, recording problems by key path.
+fn interpolate_all(
+    value: &mut toml::Value,
+    path: String,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(text) => match interpolate(text, env) {
+            Ok(done) => *text = done,
+            Err(e) => problems.push(format!("{path}: {e}")),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_all(item, format!("{path}[{i}]"), env, problems);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                let child = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                interpolate_all(item, child, env, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Collects every problem instead of stopping at the first, so an operator fixes them in one go.
+#[derive(Default)]
+struct Validator {
+    problems: Vec<String>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: impl std::fmt::Display, message: impl std::fmt::Display) {
+        self.problems.push(format!("{key}: {message}"));
+    }
+
+    fn validate(mut self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = match raw.server.listen.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem("server.listen", "expected an address like 127.0.0.1:8080");
+                None
+            }
+        };
+        if raw.server.max_body_bytes == 0 {
+            self.problem("server.max_body_bytes", "must be at least 1");
+        }
+        if raw.server.read_timeout_secs == 0 {
+            self.problem("server.read_timeout_secs", "must be at least 1");
+        }
+        if raw.server.max_connections == 0 {
+            self.problem("server.max_connections", "must be at least 1");
+        }
+        let public_url = match (&listen, raw.server.public_url.trim()) {
+            (_, url) if !url.is_empty() => {
+                self.http_url("server.public_url", url);
+                url.trim_end_matches('/').to_owned()
+            }
+            (Some(addr), _) => format!("http://{addr}"),
+            (None, _) => String::new(),
+        };
+        if raw.storage.path.trim().is_empty() {
+            self.problem("storage.path", "must not be empty");
+        }
+
+        self.unique_ids("bitbucket", raw.bitbucket.iter().map(|s| s.id.as_str()));
+        self.unique_ids("teamcity", raw.teamcity.iter().map(|s| s.id.as_str()));
+        let sources: Vec<Source> = raw
+            .bitbucket
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.source(i, s))
+            .collect();
+        let servers: Vec<TeamCityServer> = raw
+            .teamcity
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, s)| self.server(i, s))
+            .collect();
+        let routes: Vec<Route> = raw
+            .route
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.route(i, r, &sources, &servers))
+            .collect();
+
+        match (self.problems.is_empty(), listen) {
+            (true, Some(listen)) => Ok(Config {
+                http: HttpSettings {
+                    listen,
+                    max_body_bytes: raw.server.max_body_bytes,
+                    read_timeout: Duration::from_secs(raw.server.read_timeout_secs),
+                    max_connections: raw.server.max_connections,
+                    shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
+                    public_url,
+                },
+                storage: StorageSettings {
+                    path: PathBuf::from(raw.storage.path),
+                    master_key: non_empty(raw.storage.master_key).map(Secret::new),
+                },
+                admin_token: non_empty(raw.admin.token).map(Secret::new),
+                sources,
+                servers,
+                routes,
+            }),
+            _ => Err(ConfigError::Invalid(self.problems)),
+        }
+    }
+
+    fn http_url(&mut self, key: &str, text: &str) -> Option<Url> {
+        match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+            Ok(_) => {
+                self.problem(key, format!("{text:?} must be an http or https URL"));
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("{text:?} is not a URL ({e})"));
+                None
+            }
+        }
+    }
+
+    fn unique_ids<'a>(&mut self, table: &str, ids: impl Iterator<Item = &'a str>) {
+        let mut seen = HashSet::new();
+        for id in ids {
+            if !seen.insert(id) {
+                self.problem(format!("{table}.id"), format!("{id:?} is used twice"));
+            }
+        }
+    }
+
+    fn id(&mut self, key: &str, id: &str) {
+        let ok = !id.is_empty()
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !ok {
+            self.problem(
+                key,
+                format!("{id:?} must be non-empty letters, digits, '-', '_' or '.'"),
+            );
+        }
+    }
+
+    fn source(&mut self, i: usize, raw: RawSource) -> Option<Source> {
+        let table = format!("bitbucket[{i}] (id {:?})", raw.id);
+        self.id(&format!("{table}.id"), &raw.id);
+        let kind = match raw.kind.as_str() {
+            "datacenter" => Some(SourceKind::DataCenter),
+            "cloud" => Some(SourceKind::Cloud),
+            other => {
+                self.problem(
+                    format!("{table}.kind"),
+                    format!("{other:?} must be \"datacenter\" or \"cloud\""),
+                );
+                None
+            }
+        };
+        let secrets: Vec<Secret> = raw
+            .secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(Secret::new)
+            .collect();
+        if secrets.is_empty() && !raw.allow_unsigned {
+            self.problem(
+                format!("{table}.secrets"),
+                "needs at least one non-empty secret (or allow_unsigned = true)",
+            );
+        }
+        let url = match raw.url.trim() {
+            "" => None,
+            text => self.http_url(&format!("{table}.url"), text),
+        };
+        Some(Source {
+            id: SourceId::new(raw.id),
+            kind: kind?,
+            secrets,
+            allow_unsigned: raw.allow_unsigned,
+            url,
+            oauth_client_id: non_empty(raw.oauth_client_id),
+            oauth_client_secret: non_empty(raw.oauth_client_secret).map(Secret::new),
+        })
+    }
+
+    fn server(&mut self, i: usize, raw: RawTeamCity) -> Option<TeamCityServer> {
+        let table = format!("teamcity[{i}] (id {:?})", raw.id);
+        self.id(&format!("{table}.id"), &raw.id);
+        let url = self.http_url(&format!("{table}.url"), raw.url.trim());
+        if !(raw.rate_per_second.is_finite() && raw.rate_per_second > 0.0) {
+            self.problem(format!("{table}.rate_per_second"), "must be greater than 0");
+        }
+        if raw.burst < 1 {
+            self.problem(format!("{table}.burst"), "must be at least 1");
+        }
+        if raw.max_in_flight < 1 {
+            self.problem(format!("{table}.max_in_flight"), "must be at least 1");
+        }
+        if raw.timeout_secs < 1 {
+            self.problem(format!("{table}.timeout_secs"), "must be at least 1");
+        }
+        let ca_file = non_empty(raw.ca_file).map(PathBuf::from);
+        if let Some(path) = &ca_file
+            && !path.is_file()
+        {
+            self.problem(
+                format!("{table}.ca_file"),
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+        Some(TeamCityServer {
+            id: ServerId::new(raw.id),
+            url: url?,
+            rate_per_second: raw.rate_per_second,
+            burst: raw.burst,
+            max_in_flight: raw.max_in_flight,
+            timeout: Duration::from_secs(raw.timeout_secs),
+            retry_schedule: raw
+                .retry_schedule_secs
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            ca_file,
+            service_token: non_empty(raw.service_token).map(TeamCityToken::new),
+            fallback_to_service_token: raw.fallback_to_service_token,
+        })
+    }
+
+    fn route(
+        &mut self,
+        i: usize,
+        raw: RawRoute,
+        sources: &[Source],
+        servers: &[TeamCityServer],
+    ) -> Option<Route> {
+        let table = format!("route[{i}]");
+        let source = match (&raw.source, sources) {
+            (Some(id), _) => {
+                if !sources.iter().any(|s| s.id.as_str() == id) {
+                    self.problem(format!("{table}.source"), format!("no [[bitbucket]] with id {id:?}"));
+                }
+                SourceId::new(id.clone())
+            }
+            (None, [only]) => only.id.clone(),
+            (None, _) => {
+                self.problem(
+                    format!("{table}.source"),
+                    "required when there is not exactly one [[bitbucket]] source",
+                );
+                SourceId::new("")
+            }
+        };
+        if !servers.iter().any(|s| s.id.as_str() == raw.teamcity) {
+            self.problem(
+                format!("{table}.teamcity"),
+                format!("no [[teamcity]] with id {:?}", raw.teamcity),
+            );
+        }
+        if raw.build_types.is_empty() || raw.build_types.iter().any(|b| b.trim().is_empty()) {
+            self.problem(format!("{table}.build_types"), "needs at least one non-empty build type id");
+        }
+        let repository = self.patterns(&table, "repository", &[raw.repository], true);
+        let branches = self.patterns(&table, "branches", &raw.branches, false);
+        let exclude_branches = self.patterns(&table, "exclude_branches", &raw.exclude_branches, false);
+        let tag_patterns = self.patterns(&table, "tag_patterns", &raw.tag_patterns, false);
+        let mut events = Vec::new();
+        for event in &raw.events {
+            match event.as_str() {
+                "push" => events.push(EventKind::Push),
+                "pull_request" => events.push(EventKind::PullRequest),
+                other => self.problem(
+                    format!("{table}.events"),
+                    format!("{other:?} must be \"push\" or \"pull_request\""),
+                ),
+            }
+        }
+        let mode = match raw.mode.as_str() {
+            "build" => Some(TriggerMode::Build),
+            "check-for-changes" => Some(TriggerMode::CheckForChanges),
+            other => {
+                self.problem(
+                    format!("{table}.mode"),
+                    format!("{other:?} must be \"build\" or \"check-for-changes\""),
+                );
+                None
+            }
+        };
+        let branch_name = match raw.branch_name.as_str() {
+            "logical" => Some(BranchNaming::Logical),
+            "full" => Some(BranchNaming::Full),
+            other => {
+                self.problem(
+                    format!("{table}.branch_name"),
+                    format!("{other:?} must be \"logical\" or \"full\""),
+                );
+                None
+            }
+        };
+        Some(Route {
+            index: i,
+            source,
+            repository: repository?,
+            teamcity: ServerId::new(raw.teamcity),
+            build_types: raw.build_types.into_iter().map(BuildTypeId::new).collect(),
+            branches: branches?,
+            exclude_branches: exclude_branches?,
+            tags: raw.tags,
+            tag_patterns: tag_patterns?,
+            events,
+            mode: mode?,
+            branch_name: branch_name?,
+            vcs_root_id: non_empty(raw.vcs_root_id),
+            properties: raw.properties.into_iter().collect(),
+        })
+    }
+
+    fn patterns(&mut self, table: &str, key: &str, globs: &[String], ci: bool) -> Option<Patterns> {
+        match Patterns::compile(globs, ci) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.problem(format!("{table}.{key}"), format!("bad glob: {e}"));
+                None
+            }
+        }
+    }
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.trim().is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const GOOD: &str = r#"
+        [[bitbucket]]
+        id = "dc"
+        kind = "datacenter"
+        secrets = ["${SECRET:-s3cret}"]
+
+        [[teamcity]]
+        id = "main"
+        url = "https://TeamCity.example.com/"
+
+        [[route]]
+        repository = "PROJ/*"
+        teamcity = "main"
+        build_types = ["Proj_Build"]
+    "#;
+
+    #[test]
+    fn defaults_and_single_source_route() {
+        let config = Config::from_toml_str(GOOD, &no_env).unwrap();
+        assert_eq!(config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.http.public_url, "http://127.0.0.1:8080");
+        assert_eq!(config.storage.path, PathBuf::from("data"));
+        assert!(config.admin_token.is_none());
+        assert_eq!(config.sources[0].secrets[0].expose(), "s3cret");
+        let server = &config.servers[0];
+        assert_eq!(server.base_url(), "https://teamcity.example.com");
+        assert_eq!(server.endpoint("app/rest/buildQueue"), "https://teamcity.example.com/app/rest/buildQueue");
+        assert_eq!(server.burst, 10);
+        assert_eq!(server.retry_schedule.len(), 8);
+        assert_eq!(config.routes[0].source.as_str(), "dc");
+        assert!(config.routes[0].branches.matches("any/branch"));
+        assert!(config.server_by_id_or_url("HTTPS://teamcity.EXAMPLE.com").is_some());
+        assert!(config.server_by_id_or_url("https://other.example.com").is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let text = format!("{GOOD}\n[storage]\npaht = \"x\"\n");
+        let err = Config::from_toml_str(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("storage") && err.contains("paht"), "{err}");
+    }
+
+    #[test]
+    fn unset_variable_names_the_key() {
+        let text = GOOD.replace("${SECRET:-s3cret}", "${SECRET}");
+        let err = Config::from_toml_str(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("bitbucket[0].secrets[0]") && err.contains("SECRET"), "{err}");
+        let env = |name: &str| (name == "SECRET").then(|| "from-env".to_string());
+        let config = Config::from_toml_str(&text, &env).unwrap();
+        assert_eq!(config.sources[0].secrets[0].expose(), "from-env");
+    }
+
+    #[test]
+    fn validation_errors_name_table_and_key() {
+        let text = r#"
+            [[bitbucket]]
+            id = "dc"
+            kind = "gitlab"
+            [[teamcity]]
+            id = "main"
+            url = "ftp://x"
+            rate_per_second = 0.0
+            burst = 0
+            [[teamcity]]
+            id = "main"
+            url = "http://y"
+            [[route]]
+            source = "nope"
+            repository = "[bad"
+            teamcity = "other"
+            build_types = []
+        "#;
+        let err = Config::from_toml_str(text, &no_env).unwrap_err().to_string();
+        for expected in [
+            "bitbucket[0] (id \"dc\").kind",
+            "bitbucket[0] (id \"dc\").secrets",
+            "teamcity[0] (id \"main\").url",
+            "teamcity[0] (id \"main\").rate_per_second",
+            "teamcity[0] (id \"main\").burst",
+            "teamcity.id: \"main\" is used twice",
+            "route[0].source",
+            "route[0].teamcity",
+            "route[0].build_types",
+            "route[0].repository",
+        ] {
+            assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+        }
+    }
+
+    #[test]
+    fn wrong_types_name_the_path() {
+        let text = GOOD.replace("id = \"main\"", "id = \"main\"\nburst = \"ten\"");
+        let err = Config::from_toml_str(&text, &no_env).unwrap_err().to_string();
+        assert!(err.contains("teamcity[0].burst"), "{err}");
+    }
+}
