@@ -4,3 +4,5 @@ pub mod bitbucket;
 pub mod config;
 pub mod ids;
 pub mod routing;
+pub mod clock;
+pub mod store;

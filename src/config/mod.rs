@@ -167,7 +167,8 @@ pub enum EventKind {
 }
 
 /// How a route triggers TeamCity (SPEC §6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum TriggerMode {
     /// `POST /app/rest/buildQueue` per build type.
     Build,

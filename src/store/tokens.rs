@@ -1,0 +1,332 @@
+//! TeamCity access tokens, one per (source, user key, server) (SPEC §1, §8).
+//!
+//! The token is sealed under the master key with the record id as associated data; the
+//! record's other fields are plain. [`TokenInfo`] is what the API shows: it has no token.
+
+use super::{Store, StoreError, decode, encode};
+use crate::clock;
+use crate::ids::{ServerId, SourceId, TeamCityToken, UserKey};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+/// Whether TeamCity accepted the token the last time it was used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenStatus {
+    /// TeamCity accepted it.
+    Valid,
+    /// TeamCity answered 401.
+    Invalid,
+    /// Registered without verification and not used yet.
+    Unverified,
+}
+
+impl TokenStatus {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenStatus::Valid => "valid",
+            TokenStatus::Invalid => "invalid",
+            TokenStatus::Unverified => "unverified",
+        }
+    }
+}
+
+/// The stored record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredToken {
+    id: String,
+    source: SourceId,
+    user: String,
+    user_key: UserKey,
+    server: ServerId,
+    teamcity: String,
+    teamcity_user: Option<String>,
+    added_at: u64,
+    last_authenticated_at: Option<u64>,
+    status: TokenStatus,
+    sealed: String,
+}
+
+/// A token record as the API shows it (SPEC §8); never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// Record id.
+    pub id: String,
+    /// Bitbucket source id.
+    pub source: SourceId,
+    /// User as registered.
+    pub user: String,
+    /// TeamCity server URL.
+    pub teamcity: String,
+    /// TeamCity's name for the token's owner, when verified.
+    pub teamcity_user: Option<String>,
+    /// RFC 3339 UTC.
+    pub added_at: String,
+    /// RFC 3339 UTC, when TeamCity last accepted the token.
+    pub last_authenticated_at: Option<String>,
+    /// valid, invalid or unverified.
+    pub status: TokenStatus,
+    /// The configured server id (not in the SPEC record; convenient for scripts).
+    pub server: ServerId,
+}
+
+impl From<&StoredToken> for TokenInfo {
+    fn from(t: &StoredToken) -> Self {
+        Self {
+            id: t.id.clone(),
+            source: t.source.clone(),
+            user: t.user.clone(),
+            teamcity: t.teamcity.clone(),
+            teamcity_user: t.teamcity_user.clone(),
+            added_at: clock::rfc3339(t.added_at),
+            last_authenticated_at: t.last_authenticated_at.map(clock::rfc3339),
+            status: t.status,
+            server: t.server.clone(),
+        }
+    }
+}
+
+/// A new registration.
+pub struct NewToken<'a> {
+    /// Bitbucket source.
+    pub source: &'a SourceId,
+    /// User as typed (name, slug, uuid or account id).
+    pub user: &'a str,
+    /// Server id.
+    pub server: &'a ServerId,
+    /// Server URL (normalised).
+    pub teamcity: &'a str,
+    /// The token.
+    pub token: &'a TeamCityToken,
+    /// valid when verified, unverified otherwise.
+    pub status: TokenStatus,
+    /// TeamCity's user name, from verification.
+    pub teamcity_user: Option<String>,
+}
+
+/// Filters for listing; `None` matches all.
+#[derive(Debug, Default, Clone)]
+pub struct TokenFilter {
+    /// Only this source.
+    pub source: Option<SourceId>,
+    /// Only this user (case-insensitive).
+    pub user: Option<UserKey>,
+    /// Only this server.
+    pub server: Option<ServerId>,
+}
+
+fn index_key(source: &SourceId, user: &UserKey, server: &ServerId) -> Vec<u8> {
+    format!("{source}\0{user}\0{server}").into_bytes()
+}
+
+fn random_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+impl Store {
+    /// Registers a token, replacing (and keeping the id of) the one for the same source, user
+    /// and server. Returns the record and whether it replaced one. Durable when it returns.
+    pub async fn upsert_token(&self, new: NewToken<'_>) -> Result<(TokenInfo, bool), StoreError> {
+        let user_key = UserKey::parse(new.user)
+            .ok_or_else(|| StoreError::Corrupt("empty user".into()))?;
+        let key = index_key(new.source, &user_key, new.server);
+        let existing = self.token_index.get(&key)?;
+        let replaced = existing.is_some();
+        let id = match existing {
+            Some(id) => String::from_utf8_lossy(&id).into_owned(),
+            None => random_id(),
+        };
+        let record = StoredToken {
+            sealed: self.cipher.seal(id.as_bytes(), new.token.expose().as_bytes())?,
+            id: id.clone(),
+            source: new.source.clone(),
+            user: new.user.trim().to_owned(),
+            user_key,
+            server: new.server.clone(),
+            teamcity: new.teamcity.to_owned(),
+            teamcity_user: new.teamcity_user,
+            added_at: clock::now_ms(),
+            last_authenticated_at: None,
+            status: new.status,
+        };
+        let bytes = encode(&record)?;
+        (&self.tokens, &self.token_index).transaction(|(tokens, index)| {
+            tokens.insert(id.as_bytes(), bytes.as_slice())?;
+            index.insert(key.as_slice(), id.as_bytes())?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+        })?;
+        self.commit().await?;
+        Ok((TokenInfo::from(&record), replaced))
+    }
+
+    /// The token a pusher registered for `server`, trying each of their keys in order.
+    pub fn find_token(
+        &self,
+        source: &SourceId,
+        keys: &[UserKey],
+        server: &ServerId,
+    ) -> Result<Option<TokenInfo>, StoreError> {
+        for user in keys {
+            if let Some(id) = self.token_index.get(index_key(source, user, server))?
+                && let Some(record) = self.stored_token(&id)?
+            {
+                return Ok(Some(TokenInfo::from(&record)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Decrypts a token for a TeamCity call; `None` when it was removed.
+    pub fn token_secret(&self, id: &str) -> Result<Option<TeamCityToken>, StoreError> {
+        let Some(record) = self.stored_token(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let plain = self.cipher.open(record.id.as_bytes(), &record.sealed)?;
+        let text = String::from_utf8(plain).map_err(|_| StoreError::Crypto)?;
+        Ok(Some(TeamCityToken::new(text)))
+    }
+
+    /// Lists tokens, oldest first.
+    pub fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenInfo>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tokens.iter() {
+            let (_, bytes) = item?;
+            let record: StoredToken = decode(&bytes)?;
+            let keep = filter.source.as_ref().is_none_or(|s| s == &record.source)
+                && filter.user.as_ref().is_none_or(|u| u == &record.user_key)
+                && filter.server.as_ref().is_none_or(|s| s == &record.server);
+            if keep {
+                out.push(TokenInfo::from(&record));
+            }
+        }
+        out.sort_by(|a, b| a.added_at.cmp(&b.added_at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Forgets a token; `false` when there was none with that id. Durable when it returns.
+    pub async fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
+        let Some(record) = self.stored_token(id.as_bytes())? else {
+            return Ok(false);
+        };
+        let key = index_key(&record.source, &record.user_key, &record.server);
+        (&self.tokens, &self.token_index).transaction(|(tokens, index)| {
+            tokens.remove(id.as_bytes())?;
+            if index.get(key.as_slice())?.as_deref() == Some(id.as_bytes()) {
+                index.remove(key.as_slice())?;
+            }
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+        })?;
+        self.commit().await?;
+        Ok(true)
+    }
+
+    /// Records TeamCity's verdict on a token after a call: accepted (stamps *last
+    /// authenticated*) or rejected with 401.
+    pub fn mark_token(&self, id: &str, accepted: bool) -> Result<(), StoreError> {
+        let now = clock::now_ms();
+        self.tokens.fetch_and_update(id.as_bytes(), |old| {
+            let mut record: StoredToken = old.and_then(|b| serde_json::from_slice(b).ok())?;
+            if accepted {
+                record.status = TokenStatus::Valid;
+                record.last_authenticated_at = Some(now);
+            } else {
+                record.status = TokenStatus::Invalid;
+            }
+            serde_json::to_vec(&record).ok()
+        })?;
+        Ok(())
+    }
+
+    fn stored_token(&self, id: &[u8]) -> Result<Option<StoredToken>, StoreError> {
+        self.tokens.get(id)?.map(|b| decode(&b)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::temp_store;
+
+    fn new_token<'a>(
+        source: &'a SourceId,
+        user: &'a str,
+        server: &'a ServerId,
+        token: &'a TeamCityToken,
+    ) -> NewToken<'a> {
+        NewToken {
+            source,
+            user,
+            server,
+            teamcity: "https://tc.example.com",
+            token,
+            status: TokenStatus::Valid,
+            teamcity_user: Some("jdoe".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn upsert_find_replace_remove() {
+        let (_dir, store) = temp_store();
+        let (dc, main) = (SourceId::new("dc"), ServerId::new("main"));
+        let first = TeamCityToken::new("first-token");
+        let (info, replaced) = store.upsert_token(new_token(&dc, "JDoe", &main, &first)).await.unwrap();
+        assert!(!replaced);
+        assert_eq!(info.user, "JDoe");
+        let keys = [UserKey::parse("nobody").unwrap(), UserKey::parse("jdoe").unwrap()];
+        let found = store.find_token(&dc, &keys, &main).unwrap().unwrap();
+        assert_eq!(found.id, info.id);
+        assert!(store.find_token(&dc, &keys, &ServerId::new("other")).unwrap().is_none());
+
+        let second = TeamCityToken::new("second-token");
+        let (again, replaced) = store.upsert_token(new_token(&dc, "jdoe", &main, &second)).await.unwrap();
+        assert!(replaced);
+        assert_eq!(again.id, info.id);
+        assert_eq!(store.token_secret(&info.id).unwrap().unwrap().expose(), "second-token");
+        assert_eq!(store.list_tokens(&TokenFilter::default()).unwrap().len(), 1);
+
+        store.mark_token(&info.id, false).unwrap();
+        assert_eq!(store.list_tokens(&TokenFilter::default()).unwrap()[0].status, TokenStatus::Invalid);
+        store.mark_token(&info.id, true).unwrap();
+        let listed = store.list_tokens(&TokenFilter::default()).unwrap();
+        assert_eq!(listed[0].status, TokenStatus::Valid);
+        assert!(listed[0].last_authenticated_at.is_some());
+
+        assert!(store.remove_token(&info.id).await.unwrap());
+        assert!(!store.remove_token(&info.id).await.unwrap());
+        assert!(store.find_token(&dc, &keys, &main).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn token_text_never_reaches_the_files() {
+        let (dir, store) = temp_store();
+        let token = TeamCityToken::new("eyJ0eXAiOiAiVENWMiJ9.UNIQUE-PLAINTEXT-MARKER");
+        store
+            .upsert_token(new_token(&SourceId::new("dc"), "u", &ServerId::new("main"), &token))
+            .await
+            .unwrap();
+        drop(store);
+        for entry in walk(dir.path()) {
+            let bytes = std::fs::read(&entry).unwrap();
+            let needle = b"UNIQUE-PLAINTEXT-MARKER";
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{} contains the token",
+                entry.display()
+            );
+        }
+    }
+
+    fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(walk(&path));
+            } else {
+                out.push(path);
+            }
+        }
+        out
+    }
+}
