@@ -1,0 +1,121 @@
+//! The durable job queue's moving part: one [`worker`] per TeamCity server.
+//!
+//! Jobs live in the store; the queue only tells each server's worker which job ids to send
+//! and when. On start, jobs left pending or in flight are resumed.
+
+mod dispatch;
+pub mod rate_limit;
+pub mod retry;
+mod worker;
+
+use crate::clock;
+use crate::ids::ServerId;
+use crate::shutdown::Shutdown;
+use crate::store::{Job, Store, StoreError};
+use crate::teamcity::TeamCityClient;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+pub use worker::Scheduled;
+
+struct WorkerHandle {
+    inbox: mpsc::UnboundedSender<Scheduled>,
+    task: JoinHandle<()>,
+    slots: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// Handles to the running workers.
+pub struct Queue {
+    workers: HashMap<ServerId, WorkerHandle>,
+}
+
+impl Queue {
+    /// Starts a worker per client and hands each the jobs the store still holds for it.
+    pub fn start(
+        store: Arc<Store>,
+        clients: &[TeamCityClient],
+        shutdown: Shutdown,
+    ) -> Result<Self, StoreError> {
+        let mut workers = HashMap::new();
+        for client in clients {
+            let server = client.server();
+            let (inbox, receiver) = mpsc::unbounded_channel();
+            let slots = Arc::new(Semaphore::new(server.max_in_flight));
+            let worker = worker::Worker {
+                store: store.clone(),
+                client: client.clone(),
+                limit: rate_limit::RateLimit::new(server.rate_per_second, server.burst),
+                slots: slots.clone(),
+                inbox: receiver,
+                outbox: inbox.clone(),
+                shutdown: shutdown.clone(),
+            };
+            let task = tokio::spawn(worker.run());
+            workers.insert(
+                server.id.clone(),
+                WorkerHandle {
+                    inbox,
+                    task,
+                    slots,
+                    max_in_flight: server.max_in_flight,
+                },
+            );
+        }
+        let queue = Self { workers };
+        let resumed = store.resume_jobs()?;
+        if !resumed.is_empty() {
+            tracing::info!(jobs = resumed.len(), "resuming queued jobs");
+        }
+        for job in &resumed {
+            queue.schedule(job);
+        }
+        Ok(queue)
+    }
+
+    /// Hands a stored pending job to its server's worker.
+    pub fn schedule(&self, job: &Job) {
+        let delay = Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
+        match self.workers.get(&job.server) {
+            Some(worker) => {
+                let _ = worker.inbox.send(Scheduled {
+                    id: job.id,
+                    due: Instant::now() + delay,
+                });
+            }
+            None => tracing::warn!(
+                job = job.id,
+                server = %job.server,
+                "job for a TeamCity server that is no longer configured stays queued"
+            ),
+        }
+    }
+
+    /// Whether each server's worker is still running.
+    pub fn liveness(&self) -> Vec<(ServerId, bool)> {
+        let mut out: Vec<(ServerId, bool)> = self
+            .workers
+            .iter()
+            .map(|(id, w)| (id.clone(), !w.task.is_finished()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// After shutdown was triggered: waits for the workers to stop and for in-flight calls
+    /// to finish, at most `grace`. Jobs not sent stay queued for the next start.
+    pub async fn drain(self, grace: Duration) {
+        let all_done = async {
+            for (_, worker) in self.workers {
+                let _ = worker.task.await;
+                let _ = worker.slots.acquire_many(worker.max_in_flight as u32).await;
+            }
+        };
+        if tokio::time::timeout(grace, all_done).await.is_err() {
+            tracing::warn!("shutdown grace period over; calls still in flight resume at next start");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! The worker of one TeamCity server: keeps that server's job schedule in memory, and sends
+//! due jobs through the server's token bucket with at most `max_in_flight` calls at once.
+//!
+//! Every server has its own worker task, bucket, slots and HTTP client, so a slow or dead
+//! server only ever delays its own jobs. The schedule holds only (due time, job id) pairs;
+//! the jobs themselves stay in the store.
+
+use super::dispatch::dispatch;
+use super::rate_limit::RateLimit;
+use super::retry::random_jitter;
+use crate::clock;
+use crate::shutdown::Shutdown;
+use crate::store::{Finish, JobState, Store};
+use crate::teamcity::TeamCityClient;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+/// Asks the worker to send job `id` at `due`.
+#[derive(Debug, Clone, Copy)]
+pub struct Scheduled {
+    /// Job id.
+    pub id: u64,
+    /// Not before.
+    pub due: Instant,
+}
+
+/// How long to wait before looking at a job again after the store failed to read it.
+const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+pub(super) struct Worker {
+    pub store: Arc<Store>,
+    pub client: TeamCityClient,
+    pub limit: RateLimit,
+    pub slots: Arc<Semaphore>,
+    pub inbox: mpsc::UnboundedReceiver<Scheduled>,
+    pub outbox: mpsc::UnboundedSender<Scheduled>,
+    pub shutdown: Shutdown,
+}
+
+impl Worker {
+    pub async fn run(mut self) {
+        let mut schedule: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+        loop {
+            let next_due = schedule.peek().map(|Reverse((due, _))| *due);
+            tokio::select! {
+                biased;
+                _ = self.shutdown.wait() => break,
+                message = self.inbox.recv() => match message {
+                    Some(s) => schedule.push(Reverse((s.due, s.id))),
+                    None => break,
+                },
+                _ = sleep_until(next_due), if next_due.is_some() => {
+                    let Some(Reverse((_, id))) = schedule.pop() else { continue };
+                    if !self.send(id).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for a slot and the bucket, then claims and sends job `id`. `false` on shutdown.
+    async fn send(&mut self, id: u64) -> bool {
+        // A job replaced by a newer push (or removed) must not use up a call.
+        match self.store.job(id) {
+            Ok(Some(job)) if job.state == JobState::Pending => {}
+            Ok(_) => return true,
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "cannot read job; will look again");
+                self.reschedule(id, STORE_ERROR_BACKOFF);
+                return true;
+            }
+        }
+        let slot = tokio::select! {
+            biased;
+            _ = self.shutdown.wait() => return false,
+            slot = self.slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return false,
+            },
+        };
+        tokio::select! {
+            biased;
+            _ = self.shutdown.wait() => return false,
+            _ = self.limit.ready() => {}
+        }
+        let job = match self.store.claim_job(id) {
+            Ok(Some(job)) => job,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "cannot claim job; will look again");
+                self.reschedule(id, STORE_ERROR_BACKOFF);
+                return true;
+            }
+        };
+        let store = self.store.clone();
+        let client = self.client.clone();
+        let outbox = self.outbox.clone();
+        tokio::spawn(async move {
+            // The in-flight mark must be on disk before the call, so a crash after the call
+            // is known to be one (SPEC §7, at-least-once).
+            if let Err(e) = store.commit().await {
+                tracing::error!(job = job.id, error = %e, "cannot persist in-flight mark");
+            }
+            let finish = dispatch(&store, &client, &job, random_jitter()).await;
+            let retry_at = match &finish {
+                Finish::Retry { at, .. } => Some(*at),
+                _ => None,
+            };
+            match store.finish_job(job.id, finish) {
+                Ok(Some(_)) => {
+                    if let Some(at) = retry_at {
+                        let delay = Duration::from_millis(at.saturating_sub(clock::now_ms()));
+                        let _ = outbox.send(Scheduled {
+                            id: job.id,
+                            due: Instant::now() + delay,
+                        });
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(job = job.id, error = %e, "cannot record the job's result"),
+            }
+            if let Err(e) = store.commit().await {
+                tracing::error!(job = job.id, error = %e, "cannot persist the job's result");
+            }
+            drop(slot);
+        });
+        true
+    }
+
+    fn reschedule(&self, id: u64, delay: Duration) {
+        let _ = self.outbox.send(Scheduled {
+            id,
+            due: Instant::now() + delay,
+        });
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due).await;
+    }
+}

@@ -1,0 +1,434 @@
+//! The TeamCity REST client (SPEC §6): queue a build, notify a commit hook, check a token.
+//!
+//! One client per configured server, with that server's timeout and extra CA roots. No
+//! cookies are kept: every call carries the pusher's `Authorization: Bearer` token.
+
+use crate::config::TeamCityServer;
+use crate::ids::{BuildTypeId, Sha, TeamCityToken};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Characters left as they are in the `locator` query parameter: RFC 3986 unreserved.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Longest TeamCity error text kept in a job's `last_error`.
+const MAX_ERROR_TEXT: usize = 500;
+
+/// How a TeamCity call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TeamCityError {
+    /// 401: the token is not (or no longer) accepted.
+    #[error("TeamCity rejected the token (401): {0}")]
+    Unauthorized(String),
+    /// 400, 403, 404 and other answers that will not change by retrying.
+    #[error("TeamCity answered {status}: {text}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// TeamCity's (plain-text) message.
+        text: String,
+    },
+    /// 409, 429 and 5xx: TeamCity is busy or down.
+    #[error("TeamCity answered {status}: {text}")]
+    Unavailable {
+        /// HTTP status.
+        status: u16,
+        /// TeamCity's message.
+        text: String,
+        /// The `Retry-After` header, when given in seconds or as an HTTP date.
+        retry_after: Option<Duration>,
+    },
+    /// No answer within the server's `timeout_secs`.
+    #[error("TeamCity did not answer in time")]
+    Timeout,
+    /// Could not connect or the connection broke.
+    #[error("cannot reach TeamCity: {0}")]
+    Connection(String),
+    /// A 2xx answer that is not what TeamCity sends.
+    #[error("unexpected answer from TeamCity: {0}")]
+    BadResponse(String),
+    /// The client could not be built (bad CA file).
+    #[error("TeamCity client setup failed: {0}")]
+    Setup(String),
+}
+
+impl TeamCityError {
+    /// Whether trying again later may succeed (SPEC §6): 409, 429, 5xx, timeouts and
+    /// connection errors do; 400, 401, 403, 404 do not.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            TeamCityError::Unavailable { .. } | TeamCityError::Timeout | TeamCityError::Connection(_)
+        )
+    }
+
+    /// TeamCity's own `Retry-After`, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            TeamCityError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What to queue (build mode).
+#[derive(Debug, Clone)]
+pub struct BuildRequest<'a> {
+    /// Build configuration.
+    pub build_type: &'a BuildTypeId,
+    /// `branchName` to send.
+    pub branch: &'a str,
+    /// The full ref, for `revisions`.
+    pub full_ref: &'a str,
+    /// The pushed commit.
+    pub sha: &'a Sha,
+    /// Build comment.
+    pub comment: String,
+    /// Extra build parameters.
+    pub properties: &'a [(String, String)],
+    /// VCS root to pin the revision on (adds `revisions`).
+    pub vcs_root_id: Option<&'a str>,
+}
+
+impl BuildRequest<'_> {
+    /// The JSON body of `POST /app/rest/buildQueue`.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({
+            "buildType": {"id": self.build_type.as_str()},
+            "branchName": self.branch,
+            "comment": {"text": self.comment},
+        });
+        if !self.properties.is_empty() {
+            let property: Vec<_> = self
+                .properties
+                .iter()
+                .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                .collect();
+            body["properties"] = serde_json::json!({ "property": property });
+        }
+        if let Some(root) = self.vcs_root_id {
+            body["revisions"] = serde_json::json!({
+                "failOnMissingRevisions": false,
+                "revision": [{
+                    "version": self.sha.as_str(),
+                    "vcsBranchName": self.full_ref,
+                    "vcs-root-instance": {"vcs-root-id": root},
+                }],
+            });
+        }
+        body
+    }
+}
+
+/// TeamCity's answer to a queued build.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct QueuedBuild {
+    /// Queued build id.
+    pub id: Option<u64>,
+    /// Link to the build.
+    #[serde(rename = "webUrl")]
+    pub web_url: Option<String>,
+    /// The branch TeamCity will build (it silently falls back to the default branch).
+    #[serde(rename = "branchName")]
+    pub branch_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CurrentUser {
+    username: String,
+}
+
+/// A client for one TeamCity server.
+#[derive(Debug, Clone)]
+pub struct TeamCityClient {
+    http: reqwest::Client,
+    server: TeamCityServer,
+}
+
+impl TeamCityClient {
+    /// Builds the client for `server` (timeout, extra CA roots, no cookies, no redirects:
+    /// a redirect would carry the token elsewhere).
+    pub fn new(server: &TeamCityServer) -> Result<Self, TeamCityError> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(server.timeout)
+            .connect_timeout(server.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("bb2tc/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &server.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| TeamCityError::Setup(format!("{}: {e}", path.display())))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| TeamCityError::Setup(format!("{}: {e}", path.display())))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| TeamCityError::Setup(e.to_string()))?;
+        Ok(Self {
+            http,
+            server: server.clone(),
+        })
+    }
+
+    /// The server this client calls.
+    pub fn server(&self) -> &TeamCityServer {
+        &self.server
+    }
+
+    /// `POST /app/rest/buildQueue`.
+    pub async fn queue_build(
+        &self,
+        token: &TeamCityToken,
+        request: &BuildRequest<'_>,
+    ) -> Result<QueuedBuild, TeamCityError> {
+        let response = self
+            .http
+            .post(self.server.endpoint("app/rest/buildQueue"))
+            .header(AUTHORIZATION, bearer(token)?)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .body(request.body().to_string())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let response = check_status(response).await?;
+        response
+            .json::<QueuedBuild>()
+            .await
+            .map_err(|e| TeamCityError::BadResponse(e.to_string()))
+    }
+
+    /// `POST /app/rest/vcs-root-instances/commitHookNotification` for each clone URL until
+    /// TeamCity finds a VCS root for one. `Ok(false)` when no URL matched any root (404).
+    pub async fn notify_commit_hook(
+        &self,
+        token: &TeamCityToken,
+        clone_urls: &[String],
+    ) -> Result<bool, TeamCityError> {
+        for clone_url in clone_urls {
+            let response = self
+                .http
+                .post(self.commit_hook_url(clone_url))
+                .header(AUTHORIZATION, bearer(token)?)
+                .header(ACCEPT, "text/plain, application/json")
+                .send()
+                .await
+                .map_err(transport_error)?;
+            if response.status() == StatusCode::NOT_FOUND {
+                continue;
+            }
+            check_status(response).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The commit-hook URL for one clone URL: `locator` is one query parameter,
+    /// percent-encoded as a whole.
+    pub fn commit_hook_url(&self, clone_url: &str) -> String {
+        let locator = format!(
+            "vcsRoot:(type:jetbrains.git,property:(name:url,value:{clone_url},matchType:equals,ignoreCase:true),count:99999),count:99999"
+        );
+        format!(
+            "{}?locator={}",
+            self.server
+                .endpoint("app/rest/vcs-root-instances/commitHookNotification"),
+            utf8_percent_encode(&locator, QUERY_VALUE)
+        )
+    }
+
+    /// `GET /app/rest/users/current`: the TeamCity user name the token belongs to.
+    pub async fn current_user(&self, token: &TeamCityToken) -> Result<String, TeamCityError> {
+        let response = self
+            .http
+            .get(self.server.endpoint("app/rest/users/current"))
+            .header(AUTHORIZATION, bearer(token)?)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let response = check_status(response).await?;
+        let user: CurrentUser = response
+            .json()
+            .await
+            .map_err(|e| TeamCityError::BadResponse(e.to_string()))?;
+        Ok(user.username)
+    }
+}
+
+fn bearer(token: &TeamCityToken) -> Result<HeaderValue, TeamCityError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+        // The message must not include the token.
+        .map_err(|_| TeamCityError::Rejected {
+            status: 0,
+            text: "the token contains characters not allowed in an HTTP header".into(),
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+fn transport_error(e: reqwest::Error) -> TeamCityError {
+    if e.is_timeout() {
+        TeamCityError::Timeout
+    } else {
+        // Without the URL: it holds nothing secret, but the message stays short.
+        TeamCityError::Connection(e.without_url().to_string())
+    }
+}
+
+/// Maps a non-2xx answer to an error carrying TeamCity's text.
+async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, TeamCityError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let text = response.text().await.unwrap_or_default();
+    let text = truncate(text.trim(), MAX_ERROR_TEXT);
+    Err(match status.as_u16() {
+        401 => TeamCityError::Unauthorized(text),
+        409 | 429 | 500..=599 => TeamCityError::Unavailable {
+            status: status.as_u16(),
+            text,
+            retry_after,
+        },
+        other => TeamCityError::Rejected {
+            status: other,
+            text,
+        },
+    })
+}
+
+/// `Retry-After`: delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn client() -> TeamCityClient {
+        let config = Config::from_toml_str(
+            r#"
+            [[bitbucket]]
+            id = "dc"
+            kind = "datacenter"
+            secrets = ["s"]
+            [[teamcity]]
+            id = "main"
+            url = "https://tc.example.com/teamcity/"
+            "#,
+            &|_| None,
+        )
+        .unwrap();
+        TeamCityClient::new(&config.servers[0]).unwrap()
+    }
+
+    #[test]
+    fn build_body_matches_the_spec() {
+        let sha = Sha::parse("a1b2c3d4e5f60718293a4b5c6d7e8f9012345678").unwrap();
+        let build_type = BuildTypeId::new("Proj_Build");
+        let properties = vec![("env.FROM_BB2TC".to_string(), "1".to_string())];
+        let request = BuildRequest {
+            build_type: &build_type,
+            branch: "feature/foo",
+            full_ref: "refs/heads/feature/foo",
+            sha: &sha,
+            comment: "Bitbucket push by jdoe: PROJ/repo feature/foo a1b2c3d".into(),
+            properties: &properties,
+            vcs_root_id: Some("Proj_GitRoot"),
+        };
+        assert_eq!(
+            request.body(),
+            serde_json::json!({
+                "buildType": {"id": "Proj_Build"},
+                "branchName": "feature/foo",
+                "comment": {"text": "Bitbucket push by jdoe: PROJ/repo feature/foo a1b2c3d"},
+                "properties": {"property": [{"name": "env.FROM_BB2TC", "value": "1"}]},
+                "revisions": {"failOnMissingRevisions": false,
+                  "revision": [{"version": "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678",
+                                "vcsBranchName": "refs/heads/feature/foo",
+                                "vcs-root-instance": {"vcs-root-id": "Proj_GitRoot"}}]}
+            })
+        );
+        let plain = BuildRequest {
+            properties: &[],
+            vcs_root_id: None,
+            ..request
+        };
+        let body = plain.body();
+        assert!(body.get("properties").is_none() && body.get("revisions").is_none());
+    }
+
+    #[test]
+    fn commit_hook_locator_is_one_encoded_parameter() {
+        let url = client().commit_hook_url("ssh://git@bb.example.com:7999/proj/repo.git");
+        let (base, query) = url.split_once('?').unwrap();
+        assert_eq!(
+            base,
+            "https://tc.example.com/teamcity/app/rest/vcs-root-instances/commitHookNotification"
+        );
+        let encoded = query.strip_prefix("locator=").unwrap();
+        assert!(!encoded.contains([':', '(', ',', '/', '@']));
+        let decoded = percent_encoding::percent_decode_str(encoded).decode_utf8().unwrap();
+        assert_eq!(
+            decoded,
+            "vcsRoot:(type:jetbrains.git,property:(name:url,value:ssh://git@bb.example.com:7999/proj/repo.git,matchType:equals,ignoreCase:true),count:99999),count:99999"
+        );
+    }
+
+    #[test]
+    fn retry_decisions() {
+        let unavailable = TeamCityError::Unavailable {
+            status: 503,
+            text: String::new(),
+            retry_after: Some(Duration::from_secs(7)),
+        };
+        assert!(unavailable.is_retryable());
+        assert_eq!(unavailable.retry_after(), Some(Duration::from_secs(7)));
+        assert!(TeamCityError::Timeout.is_retryable());
+        assert!(TeamCityError::Connection("refused".into()).is_retryable());
+        assert!(!TeamCityError::Unauthorized(String::new()).is_retryable());
+        for status in [400, 403, 404] {
+            assert!(!TeamCityError::Rejected { status, text: String::new() }.is_retryable());
+        }
+    }
+
+    #[test]
+    fn retry_after_formats() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(truncate("abcdef", 3), "abc…");
+    }
+}
