@@ -147,8 +147,7 @@ mod tests {
     fn sha_accepts_full_hex_only() {
         assert!(Sha::parse("2f46e2fa1a1a067bd1b87e7aa16d7e0caf90d801").is_some());
         assert_eq!(
-            Sha::parse("2F46E2FA1A1A067BD1B87E7AA16D7E0CAF90D801")
-                .map(|s| s.short().to_owned()),
+            Sha::parse("2F46E2FA1A1A067BD1B87E7AA16D7E0CAF90D801").map(|s| s.short().to_owned()),
             Some("2f46e2f".to_owned())
         );
         assert!(Sha::parse("2f46e2fa1a1").is_none());
@@ -166,6 +165,9 @@ mod tests {
     fn secrets_are_redacted_in_debug() {
         let token = TeamCityToken::new("eyJ0eXAiOiAiVENWMiJ9.secret");
         assert_eq!(format!("{token:?}"), "[redacted]");
-        assert_eq!(format!("{:?}", Some(Secret::new("s3cr3t"))), "Some([redacted])");
+        assert_eq!(
+            format!("{:?}", Some(Secret::new("s3cr3t"))),
+            "Some([redacted])"
+        );
     }
 }

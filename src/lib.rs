@@ -1,11 +1,133 @@
 #![forbid(unsafe_code)]
-//! bb2tc (placeholder, written in full below)
+//! # bb2tc — Bitbucket pushes to TeamCity builds, as the pusher
+//!
+//! bb2tc receives Bitbucket's signed webhooks (Data Center or Cloud), works out who pushed
+//! what, and queues rate-limited TeamCity build triggers authenticated with *that user's own*
+//! TeamCity access token. The contract is `SPEC.md`; the README explains how to run it.
+//!
+//! ## The life of a push
+//!
+//! 1. [`http::serve`] accepts the connection; the router sends
+//!    `POST /hooks/bitbucket/{source}` to the webhook endpoint.
+//! 2. The body is read within the size and time limits, the `X-Hub-Signature` HMAC is
+//!    checked against the source's secrets ([`bitbucket::signature`]), and the payload is
+//!    parsed into one normalised [`bitbucket::Push`].
+//! 3. [`ingest::plan`] matches every ref change against the routes ([`routing`]) and looks up
+//!    the pusher's token for each route's server: one job per build type, or a reason why not.
+//! 4. The [`store`] writes the delivery, the jobs and the de-duplication marks in one sled
+//!    transaction (coalescing older pending jobs for the same branch), then flushes and
+//!    fsyncs them — one fsync shared by all concurrent deliveries — and only then is the 202
+//!    sent.
+//! 5. The [`queue`] worker of each TeamCity server takes due jobs through its token bucket
+//!    and in-flight limit, and [`teamcity`] makes the `buildQueue` (or commit-hook) call with
+//!    `Authorization: Bearer <pusher's token>`. The answer decides: done, retry later, or dead.
+//!
+//! ## Layout
+//!
+//! - `main.rs` — the command line only.
+//! - [`config`] — the TOML file: `${VAR}` interpolation, defaults, validation.
+//! - [`ids`] — newtypes for ids and for secrets (redacted `Debug`).
+//! - [`bitbucket`] — signature, event keys, Data Center and Cloud payloads → [`bitbucket::Push`].
+//! - [`routing`] — globs and which routes a change matches.
+//! - [`ingest`] — from a push to jobs and skip reasons.
+//! - [`store`] — sled trees: tokens (encrypted), jobs, deliveries; group commit.
+//! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job.
+//! - [`teamcity`] — the REST client.
+//! - [`http`] — server, router, one file per endpoint group.
+//! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
+
+pub mod app;
 pub mod bitbucket;
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod ids;
+pub mod ingest;
 pub mod queue;
 pub mod routing;
 pub mod shutdown;
 pub mod store;
 pub mod teamcity;
+
+use app::App;
+use config::Config;
+use queue::Queue;
+use shutdown::Shutdown;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{Store, StoreError};
+use teamcity::{TeamCityClient, TeamCityError};
+use tokio::net::TcpListener;
+
+/// How often expired de-duplication marks, delivery records and done jobs are dropped.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Why the bridge could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The store could not be opened or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A TeamCity client could not be set up (e.g. a bad `ca_file`).
+    #[error(transparent)]
+    TeamCity(#[from] TeamCityError),
+}
+
+/// Runs the bridge on `listener` until `shutdown` resolves: opens the store, resumes queued
+/// jobs, serves HTTP, then stops accepting, lets in-flight work finish within
+/// `shutdown_grace_secs`, and closes the store. Jobs not yet sent stay queued.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let store = Arc::new(Store::open(&config.storage)?);
+    let admin_hash = app::admin_token_hash(config.admin_token.as_ref(), &store).await?;
+    let clients = config
+        .servers
+        .iter()
+        .map(TeamCityClient::new)
+        .collect::<Result<Vec<_>, _>>()?;
+    let (stop_workers, stopping) = Shutdown::new();
+    let (queue, queue_tasks) = Queue::start(store.clone(), &clients, stopping.clone())?;
+    let pruner = tokio::spawn(prune_periodically(store.clone(), stopping));
+    let grace = config.http.shutdown_grace;
+    let clients: HashMap<_, _> = clients
+        .into_iter()
+        .map(|c| (c.server().id.clone(), c))
+        .collect();
+    let app = Arc::new(App::new(config, store, queue, clients, admin_hash));
+    tracing::info!(
+        listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        sources = app.config.sources.len(),
+        servers = app.config.servers.len(),
+        routes = app.config.routes.len(),
+        "bb2tc ready"
+    );
+    http::serve(listener, app.clone(), shutdown).await;
+    tracing::info!("shutting down: no new requests; finishing calls in flight");
+    stop_workers.trigger();
+    queue_tasks.drain(grace).await;
+    let _ = pruner.await;
+    let store = app.store.clone();
+    drop(app);
+    store.commit().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn prune_periodically(store: Arc<Store>, mut stop: Shutdown) {
+    loop {
+        match store.prune(clock::now_ms()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(removed = n, "pruned expired records"),
+            Err(e) => tracing::warn!(error = %e, "pruning failed"),
+        }
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+    }
+}

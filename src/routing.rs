@@ -60,9 +60,7 @@ impl Route {
         }
         let name = change.logical_name();
         match change.kind {
-            RefKind::Branch => {
-                self.branches.matches(name) && !self.exclude_branches.matches(name)
-            }
+            RefKind::Branch => self.branches.matches(name) && !self.exclude_branches.matches(name),
             RefKind::Tag => self.tags && self.tag_patterns.matches(name),
             RefKind::Other => false,
         }

@@ -65,7 +65,9 @@ impl TeamCityError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            TeamCityError::Unavailable { .. } | TeamCityError::Timeout | TeamCityError::Connection(_)
+            TeamCityError::Unavailable { .. }
+                | TeamCityError::Timeout
+                | TeamCityError::Connection(_)
         )
     }
 
@@ -400,7 +402,9 @@ mod tests {
         );
         let encoded = query.strip_prefix("locator=").unwrap();
         assert!(!encoded.contains([':', '(', ',', '/', '@']));
-        let decoded = percent_encoding::percent_decode_str(encoded).decode_utf8().unwrap();
+        let decoded = percent_encoding::percent_decode_str(encoded)
+            .decode_utf8()
+            .unwrap();
         assert_eq!(
             decoded,
             "vcsRoot:(type:jetbrains.git,property:(name:url,value:ssh://git@bb.example.com:7999/proj/repo.git,matchType:equals,ignoreCase:true),count:99999),count:99999"
@@ -420,14 +424,23 @@ mod tests {
         assert!(TeamCityError::Connection("refused".into()).is_retryable());
         assert!(!TeamCityError::Unauthorized(String::new()).is_retryable());
         for status in [400, 403, 404] {
-            assert!(!TeamCityError::Rejected { status, text: String::new() }.is_retryable());
+            assert!(
+                !TeamCityError::Rejected {
+                    status,
+                    text: String::new()
+                }
+                .is_retryable()
+            );
         }
     }
 
     #[test]
     fn retry_after_formats() {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
         assert_eq!(truncate("abcdef", 3), "abc…");
     }

@@ -73,7 +73,10 @@ pub fn parse_push(body: &[u8]) -> Result<Push, PayloadError> {
         let target = if deleted {
             None
         } else {
-            Some(Sha::parse(&state.target.hash).ok_or(PayloadError::Invalid("push.changes[].new.target.hash"))?)
+            Some(
+                Sha::parse(&state.target.hash)
+                    .ok_or(PayloadError::Invalid("push.changes[].new.target.hash"))?,
+            )
         };
         changes.push(RefChange::from_full_ref(full_ref, target));
     }

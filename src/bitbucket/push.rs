@@ -89,6 +89,9 @@ mod tests {
         let t = RefChange::from_full_ref("refs/tags/v1.0".into(), None);
         assert_eq!((t.kind, t.logical_name()), (RefKind::Tag, "v1.0"));
         let o = RefChange::from_full_ref("refs/notes/commits".into(), None);
-        assert_eq!((o.kind, o.logical_name()), (RefKind::Other, "refs/notes/commits"));
+        assert_eq!(
+            (o.kind, o.logical_name()),
+            (RefKind::Other, "refs/notes/commits")
+        );
     }
 }

@@ -21,7 +21,11 @@ pub enum SignatureError {
 
 /// Checks `header` against `body` with every secret; any match is enough (secret rotation).
 /// The comparison is constant-time (`Mac::verify_slice`).
-pub fn verify(secrets: &[Secret], header: Option<&[u8]>, body: &[u8]) -> Result<(), SignatureError> {
+pub fn verify(
+    secrets: &[Secret],
+    header: Option<&[u8]>,
+    body: &[u8],
+) -> Result<(), SignatureError> {
     let expected = parse_header(header.ok_or(SignatureError::Missing)?)?;
     let matched = secrets.iter().any(|secret| {
         // HMAC accepts keys of any length, so this cannot fail.
@@ -46,7 +50,9 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// `sha256=<64 hex>` → the 32 digest bytes. The algorithm name and hex are case-insensitive.
 fn parse_header(raw: &[u8]) -> Result<[u8; 32], SignatureError> {
-    let text = std::str::from_utf8(raw).map_err(|_| SignatureError::Malformed)?.trim();
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| SignatureError::Malformed)?
+        .trim();
     let (algorithm, hex_digest) = text.split_once('=').ok_or(SignatureError::Malformed)?;
     if !algorithm.eq_ignore_ascii_case("sha256") || hex_digest.len() != 64 {
         return Err(SignatureError::Malformed);
@@ -69,22 +75,42 @@ mod tests {
         let body = br#"{"eventKey":"repo:refs_changed"}"#;
         let header = sign(b"new", body);
         assert!(header.starts_with("sha256=") && header.len() == 71);
-        assert_eq!(verify(&secrets(&["old", "new"]), Some(header.as_bytes()), body), Ok(()));
+        assert_eq!(
+            verify(&secrets(&["old", "new"]), Some(header.as_bytes()), body),
+            Ok(())
+        );
         assert_eq!(
             verify(&secrets(&["old"]), Some(header.as_bytes()), body),
             Err(SignatureError::Mismatch)
         );
         let upper = format!("SHA256={}", header[7..].to_uppercase());
-        assert_eq!(verify(&secrets(&["new"]), Some(upper.as_bytes()), body), Ok(()));
+        assert_eq!(
+            verify(&secrets(&["new"]), Some(upper.as_bytes()), body),
+            Ok(())
+        );
     }
 
     #[test]
     fn malformed_headers_are_refused() {
         let s = secrets(&["x"]);
         assert_eq!(verify(&s, None, b""), Err(SignatureError::Missing));
-        for bad in ["", "sha256", "sha1=abcd", "sha256=zz", "sha256=abc", "md5=00"] {
-            assert_eq!(verify(&s, Some(bad.as_bytes()), b""), Err(SignatureError::Malformed), "{bad}");
+        for bad in [
+            "",
+            "sha256",
+            "sha1=abcd",
+            "sha256=zz",
+            "sha256=abc",
+            "md5=00",
+        ] {
+            assert_eq!(
+                verify(&s, Some(bad.as_bytes()), b""),
+                Err(SignatureError::Malformed),
+                "{bad}"
+            );
         }
-        assert_eq!(verify(&s, Some(&[0xff, 0xfe]), b""), Err(SignatureError::Malformed));
+        assert_eq!(
+            verify(&s, Some(&[0xff, 0xfe]), b""),
+            Err(SignatureError::Malformed)
+        );
     }
 }

@@ -5,7 +5,10 @@ use super::*;
 use crate::ids::{Secret, UserKey};
 
 fn fixture(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/bitbucket/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/bitbucket/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
@@ -52,13 +55,20 @@ fn published_signature_vectors_verify() {
         let body = fixture(file);
         assert_eq!(signature::sign(secret.as_bytes(), &body), header, "{file}");
         let secrets = [Secret::new(secret)];
-        assert_eq!(signature::verify(&secrets, Some(header.as_bytes()), &body), Ok(()));
+        assert_eq!(
+            signature::verify(&secrets, Some(header.as_bytes()), &body),
+            Ok(())
+        );
     }
     // The same JBS test asserts the neighbouring digest is rejected.
     let body = fixture("cloud-push-branch-create-signed.json");
     let wrong = "sha256=f205c729821c6954aff2afe72b965c34015b4baf96ea8ddc2cc44999c014a036";
     assert_eq!(
-        signature::verify(&[Secret::new("Gkvl$k$wyNpQAF42")], Some(wrong.as_bytes()), &body),
+        signature::verify(
+            &[Secret::new("Gkvl$k$wyNpQAF42")],
+            Some(wrong.as_bytes()),
+            &body
+        ),
         Err(signature::SignatureError::Mismatch)
     );
 }
@@ -68,13 +78,19 @@ fn event_keys_are_classified_per_source_kind() {
     use EventClass::*;
     assert_eq!(classify(SourceKind::DataCenter, "diagnostics:ping"), Ping);
     assert_eq!(classify(SourceKind::DataCenter, "repo:refs_changed"), Push);
-    assert_eq!(classify(SourceKind::DataCenter, "mirror:repo_synchronized"), Push);
+    assert_eq!(
+        classify(SourceKind::DataCenter, "mirror:repo_synchronized"),
+        Push
+    );
     assert_eq!(classify(SourceKind::DataCenter, "repo:push"), Other);
     assert_eq!(classify(SourceKind::DataCenter, "pr:opened"), PullRequest);
     assert_eq!(classify(SourceKind::DataCenter, "pr:comment:added"), Other);
     assert_eq!(classify(SourceKind::Cloud, "repo:push"), Push);
     assert_eq!(classify(SourceKind::Cloud, "repo:refs_changed"), Other);
-    assert_eq!(classify(SourceKind::Cloud, "pullrequest:updated"), PullRequest);
+    assert_eq!(
+        classify(SourceKind::Cloud, "pullrequest:updated"),
+        PullRequest
+    );
 }
 
 #[test]
@@ -118,7 +134,9 @@ fn dc_deletions_have_no_target() {
         assert!(push.changes.iter().all(|c| c.target.is_none()), "{file}");
     }
     let personal = dc("dc-refs_changed-branch-delete-personal-repo.json");
-    assert!(personal.repository.starts_with("~GOPHER/") || personal.repository.starts_with("~gopher/"));
+    assert!(
+        personal.repository.starts_with("~GOPHER/") || personal.repository.starts_with("~gopher/")
+    );
 }
 
 #[test]
@@ -165,12 +183,18 @@ fn cloud_pushes() {
         ]
     );
     assert_eq!(summary(&push)[0].0, "feature/issue-819");
-    assert_eq!(push.clone_urls[0], "https://bitbucket.org/amuniz/test-repos.git");
+    assert_eq!(
+        push.clone_urls[0],
+        "https://bitbucket.org/amuniz/test-repos.git"
+    );
 
     let created = cloud("cloud-push-branch-create-signed.json");
     assert!(created.changes[0].target.is_some());
 
-    for file in ["cloud-push-branch-delete.json", "cloud-push-tag-delete.json"] {
+    for file in [
+        "cloud-push-branch-delete.json",
+        "cloud-push-tag-delete.json",
+    ] {
         let push = cloud(file);
         assert!(push.changes.iter().all(|c| c.target.is_none()), "{file}");
     }

@@ -37,8 +37,8 @@ pub fn interpolate(
                 Some((name, default)) => (name, Some(default)),
                 None => (body, None),
             };
-            let valid_name = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            let valid_name =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid_name {
                 return Err(InterpolateError::BadName(name.to_owned()));
             }
@@ -71,16 +71,25 @@ mod tests {
 
     #[test]
     fn replaces_set_variables_and_defaults() {
-        assert_eq!(interpolate("${HOME_DIR}/data", &env).unwrap(), "/home/x/data");
+        assert_eq!(
+            interpolate("${HOME_DIR}/data", &env).unwrap(),
+            "/home/x/data"
+        );
         assert_eq!(interpolate("${NOPE:-fallback}", &env).unwrap(), "fallback");
         assert_eq!(interpolate("${NOPE:-}", &env).unwrap(), "");
         assert_eq!(interpolate("${EMPTY:-x}", &env).unwrap(), "");
-        assert_eq!(interpolate("a${HOME_DIR}b${NOPE:-c}d", &env).unwrap(), "a/home/xbcd");
+        assert_eq!(
+            interpolate("a${HOME_DIR}b${NOPE:-c}d", &env).unwrap(),
+            "a/home/xbcd"
+        );
     }
 
     #[test]
     fn dollar_without_brace_is_literal_and_double_dollar_escapes() {
-        assert_eq!(interpolate("Gkvl$k$wyNpQAF42", &env).unwrap(), "Gkvl$k$wyNpQAF42");
+        assert_eq!(
+            interpolate("Gkvl$k$wyNpQAF42", &env).unwrap(),
+            "Gkvl$k$wyNpQAF42"
+        );
         assert_eq!(interpolate("trailing$", &env).unwrap(), "trailing$");
         assert_eq!(interpolate("$${HOME_DIR}", &env).unwrap(), "${HOME_DIR}");
         assert_eq!(interpolate("$$", &env).unwrap(), "$$");
@@ -92,8 +101,14 @@ mod tests {
             interpolate("${MISSING}", &env),
             Err(InterpolateError::Unset("MISSING".into()))
         );
-        assert_eq!(interpolate("${OPEN", &env), Err(InterpolateError::Unterminated));
-        assert_eq!(interpolate("${}", &env), Err(InterpolateError::BadName(String::new())));
+        assert_eq!(
+            interpolate("${OPEN", &env),
+            Err(InterpolateError::Unterminated)
+        );
+        assert_eq!(
+            interpolate("${}", &env),
+            Err(InterpolateError::BadName(String::new()))
+        );
         assert_eq!(
             interpolate("${A B}", &env),
             Err(InterpolateError::BadName("A B".into()))

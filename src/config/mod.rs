@@ -7,6 +7,7 @@
 
 mod interpolate;
 mod raw;
+mod summary;
 
 pub use interpolate::{InterpolateError, interpolate};
 
@@ -515,7 +516,10 @@ impl Validator {
         let source = match (&raw.source, sources) {
             (Some(id), _) => {
                 if !sources.iter().any(|s| s.id.as_str() == id) {
-                    self.problem(format!("{table}.source"), format!("no [[bitbucket]] with id {id:?}"));
+                    self.problem(
+                        format!("{table}.source"),
+                        format!("no [[bitbucket]] with id {id:?}"),
+                    );
                 }
                 SourceId::new(id.clone())
             }
@@ -535,11 +539,15 @@ impl Validator {
             );
         }
         if raw.build_types.is_empty() || raw.build_types.iter().any(|b| b.trim().is_empty()) {
-            self.problem(format!("{table}.build_types"), "needs at least one non-empty build type id");
+            self.problem(
+                format!("{table}.build_types"),
+                "needs at least one non-empty build type id",
+            );
         }
         let repository = self.patterns(&table, "repository", &[raw.repository], true);
         let branches = self.patterns(&table, "branches", &raw.branches, false);
-        let exclude_branches = self.patterns(&table, "exclude_branches", &raw.exclude_branches, false);
+        let exclude_branches =
+            self.patterns(&table, "exclude_branches", &raw.exclude_branches, false);
         let tag_patterns = self.patterns(&table, "tag_patterns", &raw.tag_patterns, false);
         let mut events = Vec::new();
         for event in &raw.events {
@@ -641,27 +649,45 @@ mod tests {
         assert_eq!(config.sources[0].secrets[0].expose(), "s3cret");
         let server = &config.servers[0];
         assert_eq!(server.base_url(), "https://teamcity.example.com");
-        assert_eq!(server.endpoint("app/rest/buildQueue"), "https://teamcity.example.com/app/rest/buildQueue");
+        assert_eq!(
+            server.endpoint("app/rest/buildQueue"),
+            "https://teamcity.example.com/app/rest/buildQueue"
+        );
         assert_eq!(server.burst, 10);
         assert_eq!(server.retry_schedule.len(), 8);
         assert_eq!(config.routes[0].source.as_str(), "dc");
         assert!(config.routes[0].branches.matches("any/branch"));
-        assert!(config.server_by_id_or_url("HTTPS://teamcity.EXAMPLE.com").is_some());
-        assert!(config.server_by_id_or_url("https://other.example.com").is_none());
+        assert!(
+            config
+                .server_by_id_or_url("HTTPS://teamcity.EXAMPLE.com")
+                .is_some()
+        );
+        assert!(
+            config
+                .server_by_id_or_url("https://other.example.com")
+                .is_none()
+        );
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let text = format!("{GOOD}\n[storage]\npaht = \"x\"\n");
-        let err = Config::from_toml_str(&text, &no_env).unwrap_err().to_string();
+        let err = Config::from_toml_str(&text, &no_env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("storage") && err.contains("paht"), "{err}");
     }
 
     #[test]
     fn unset_variable_names_the_key() {
         let text = GOOD.replace("${SECRET:-s3cret}", "${SECRET}");
-        let err = Config::from_toml_str(&text, &no_env).unwrap_err().to_string();
-        assert!(err.contains("bitbucket[0].secrets[0]") && err.contains("SECRET"), "{err}");
+        let err = Config::from_toml_str(&text, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bitbucket[0].secrets[0]") && err.contains("SECRET"),
+            "{err}"
+        );
         let env = |name: &str| (name == "SECRET").then(|| "from-env".to_string());
         let config = Config::from_toml_str(&text, &env).unwrap();
         assert_eq!(config.sources[0].secrets[0].expose(), "from-env");
@@ -687,7 +713,9 @@ mod tests {
             teamcity = "other"
             build_types = []
         "#;
-        let err = Config::from_toml_str(text, &no_env).unwrap_err().to_string();
+        let err = Config::from_toml_str(text, &no_env)
+            .unwrap_err()
+            .to_string();
         for expected in [
             "bitbucket[0] (id \"dc\").kind",
             "bitbucket[0] (id \"dc\").secrets",
@@ -707,7 +735,9 @@ mod tests {
     #[test]
     fn wrong_types_name_the_path() {
         let text = GOOD.replace("id = \"main\"", "id = \"main\"\nburst = \"ten\"");
-        let err = Config::from_toml_str(&text, &no_env).unwrap_err().to_string();
+        let err = Config::from_toml_str(&text, &no_env)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("teamcity[0].burst"), "{err}");
     }
 }

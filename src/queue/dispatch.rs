@@ -18,21 +18,23 @@ pub async fn dispatch(store: &Store, client: &TeamCityClient, job: &Job, jitter:
     let started = tokio::time::Instant::now();
     let result = match job.mode {
         TriggerMode::Build => queue_build(client, &token, job).await,
-        TriggerMode::CheckForChanges => match client.notify_commit_hook(&token, &job.clone_urls).await {
-            Ok(true) => Ok(Finish::Done {
-                build_id: None,
-                web_url: None,
-                warning: None,
-            }),
-            Ok(false) => Ok(Finish::Dead {
-                error: format!(
-                    "no VCS root in TeamCity matches the clone URLs of {}: {}",
-                    job.repository,
-                    job.clone_urls.join(", ")
-                ),
-            }),
-            Err(e) => Err(e),
-        },
+        TriggerMode::CheckForChanges => {
+            match client.notify_commit_hook(&token, &job.clone_urls).await {
+                Ok(true) => Ok(Finish::Done {
+                    build_id: None,
+                    web_url: None,
+                    warning: None,
+                }),
+                Ok(false) => Ok(Finish::Dead {
+                    error: format!(
+                        "no VCS root in TeamCity matches the clone URLs of {}: {}",
+                        job.repository,
+                        job.clone_urls.join(", ")
+                    ),
+                }),
+                Err(e) => Err(e),
+            }
+        }
     };
     let elapsed = started.elapsed();
     if let TokenRef::User(id) = &job.token {
@@ -50,7 +52,12 @@ pub async fn dispatch(store: &Store, client: &TeamCityClient, job: &Job, jitter:
     let finish = match result {
         Ok(finish) => finish,
         Err(error) if error.is_retryable() => {
-            match retry::next_delay(&server.retry_schedule, job.attempts, error.retry_after(), jitter) {
+            match retry::next_delay(
+                &server.retry_schedule,
+                job.attempts,
+                error.retry_after(),
+                jitter,
+            ) {
                 Some(delay) => Finish::Retry {
                     at: clock::now_ms() + delay.as_millis() as u64,
                     error: error.to_string(),
@@ -68,11 +75,18 @@ pub async fn dispatch(store: &Store, client: &TeamCityClient, job: &Job, jitter:
     finish
 }
 
-fn resolve_token(store: &Store, client: &TeamCityClient, job: &Job) -> Result<TeamCityToken, String> {
+fn resolve_token(
+    store: &Store,
+    client: &TeamCityClient,
+    job: &Job,
+) -> Result<TeamCityToken, String> {
     match &job.token {
         TokenRef::User(id) => match store.token_secret(id) {
             Ok(Some(token)) => Ok(token),
-            Ok(None) => Err(format!("the token of {} was removed before the call", job.user)),
+            Ok(None) => Err(format!(
+                "the token of {} was removed before the call",
+                job.user
+            )),
             Err(e) => Err(format!("cannot read the token: {e}")),
         },
         TokenRef::Service => client
@@ -83,7 +97,11 @@ fn resolve_token(store: &Store, client: &TeamCityClient, job: &Job) -> Result<Te
     }
 }
 
-async fn queue_build(client: &TeamCityClient, token: &TeamCityToken, job: &Job) -> Result<Finish, TeamCityError> {
+async fn queue_build(
+    client: &TeamCityClient,
+    token: &TeamCityToken,
+    job: &Job,
+) -> Result<Finish, TeamCityError> {
     let Some(build_type) = &job.build_type else {
         return Ok(Finish::Dead {
             error: "build job without a build type".into(),
@@ -124,10 +142,16 @@ async fn queue_build(client: &TeamCityClient, token: &TeamCityToken, job: &Job) 
 }
 
 fn log_call(job: &Job, finish: &Finish, elapsed: Duration) {
-    let build_type = job.build_type.as_ref().map(|b| b.as_str()).unwrap_or("(commit hook)");
+    let build_type = job
+        .build_type
+        .as_ref()
+        .map(|b| b.as_str())
+        .unwrap_or("(commit hook)");
     let ms = elapsed.as_millis() as u64;
     match finish {
-        Finish::Done { build_id, warning, .. } => tracing::info!(
+        Finish::Done {
+            build_id, warning, ..
+        } => tracing::info!(
             delivery = %job.delivery, job = job.id, server = %job.server, build_type,
             branch = %job.branch, outcome = "queued", build_id, warning, duration_ms = ms,
             "TeamCity call"

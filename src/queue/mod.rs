@@ -17,20 +17,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 pub use worker::Scheduled;
 
 struct WorkerHandle {
     inbox: mpsc::UnboundedSender<Scheduled>,
-    task: JoinHandle<()>,
-    slots: Arc<Semaphore>,
-    max_in_flight: usize,
+    task: AbortHandle,
 }
 
-/// Handles to the running workers.
+/// Hands jobs to the running workers.
 pub struct Queue {
     workers: HashMap<ServerId, WorkerHandle>,
+}
+
+/// What shutdown waits for: the worker tasks and their in-flight calls.
+pub struct QueueTasks {
+    workers: Vec<(JoinHandle<()>, Arc<Semaphore>, usize)>,
 }
 
 impl Queue {
@@ -39,8 +42,11 @@ impl Queue {
         store: Arc<Store>,
         clients: &[TeamCityClient],
         shutdown: Shutdown,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<(Self, QueueTasks), StoreError> {
         let mut workers = HashMap::new();
+        let mut tasks = QueueTasks {
+            workers: Vec::new(),
+        };
         for client in clients {
             let server = client.server();
             let (inbox, receiver) = mpsc::unbounded_channel();
@@ -59,11 +65,10 @@ impl Queue {
                 server.id.clone(),
                 WorkerHandle {
                     inbox,
-                    task,
-                    slots,
-                    max_in_flight: server.max_in_flight,
+                    task: task.abort_handle(),
                 },
             );
+            tasks.workers.push((task, slots, server.max_in_flight));
         }
         let queue = Self { workers };
         let resumed = store.resume_jobs()?;
@@ -73,7 +78,7 @@ impl Queue {
         for job in &resumed {
             queue.schedule(job);
         }
-        Ok(queue)
+        Ok((queue, tasks))
     }
 
     /// Hands a stored pending job to its server's worker.
@@ -104,18 +109,24 @@ impl Queue {
         out.sort();
         out
     }
+}
 
+impl QueueTasks {
     /// After shutdown was triggered: waits for the workers to stop and for in-flight calls
     /// to finish, at most `grace`. Jobs not sent stay queued for the next start.
     pub async fn drain(self, grace: Duration) {
         let all_done = async {
-            for (_, worker) in self.workers {
-                let _ = worker.task.await;
-                let _ = worker.slots.acquire_many(worker.max_in_flight as u32).await;
+            for (task, slots, max_in_flight) in self.workers {
+                let _ = task.await;
+                let _ = slots
+                    .acquire_many(u32::try_from(max_in_flight).unwrap_or(u32::MAX))
+                    .await;
             }
         };
         if tokio::time::timeout(grace, all_done).await.is_err() {
-            tracing::warn!("shutdown grace period over; calls still in flight resume at next start");
+            tracing::warn!(
+                "shutdown grace period over; calls still in flight resume at next start"
+            );
         }
     }
 }

@@ -40,9 +40,18 @@ mod tests {
     #[test]
     fn follows_the_schedule_then_gives_up() {
         let schedule = secs(&[1, 5, 30]);
-        assert_eq!(next_delay(&schedule, 1, None, 0.0), Some(Duration::from_secs(1)));
-        assert_eq!(next_delay(&schedule, 2, None, 0.0), Some(Duration::from_secs(5)));
-        assert_eq!(next_delay(&schedule, 3, None, 0.0), Some(Duration::from_secs(30)));
+        assert_eq!(
+            next_delay(&schedule, 1, None, 0.0),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            next_delay(&schedule, 2, None, 0.0),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            next_delay(&schedule, 3, None, 0.0),
+            Some(Duration::from_secs(30))
+        );
         assert_eq!(next_delay(&schedule, 4, None, 0.0), None);
         assert_eq!(next_delay(&schedule, 0, None, 0.0), None);
         assert_eq!(next_delay(&[], 1, None, 0.0), None);
@@ -51,9 +60,18 @@ mod tests {
     #[test]
     fn jitter_is_within_twenty_percent() {
         let schedule = secs(&[10]);
-        assert_eq!(next_delay(&schedule, 1, None, 1.0), Some(Duration::from_secs(12)));
-        assert_eq!(next_delay(&schedule, 1, None, -1.0), Some(Duration::from_secs(8)));
-        assert_eq!(next_delay(&schedule, 1, None, 7.0), Some(Duration::from_secs(12)));
+        assert_eq!(
+            next_delay(&schedule, 1, None, 1.0),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            next_delay(&schedule, 1, None, -1.0),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(
+            next_delay(&schedule, 1, None, 7.0),
+            Some(Duration::from_secs(12))
+        );
         for _ in 0..1000 {
             let d = next_delay(&schedule, 1, None, random_jitter()).unwrap();
             assert!(d >= Duration::from_secs(8) && d <= Duration::from_secs(12));
@@ -66,6 +84,10 @@ mod tests {
         let wait = |asked| next_delay(&schedule, 1, Some(Duration::from_secs(asked)), 0.0);
         assert_eq!(wait(15), Some(Duration::from_secs(15)));
         assert_eq!(wait(100), Some(Duration::from_secs(20)));
-        assert_eq!(wait(3), Some(Duration::from_secs(10)), "never shortens the wait");
+        assert_eq!(
+            wait(3),
+            Some(Duration::from_secs(10)),
+            "never shortens the wait"
+        );
     }
 }

@@ -122,7 +122,9 @@ impl Worker {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => tracing::error!(job = job.id, error = %e, "cannot record the job's result"),
+                Err(e) => {
+                    tracing::error!(job = job.id, error = %e, "cannot record the job's result")
+                }
             }
             if let Err(e) = store.commit().await {
                 tracing::error!(job = job.id, error = %e, "cannot persist the job's result");

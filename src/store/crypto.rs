@@ -33,7 +33,9 @@ impl TokenCipher {
     pub fn load(configured: Option<&Secret>, dir: &Path) -> Result<Self, StoreError> {
         let key_bytes = match configured {
             Some(secret) => decode_key(secret.expose()).ok_or_else(|| {
-                StoreError::MasterKey("storage.master_key must be base64 of exactly 32 bytes".into())
+                StoreError::MasterKey(
+                    "storage.master_key must be base64 of exactly 32 bytes".into(),
+                )
             })?,
             None => load_or_create_key_file(&dir.join(KEY_FILE))?,
         };
@@ -52,7 +54,13 @@ impl TokenCipher {
         let nonce = XNonce::generate();
         let sealed = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: context })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: context,
+                },
+            )
             .map_err(|_| StoreError::Crypto)?;
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
         out.extend_from_slice(&nonce);
@@ -69,7 +77,13 @@ impl TokenCipher {
         let (nonce, ciphertext) = raw.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| StoreError::Crypto)?;
         self.cipher
-            .decrypt(&nonce, Payload { msg: ciphertext, aad: context })
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: ciphertext,
+                    aad: context,
+                },
+            )
             .map_err(|_| StoreError::Crypto)
     }
 }
@@ -81,7 +95,10 @@ fn decode_key(text: &str) -> Option<Vec<u8>> {
 fn load_or_create_key_file(path: &Path) -> Result<Vec<u8>, StoreError> {
     match std::fs::read_to_string(path) {
         Ok(text) => decode_key(&text).ok_or_else(|| {
-            StoreError::MasterKey(format!("{} must hold base64 of exactly 32 bytes", path.display()))
+            StoreError::MasterKey(format!(
+                "{} must hold base64 of exactly 32 bytes",
+                path.display()
+            ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let encoded = TokenCipher::generate_key();
@@ -129,7 +146,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let second = TokenCipher::load(None, dir.path()).unwrap();

@@ -406,19 +406,20 @@ impl Store {
             match job.state {
                 JobState::Pending => pending.push(job),
                 JobState::Inflight => {
-                    let resumed = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-                        let Some(mut job) = read_job(jobs, job.id)? else {
-                            return Ok(None);
-                        };
-                        job.state = JobState::Pending;
-                        job.interrupted = true;
-                        let key = job.coalescing_key();
-                        if index.get(key.as_slice())?.is_none() {
-                            index.insert(key.as_slice(), &job_key(job.id))?;
-                        }
-                        write_job(jobs, &job)?;
-                        Ok(Some(job))
-                    })?;
+                    let resumed =
+                        (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
+                            let Some(mut job) = read_job(jobs, job.id)? else {
+                                return Ok(None);
+                            };
+                            job.state = JobState::Pending;
+                            job.interrupted = true;
+                            let key = job.coalescing_key();
+                            if index.get(key.as_slice())?.is_none() {
+                                index.insert(key.as_slice(), &job_key(job.id))?;
+                            }
+                            write_job(jobs, &job)?;
+                            Ok(Some(job))
+                        })?;
                     pending.extend(resumed);
                 }
                 JobState::Dead | JobState::Done => {}
@@ -563,15 +564,23 @@ mod tests {
     #[test]
     fn duplicate_delivery_and_change_are_skipped() {
         let (_dir, store) = temp_store();
-        let (jobs, _, record) =
-            recorded(store.record_push(&delivery("a"), true, &[change("main", 'a')]).unwrap());
+        let (jobs, _, record) = recorded(
+            store
+                .record_push(&delivery("a"), true, &[change("main", 'a')])
+                .unwrap(),
+        );
         assert_eq!((jobs.len(), record.jobs), (1, 1));
         assert_eq!(
-            store.record_push(&delivery("a"), true, &[change("main", 'a')]).unwrap(),
+            store
+                .record_push(&delivery("a"), true, &[change("main", 'a')])
+                .unwrap(),
             RecordOutcome::Duplicate
         );
-        let (jobs, _, record) =
-            recorded(store.record_push(&delivery("b"), true, &[change("main", 'a')]).unwrap());
+        let (jobs, _, record) = recorded(
+            store
+                .record_push(&delivery("b"), true, &[change("main", 'a')])
+                .unwrap(),
+        );
         assert!(jobs.is_empty());
         assert_eq!(record.skipped[0].reference, "refs/heads/main");
         assert_eq!(store.list_jobs(None, 10).unwrap().len(), 1);
@@ -580,22 +589,38 @@ mod tests {
     #[test]
     fn newer_push_replaces_pending_job_but_not_inflight() {
         let (_dir, store) = temp_store();
-        let (first, ..) = recorded(store.record_push(&delivery("1"), true, &[change("main", 'a')]).unwrap());
-        let (second, coalesced, _) =
-            recorded(store.record_push(&delivery("2"), true, &[change("main", 'b')]).unwrap());
+        let (first, ..) = recorded(
+            store
+                .record_push(&delivery("1"), true, &[change("main", 'a')])
+                .unwrap(),
+        );
+        let (second, coalesced, _) = recorded(
+            store
+                .record_push(&delivery("2"), true, &[change("main", 'b')])
+                .unwrap(),
+        );
         assert_eq!(coalesced, vec![(ServerId::new("main"), first[0].id)]);
         assert!(store.job(first[0].id).unwrap().is_none());
         assert!(store.claim_job(first[0].id).unwrap().is_none());
 
         let claimed = store.claim_job(second[0].id).unwrap().unwrap();
         assert_eq!((claimed.state, claimed.attempts), (JobState::Inflight, 1));
-        let (third, coalesced, _) =
-            recorded(store.record_push(&delivery("3"), true, &[change("main", 'c')]).unwrap());
+        let (third, coalesced, _) = recorded(
+            store
+                .record_push(&delivery("3"), true, &[change("main", 'c')])
+                .unwrap(),
+        );
         assert!(coalesced.is_empty(), "an in-flight job is not replaced");
         // The in-flight job fails and would retry, but a newer one waits: it is dropped.
-        let retry = Finish::Retry { at: 0, error: "503".into() };
+        let retry = Finish::Retry {
+            at: 0,
+            error: "503".into(),
+        };
         assert!(store.finish_job(second[0].id, retry).unwrap().is_none());
-        assert_eq!(store.list_jobs(Some(JobState::Pending), 10).unwrap()[0].id, third[0].id);
+        assert_eq!(
+            store.list_jobs(Some(JobState::Pending), 10).unwrap()[0].id,
+            third[0].id
+        );
     }
 
     #[test]
@@ -603,25 +628,47 @@ mod tests {
         let (_dir, store) = temp_store();
         let (jobs, ..) = recorded(
             store
-                .record_push(&delivery("1"), true, &[change("a", 'a'), change("b", 'b'), change("c", 'c')])
+                .record_push(
+                    &delivery("1"),
+                    true,
+                    &[change("a", 'a'), change("b", 'b'), change("c", 'c')],
+                )
                 .unwrap(),
         );
         for job in &jobs {
             store.claim_job(job.id).unwrap().unwrap();
         }
         let retried = store
-            .finish_job(jobs[0].id, Finish::Retry { at: 42, error: "timeout".into() })
+            .finish_job(
+                jobs[0].id,
+                Finish::Retry {
+                    at: 42,
+                    error: "timeout".into(),
+                },
+            )
             .unwrap()
             .unwrap();
-        assert_eq!((retried.state, retried.next_attempt_at), (JobState::Pending, 42));
-        let done = Finish::Done { build_id: Some(7), web_url: None, warning: None };
-        assert_eq!(store.finish_job(jobs[1].id, done).unwrap().unwrap().state, JobState::Done);
+        assert_eq!(
+            (retried.state, retried.next_attempt_at),
+            (JobState::Pending, 42)
+        );
+        let done = Finish::Done {
+            build_id: Some(7),
+            web_url: None,
+            warning: None,
+        };
+        assert_eq!(
+            store.finish_job(jobs[1].id, done).unwrap().unwrap().state,
+            JobState::Done
+        );
         // jobs[2] stays in flight, as if the process died during the call.
         let resumed = store.resume_jobs().unwrap();
         let ids: Vec<u64> = resumed.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![jobs[0].id, jobs[2].id]);
         assert!(resumed[1].interrupted && !resumed[0].interrupted);
-        let dead = Finish::Dead { error: "400 bad".into() };
+        let dead = Finish::Dead {
+            error: "400 bad".into(),
+        };
         store.claim_job(jobs[0].id).unwrap().unwrap();
         let dead = store.finish_job(jobs[0].id, dead).unwrap().unwrap();
         assert_eq!(dead.last_error.as_deref(), Some("400 bad"));

@@ -125,12 +125,16 @@ impl Store {
     /// Makes every write done before this call durable (flush + fsync), sharing the fsync
     /// with concurrent callers.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        self.committer.commit().await.map_err(StoreError::Durability)
+        self.committer
+            .commit()
+            .await
+            .map_err(StoreError::Durability)
     }
 
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.meta.insert(b"probe", &crate::clock::now_ms().to_be_bytes())?;
+        self.meta
+            .insert(b"probe", &crate::clock::now_ms().to_be_bytes())?;
         self.commit().await
     }
 

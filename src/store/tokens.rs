@@ -128,8 +128,8 @@ impl Store {
     /// Registers a token, replacing (and keeping the id of) the one for the same source, user
     /// and server. Returns the record and whether it replaced one. Durable when it returns.
     pub async fn upsert_token(&self, new: NewToken<'_>) -> Result<(TokenInfo, bool), StoreError> {
-        let user_key = UserKey::parse(new.user)
-            .ok_or_else(|| StoreError::Corrupt("empty user".into()))?;
+        let user_key =
+            UserKey::parse(new.user).ok_or_else(|| StoreError::Corrupt("empty user".into()))?;
         let key = index_key(new.source, &user_key, new.server);
         let existing = self.token_index.get(&key)?;
         let replaced = existing.is_some();
@@ -138,7 +138,9 @@ impl Store {
             None => random_id(),
         };
         let record = StoredToken {
-            sealed: self.cipher.seal(id.as_bytes(), new.token.expose().as_bytes())?,
+            sealed: self
+                .cipher
+                .seal(id.as_bytes(), new.token.expose().as_bytes())?,
             id: id.clone(),
             source: new.source.clone(),
             user: new.user.trim().to_owned(),
@@ -270,23 +272,43 @@ mod tests {
         let (_dir, store) = temp_store();
         let (dc, main) = (SourceId::new("dc"), ServerId::new("main"));
         let first = TeamCityToken::new("first-token");
-        let (info, replaced) = store.upsert_token(new_token(&dc, "JDoe", &main, &first)).await.unwrap();
+        let (info, replaced) = store
+            .upsert_token(new_token(&dc, "JDoe", &main, &first))
+            .await
+            .unwrap();
         assert!(!replaced);
         assert_eq!(info.user, "JDoe");
-        let keys = [UserKey::parse("nobody").unwrap(), UserKey::parse("jdoe").unwrap()];
+        let keys = [
+            UserKey::parse("nobody").unwrap(),
+            UserKey::parse("jdoe").unwrap(),
+        ];
         let found = store.find_token(&dc, &keys, &main).unwrap().unwrap();
         assert_eq!(found.id, info.id);
-        assert!(store.find_token(&dc, &keys, &ServerId::new("other")).unwrap().is_none());
+        assert!(
+            store
+                .find_token(&dc, &keys, &ServerId::new("other"))
+                .unwrap()
+                .is_none()
+        );
 
         let second = TeamCityToken::new("second-token");
-        let (again, replaced) = store.upsert_token(new_token(&dc, "jdoe", &main, &second)).await.unwrap();
+        let (again, replaced) = store
+            .upsert_token(new_token(&dc, "jdoe", &main, &second))
+            .await
+            .unwrap();
         assert!(replaced);
         assert_eq!(again.id, info.id);
-        assert_eq!(store.token_secret(&info.id).unwrap().unwrap().expose(), "second-token");
+        assert_eq!(
+            store.token_secret(&info.id).unwrap().unwrap().expose(),
+            "second-token"
+        );
         assert_eq!(store.list_tokens(&TokenFilter::default()).unwrap().len(), 1);
 
         store.mark_token(&info.id, false).unwrap();
-        assert_eq!(store.list_tokens(&TokenFilter::default()).unwrap()[0].status, TokenStatus::Invalid);
+        assert_eq!(
+            store.list_tokens(&TokenFilter::default()).unwrap()[0].status,
+            TokenStatus::Invalid
+        );
         store.mark_token(&info.id, true).unwrap();
         let listed = store.list_tokens(&TokenFilter::default()).unwrap();
         assert_eq!(listed[0].status, TokenStatus::Valid);
@@ -302,7 +324,12 @@ mod tests {
         let (dir, store) = temp_store();
         let token = TeamCityToken::new("eyJ0eXAiOiAiVENWMiJ9.UNIQUE-PLAINTEXT-MARKER");
         store
-            .upsert_token(new_token(&SourceId::new("dc"), "u", &ServerId::new("main"), &token))
+            .upsert_token(new_token(
+                &SourceId::new("dc"),
+                "u",
+                &ServerId::new("main"),
+                &token,
+            ))
             .await
             .unwrap();
         drop(store);

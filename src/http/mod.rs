@@ -1,0 +1,12 @@
+//! The HTTP interface (SPEC §4): the accept loop, routing, and one file per endpoint group.
+
+mod admin_tokens;
+mod error;
+mod health;
+mod response;
+mod router;
+mod server;
+mod webhook;
+
+pub use error::ApiError;
+pub use server::serve;

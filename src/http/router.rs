@@ -1,0 +1,96 @@
+//! Sends each request to its endpoint, answers errors as JSON, and stamps `X-Request-Id`.
+
+use super::error::ApiError;
+use super::response::Body;
+use super::{admin_tokens, health, webhook};
+use crate::app::App;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response};
+use tracing::Instrument;
+
+/// Longest request id taken from a client; longer or odd ones are replaced.
+const MAX_REQUEST_ID: usize = 128;
+
+/// Handles one request.
+pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
+    let request_id = request_id(&request);
+    let span = tracing::info_span!(
+        "request",
+        id = %request_id,
+        method = %request.method(),
+        path = %request.uri().path(),
+    );
+    let mut response = route(app, request, &request_id)
+        .instrument(span)
+        .await
+        .unwrap_or_else(ApiError::into_response);
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+async fn route(
+    app: &App,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let path = request.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["hooks", "bitbucket", source] => webhook::handle(app, request, source, request_id).await,
+        ["healthz"] => only_get(&request).map(|()| health::live()),
+        ["readyz"] => {
+            only_get(&request)?;
+            Ok(health::ready(app).await)
+        }
+        ["api", "v1", rest @ ..] => {
+            authorize(app, &request)?;
+            match rest {
+                ["tokens", rest @ ..] => admin_tokens::handle(app, request, rest).await,
+                _ => Err(ApiError::NotFound(format!("no such path {path}"))),
+            }
+        }
+        _ => Err(ApiError::NotFound(format!("no such path {path}"))),
+    }
+}
+
+fn only_get(request: &Request<Incoming>) -> Result<(), ApiError> {
+    match *request.method() {
+        Method::GET | Method::HEAD => Ok(()),
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+/// `Authorization: Bearer <admin token>`.
+fn authorize(app: &App, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let presented = request
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        Some(token) if app.is_admin_token(token) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}
+
+/// Bitbucket's own id (`X-Request-Id` from Data Center, `X-Request-UUID` from Cloud) when it
+/// is a sane header value, else a fresh one.
+fn request_id(request: &Request<Incoming>) -> String {
+    ["x-request-id", "x-request-uuid"]
+        .iter()
+        .filter_map(|name| request.headers().get(*name))
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .find(|v| {
+            !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("bb2tc-{}", hex::encode(rand::random::<[u8; 12]>())))
+}

@@ -1,0 +1,129 @@
+//! `POST /hooks/bitbucket/{source}`: the checks of SPEC §5.1, in their order, then the push
+//! is planned, stored durably and handed to the workers before the 202.
+
+use super::error::ApiError;
+use super::response::{Body, json, read_body};
+use crate::app::App;
+use crate::bitbucket::{self, EventClass, signature};
+use crate::clock;
+use crate::ingest;
+use crate::store::{DeliveryRecord, RecordOutcome};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Method, Request, Response, StatusCode};
+use serde_json::json;
+
+/// Handles one delivery. `request_id` is Bitbucket's id when it sent one.
+pub async fn handle(
+    app: &App,
+    request: Request<Incoming>,
+    source_id: &str,
+    request_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    let source = app
+        .config
+        .source(source_id)
+        .ok_or_else(|| ApiError::NotFound(format!("unknown source {source_id:?}")))?;
+    if request.method() != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let (parts, body) = request.into_parts();
+    let http = &app.config.http;
+    let body = read_body(&parts.headers, body, http.max_body_bytes, http.read_timeout).await?;
+    let event_key = header(&parts.headers, "x-event-key");
+    if event_key == Some("diagnostics:ping") {
+        tracing::info!(source = %source.id, "ping");
+        return Ok(json(StatusCode::OK, &json!({"result": "pong"})));
+    }
+    if !source.secrets.is_empty() {
+        let presented = parts.headers.get("x-hub-signature").map(|v| v.as_bytes());
+        if let Err(e) = signature::verify(&source.secrets, presented, &body) {
+            tracing::warn!(source = %source.id, reason = %e, "webhook refused");
+            return Err(ApiError::InvalidSignature);
+        }
+    }
+    let event_key =
+        event_key.ok_or_else(|| ApiError::BadRequest("missing X-Event-Key header".into()))?;
+    // Bitbucket's own delivery id makes redeliveries recognisable; without one the delivery
+    // cannot be de-duplicated.
+    let bitbucket_id = header(&parts.headers, "x-request-id")
+        .or_else(|| header(&parts.headers, "x-request-uuid"))
+        .is_some();
+    let mut record = DeliveryRecord {
+        id: request_id.to_owned(),
+        source: source.id.clone(),
+        event: event_key.to_owned(),
+        result: "ignored".into(),
+        jobs: 0,
+        skipped: Vec::new(),
+        received_at: clock::now_ms(),
+    };
+    let class = bitbucket::classify(source.kind, event_key);
+    if class != EventClass::Push {
+        let reason = match class {
+            EventClass::PullRequest => {
+                format!("{event_key}: pull request events are not acted on yet")
+            }
+            _ => format!("{event_key} is not an event bb2tc acts on"),
+        };
+        tracing::info!(source = %source.id, event = event_key, %reason, "ignored");
+        note(app, &record);
+        return Ok(json(
+            StatusCode::ACCEPTED,
+            &json!({"result": "ignored", "reason": reason}),
+        ));
+    }
+    let push = bitbucket::parse_push(source.kind, &body)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let plan = ingest::plan(&app.config, &app.store, source, &push, request_id)?;
+    record.result = "accepted".into();
+    record.skipped = plan.skipped;
+    let outcome = app
+        .store
+        .record_push(&record, bitbucket_id, &plan.changes)?;
+    let RecordOutcome::Recorded {
+        jobs,
+        coalesced,
+        delivery,
+    } = outcome
+    else {
+        tracing::info!(source = %source.id, event = event_key, "duplicate delivery");
+        record.result = "duplicate".into();
+        note(app, &record);
+        return Ok(json(StatusCode::OK, &json!({"result": "duplicate"})));
+    };
+    app.store.commit().await?;
+    for job in &jobs {
+        app.queue.schedule(job);
+    }
+    for (server, old) in &coalesced {
+        tracing::info!(server = %server, replaced_job = old, "pending job replaced by a newer push");
+    }
+    tracing::info!(
+        source = %source.id, event = event_key, repository = %push.repository,
+        jobs = jobs.len(), skipped = delivery.skipped.len(), "accepted"
+    );
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &json!({
+            "result": "accepted",
+            "delivery": delivery.id,
+            "jobs": jobs.len(),
+            "skipped": delivery.skipped,
+        }),
+    ))
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// Keeps a record of a delivery that made no jobs, for the admin API; failures only logged.
+fn note(app: &App, record: &DeliveryRecord) {
+    if let Err(e) = app.store.record_delivery(record) {
+        tracing::warn!(error = %e, "could not record the delivery");
+    }
+}

@@ -1,0 +1,200 @@
+//! From a parsed push to the jobs it asks for (SPEC §5.2, §5.3): for every ref change, every
+//! matching route, the pusher's token for the route's server, one job per build type.
+
+use crate::bitbucket::{Push, RefChange, RefKind};
+use crate::clock;
+use crate::config::{BranchNaming, Config, EventKind, Route, Source, TeamCityServer, TriggerMode};
+use crate::ids::Sha;
+use crate::store::jobs::ChangeJobs;
+use crate::store::{Job, JobState, Skipped, Store, StoreError, TokenRef, TokenStatus};
+
+/// The jobs of a delivery, per change, and the changes (or route/change pairs) left out.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Changes with at least one job.
+    pub changes: Vec<ChangeJobs>,
+    /// What was deliberately not turned into a job, and why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Works out the jobs for `push` from `source`, delivered as `delivery`.
+pub fn plan(
+    config: &Config,
+    store: &Store,
+    source: &Source,
+    push: &Push,
+    delivery: &str,
+) -> Result<Plan, StoreError> {
+    let ctx = Context {
+        source,
+        push,
+        delivery,
+        now: clock::now_ms(),
+    };
+    let mut plan = Plan::default();
+    if push.ref_limit_exceeded {
+        plan.skipped.push(Skipped {
+            reference: "*".into(),
+            reason: "Bitbucket did not list the changes (mirror ref limit exceeded)".into(),
+        });
+    }
+    for change in &push.changes {
+        let skip = |reason: String| Skipped {
+            reference: change.full_ref.clone(),
+            reason,
+        };
+        let Some(sha) = &change.target else {
+            plan.skipped.push(skip("deleted".into()));
+            continue;
+        };
+        if change.kind == RefKind::Other {
+            plan.skipped.push(skip("not a branch or tag".into()));
+            continue;
+        }
+        let routes: Vec<&Route> = config
+            .routes
+            .iter()
+            .filter(|r| r.matches(&source.id, EventKind::Push, &push.repository, change))
+            .collect();
+        if routes.is_empty() {
+            let what = match change.kind {
+                RefKind::Tag => "tag",
+                _ => "branch",
+            };
+            plan.skipped.push(skip(format!(
+                "no route for {} {what} {}",
+                push.repository,
+                change.logical_name()
+            )));
+            continue;
+        }
+        let mut jobs = Vec::new();
+        for route in routes {
+            let Some(server) = config.server(&route.teamcity) else {
+                continue;
+            };
+            match token_for(store, source, push, server, route)? {
+                Ok(token) => jobs.extend(route_jobs(&ctx, route, server, change, sha, &token)),
+                Err(reason) => plan.skipped.push(skip(reason)),
+            }
+        }
+        if !jobs.is_empty() {
+            plan.changes.push(ChangeJobs {
+                reference: change.full_ref.clone(),
+                seen_key: format!(
+                    "{}\0{}\0{}\0{}",
+                    source.id,
+                    push.repository.to_lowercase(),
+                    change.full_ref,
+                    sha.as_str()
+                )
+                .into_bytes(),
+                jobs,
+            });
+        }
+    }
+    Ok(plan)
+}
+
+/// The token a route's jobs use, or why there is none.
+fn token_for(
+    store: &Store,
+    source: &Source,
+    push: &Push,
+    server: &TeamCityServer,
+    route: &Route,
+) -> Result<Result<TokenRef, String>, StoreError> {
+    let found = match &push.actor {
+        Some(actor) => store.find_token(&source.id, &actor.keys, &server.id)?,
+        None => None,
+    };
+    let service_allowed = server.service_token.is_some()
+        && (route.mode == TriggerMode::CheckForChanges || server.fallback_to_service_token);
+    let user = push
+        .actor
+        .as_ref()
+        .map(|a| a.name.as_str())
+        .unwrap_or("(unknown pusher)");
+    Ok(match found {
+        Some(token) if token.status != TokenStatus::Invalid => Ok(TokenRef::User(token.id)),
+        _ if service_allowed => Ok(TokenRef::Service),
+        Some(_) => Err(format!(
+            "the token of {user} on {} was rejected by TeamCity; register a new one",
+            server.id
+        )),
+        None => Err(format!("no token for {user} on {}", server.id)),
+    })
+}
+
+/// The delivery a plan is made for.
+struct Context<'a> {
+    source: &'a Source,
+    push: &'a Push,
+    delivery: &'a str,
+    now: u64,
+}
+
+fn route_jobs(
+    ctx: &Context<'_>,
+    route: &Route,
+    server: &TeamCityServer,
+    change: &RefChange,
+    sha: &Sha,
+    token: &TokenRef,
+) -> Vec<Job> {
+    let Context {
+        source,
+        push,
+        delivery,
+        now,
+    } = *ctx;
+    let branch = match route.branch_name {
+        BranchNaming::Logical => change.logical_name().to_owned(),
+        BranchNaming::Full => change.full_ref.clone(),
+    };
+    let template = Job {
+        id: 0,
+        state: JobState::Pending,
+        source: source.id.clone(),
+        delivery: delivery.to_owned(),
+        server: server.id.clone(),
+        mode: route.mode,
+        build_type: None,
+        repository: push.repository.clone(),
+        full_ref: change.full_ref.clone(),
+        branch,
+        sha: sha.clone(),
+        user: push
+            .actor
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_else(|| "unknown".into()),
+        token: token.clone(),
+        properties: route.properties.iter().cloned().collect(),
+        vcs_root_id: route.vcs_root_id.clone(),
+        clone_urls: Vec::new(),
+        attempts: 0,
+        created_at: now,
+        next_attempt_at: now,
+        last_error: None,
+        interrupted: false,
+        build_id: None,
+        web_url: None,
+        warning: None,
+        finished_at: None,
+    };
+    match route.mode {
+        TriggerMode::Build => route
+            .build_types
+            .iter()
+            .map(|build_type| Job {
+                build_type: Some(build_type.clone()),
+                ..template.clone()
+            })
+            .collect(),
+        TriggerMode::CheckForChanges => vec![Job {
+            clone_urls: push.clone_urls.clone(),
+            ..template
+        }],
+    }
+}
