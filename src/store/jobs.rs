@@ -456,7 +456,7 @@ impl Store {
             let (_, bytes) = item?;
             out.push(decode::<DeliveryRecord>(&bytes)?);
         }
-        out.sort_by(|a, b| b.received_at.cmp(&a.received_at));
+        out.sort_by_key(|d| std::cmp::Reverse(d.received_at));
         out.truncate(limit);
         Ok(out)
     }

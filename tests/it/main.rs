@@ -1,0 +1,11 @@
+//! Black-box tests: a real bb2tc (`bb2tc::run` on 127.0.0.1:0, or the binary), a real sled
+//! store in a temp dir, and a fake TeamCity that records what it receives.
+
+mod check_for_changes;
+mod cli;
+mod pushes;
+mod rate_limit;
+mod restart;
+mod support;
+mod tokens_api;
+mod webhook_checks;

@@ -1,0 +1,245 @@
+//! Test helpers: a real bb2tc on 127.0.0.1:0 with a real sled store in a temp dir, a fake
+//! TeamCity, signed deliveries and payload builders.
+
+pub mod fake_teamcity;
+
+use bb2tc::config::Config;
+pub use fake_teamcity::FakeTeamCity;
+use std::path::{Path, PathBuf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// A fixed master key, so a test can restart the bridge on the same store.
+pub const MASTER_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// The secret of the published Data Center vector (`dc-refs_changed-branch-update.json`).
+pub const DC_SECRET: &str = "password";
+/// The secret of the second published Data Center vector (`dc-pr-comment-added-signed.json`).
+pub const DC_SECRET_2: &str = "mysecret";
+/// The secret of the published Cloud vector (`cloud-push-branch-create-signed.json`).
+pub const CLOUD_SECRET: &str = "Gkvl$k$wyNpQAF42";
+
+/// A fixture from `tests/fixtures/bitbucket/`, byte for byte.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/bitbucket")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The standard config: a Data Center source `dc` and a Cloud source `cloud`, one TeamCity
+/// server `main`, a route per source. `extra` is appended (more servers and routes).
+pub fn standard_config(tc_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[[bitbucket]]
+id = "dc"
+kind = "datacenter"
+secrets = ["rotated-old", "{DC_SECRET}", "{DC_SECRET_2}"]
+
+[[bitbucket]]
+id = "cloud"
+kind = "cloud"
+secrets = ["{CLOUD_SECRET}"]
+
+[[teamcity]]
+id = "main"
+url = "{tc_url}"
+rate_per_second = 1000.0
+burst = 1000
+retry_schedule_secs = [1, 1]
+timeout_secs = 5
+
+[[route]]
+source = "dc"
+repository = "*"
+teamcity = "main"
+build_types = ["Proj_Build"]
+
+[[route]]
+source = "cloud"
+repository = "*"
+teamcity = "main"
+build_types = ["Cloud_Build"]
+{extra}
+"#
+    )
+}
+
+/// A running bridge.
+pub struct TestApp {
+    pub url: String,
+    pub http: reqwest::Client,
+    store_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), bb2tc::Error>>>,
+}
+
+impl TestApp {
+    /// Starts bb2tc with `config_toml` (its `[storage]` is set here) on a fresh store.
+    pub async fn spawn(config_toml: &str) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let store_dir = temp.path().join("data");
+        let mut app = Self::spawn_on(config_toml, &store_dir).await;
+        app._temp = Some(temp);
+        app
+    }
+
+    /// Starts bb2tc on an existing store directory.
+    pub async fn spawn_on(config_toml: &str, store_dir: &Path) -> Self {
+        let text = format!(
+            "[storage]\npath = {:?}\nmaster_key = \"{MASTER_KEY}\"\n{config_toml}",
+            store_dir.display().to_string()
+        );
+        let config = Config::from_toml_str(&text, &|_| None).expect("test config is valid");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bb2tc::run(config, listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            http: reqwest::Client::new(),
+            store_dir: store_dir.to_owned(),
+            _temp: None,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the bridge as SIGTERM would and waits for it; returns the store's temp dir so
+    /// the next bridge can reuse it.
+    pub async fn stop(mut self) -> (Option<tempfile::TempDir>, PathBuf) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+        (self._temp.take(), self.store_dir.clone())
+    }
+
+    /// POSTs a webhook: signs it with `secret` when given.
+    pub async fn webhook(
+        &self,
+        source: &str,
+        event: Option<&str>,
+        body: &[u8],
+        secret: Option<&str>,
+        request_id: Option<&str>,
+    ) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(format!("{}/hooks/bitbucket/{source}", self.url))
+            .body(body.to_vec());
+        if let Some(event) = event {
+            request = request.header("X-Event-Key", event);
+        }
+        if let Some(secret) = secret {
+            request = request.header(
+                "X-Hub-Signature",
+                bb2tc::bitbucket::signature::sign(secret.as_bytes(), body),
+            );
+        }
+        if let Some(id) = request_id {
+            request = request.header("X-Request-Id", id);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// A signed Data Center push.
+    pub async fn dc_push(&self, body: &[u8], request_id: &str) -> (u16, serde_json::Value) {
+        let response = self
+            .webhook(
+                "dc",
+                Some("repo:refs_changed"),
+                body,
+                Some(DC_SECRET),
+                Some(request_id),
+            )
+            .await;
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap())
+    }
+
+    /// Calls the admin API.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}/api/v1{path}", self.url))
+            .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// Registers a token through the admin API (verified unless `verify` is false).
+    pub async fn register_token(
+        &self,
+        source: &str,
+        user: &str,
+        teamcity: &str,
+        token: &str,
+    ) -> serde_json::Value {
+        let response = self
+            .admin(reqwest::Method::POST, "/tokens")
+            .json(&serde_json::json!({"source": source, "user": user, "teamcity": teamcity, "token": token}))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "registration failed: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A minimal Data Center `repo:refs_changed` body.
+pub fn dc_payload(user: &str, repository: &str, changes: &[(&str, &str, &str)]) -> Vec<u8> {
+    let (project, slug) = repository.split_once('/').unwrap();
+    let changes: Vec<serde_json::Value> = changes
+        .iter()
+        .map(|(reference, to_hash, kind)| {
+            serde_json::json!({
+                "ref": {"id": reference, "displayId": reference.rsplit('/').next(),
+                        "type": if reference.starts_with("refs/tags/") { "TAG" } else { "BRANCH" }},
+                "refId": reference,
+                "fromHash": "0".repeat(40),
+                "toHash": to_hash,
+                "type": kind,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "eventKey": "repo:refs_changed",
+        "date": "2026-11-28T10:00:00+0000",
+        "actor": {"name": user, "slug": user.to_lowercase(), "displayName": user},
+        "repository": {
+            "slug": slug,
+            "project": {"key": project},
+            "links": {"clone": [
+                {"href": format!("ssh://git@bitbucket.example.com:7999/{}/{slug}.git", project.to_lowercase()), "name": "ssh"},
+                {"href": format!("https://bitbucket.example.com/scm/{}/{slug}.git", project.to_lowercase()), "name": "http"},
+            ]},
+        },
+        "changes": changes,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A 40-hex sha, distinct per `n` and never git's all-zero "no commit".
+pub fn sha(n: u32) -> String {
+    format!("{:08x}", n | 0x8000_0000).repeat(5)
+}
