@@ -478,6 +478,17 @@ impl Validator {
         if raw.timeout_secs < 1 {
             self.problem(format!("{table}.timeout_secs"), "must be at least 1");
         }
+        // Seconds; fractions are allowed (tests and fast local setups use them).
+        let mut retry_schedule = Vec::with_capacity(raw.retry_schedule_secs.len());
+        for (n, secs) in raw.retry_schedule_secs.iter().enumerate() {
+            match Duration::try_from_secs_f64(*secs) {
+                Ok(step) if step <= Duration::from_secs(7 * 24 * 3600) => retry_schedule.push(step),
+                _ => self.problem(
+                    format!("{table}.retry_schedule_secs[{n}]"),
+                    format!("{secs} must be between 0 and 604800 seconds"),
+                ),
+            }
+        }
         let ca_file = non_empty(raw.ca_file).map(PathBuf::from);
         if let Some(path) = &ca_file
             && !path.is_file()
@@ -494,11 +505,7 @@ impl Validator {
             burst: raw.burst,
             max_in_flight: raw.max_in_flight,
             timeout: Duration::from_secs(raw.timeout_secs),
-            retry_schedule: raw
-                .retry_schedule_secs
-                .into_iter()
-                .map(Duration::from_secs)
-                .collect(),
+            retry_schedule,
             ca_file,
             service_token: non_empty(raw.service_token).map(TeamCityToken::new),
             fallback_to_service_token: raw.fallback_to_service_token,

@@ -98,7 +98,7 @@ pub(super) struct RawTeamCity {
     #[serde(default = "default_timeout")]
     pub timeout_secs: u64,
     #[serde(default = "default_retry_schedule")]
-    pub retry_schedule_secs: Vec<u64>,
+    pub retry_schedule_secs: Vec<f64>,
     #[serde(default)]
     pub ca_file: String,
     #[serde(default)]
@@ -119,8 +119,8 @@ fn default_max_in_flight() -> usize {
 fn default_timeout() -> u64 {
     10
 }
-fn default_retry_schedule() -> Vec<u64> {
-    vec![1, 5, 30, 120, 600, 1800, 3600, 10800]
+fn default_retry_schedule() -> Vec<f64> {
+    vec![1.0, 5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 10800.0]
 }
 
 #[derive(Debug, Deserialize)]

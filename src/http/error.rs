@@ -31,6 +31,9 @@ pub enum ApiError {
     /// Well-formed but not acceptable (unknown server, token rejected by TeamCity).
     #[error("{0}")]
     Unprocessable(String),
+    /// The request does not fit the resource's state (e.g. retrying a job that is not dead).
+    #[error("{0}")]
+    Conflict(String),
     /// TeamCity could not be reached to check something.
     #[error("{0}")]
     BadGateway(String),
@@ -53,6 +56,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

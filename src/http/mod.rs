@@ -1,5 +1,6 @@
 //! The HTTP interface (SPEC §4): the accept loop, routing, and one file per endpoint group.
 
+mod admin_jobs;
 mod admin_tokens;
 mod error;
 mod health;

@@ -2,7 +2,7 @@
 
 use super::error::ApiError;
 use super::response::Body;
-use super::{admin_tokens, health, webhook};
+use super::{admin_jobs, admin_tokens, health, webhook};
 use crate::app::App;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -49,6 +49,12 @@ async fn route(
             authorize(app, &request)?;
             match rest {
                 ["tokens", rest @ ..] => admin_tokens::handle(app, request, rest).await,
+                ["jobs", rest @ ..] => {
+                    admin_jobs::jobs(app, request.method(), request.uri().query(), rest).await
+                }
+                ["deliveries"] => {
+                    admin_jobs::deliveries(app, request.method(), request.uri().query())
+                }
                 _ => Err(ApiError::NotFound(format!("no such path {path}"))),
             }
         }

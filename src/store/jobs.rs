@@ -35,6 +35,16 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Inflight => "inflight",
+            Self::Dead => "dead",
+            Self::Done => "done",
+        }
+    }
+
     /// Parses the API spelling.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
@@ -426,6 +436,49 @@ impl Store {
             }
         }
         Ok(pending)
+    }
+
+    /// Makes a dead job pending again, due now, with a fresh attempt count. `Ok(None)` when
+    /// there is no such job; `Err(state)` when it is not dead. A newer pending job for the
+    /// same branch takes precedence: the revived job then replaces nothing and is dropped
+    /// only if it was coalesced away later, like any other.
+    pub fn revive_job(&self, id: u64) -> Result<Option<Result<Job, JobState>>, StoreError> {
+        let now = clock::now_ms();
+        let revived = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
+            let Some(mut job) = read_job(jobs, id)? else {
+                return Ok(None);
+            };
+            if job.state != JobState::Dead {
+                return Ok(Some(Err(job.state)));
+            }
+            job.state = JobState::Pending;
+            job.attempts = 0;
+            job.next_attempt_at = now;
+            job.finished_at = None;
+            let key = job.coalescing_key();
+            if index.get(key.as_slice())?.is_none() {
+                index.insert(key.as_slice(), &job_key(id))?;
+            }
+            write_job(jobs, &job)?;
+            Ok(Some(Ok(job)))
+        })?;
+        Ok(revived)
+    }
+
+    /// Deletes a job in any state; `false` when there was none.
+    pub fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
+        let removed = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
+            let Some(job) = read_job(jobs, id)? else {
+                return Ok(false);
+            };
+            let key = job.coalescing_key();
+            if index.get(key.as_slice())?.as_deref() == Some(&job_key(id)[..]) {
+                index.remove(key.as_slice())?;
+            }
+            jobs.remove(&job_key(id))?;
+            Ok(true)
+        })?;
+        Ok(removed)
     }
 
     /// One job.

@@ -3,6 +3,7 @@
 
 mod check_for_changes;
 mod cli;
+mod delivery;
 mod pushes;
 mod rate_limit;
 mod restart;

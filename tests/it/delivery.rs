@@ -1,0 +1,326 @@
+//! What TeamCity's answers do to jobs (SPEC §6), coalescing (§5.3), isolation between servers
+//! (§7) and the job admin API (§8). Retry schedules here are a few tens of milliseconds; the
+//! exact waits, jitter and Retry-After arithmetic are unit-tested in `queue::retry`.
+
+use crate::support::*;
+use reqwest::Method;
+use serde_json::Value;
+
+const FAST_RETRIES: &str = "retry_schedule_secs = [0.02, 0.02, 0.02, 0.02]";
+
+async fn app_with(extra: &str) -> (FakeTeamCity, TestApp) {
+    let tc = FakeTeamCity::start().await;
+    let config =
+        standard_config(&tc.url, extra).replace("retry_schedule_secs = [1, 1]", FAST_RETRIES);
+    let app = TestApp::spawn(&config).await;
+    tc.add_token("t", "jdoe");
+    app.register_token("dc", "jdoe", "main", "t").await;
+    (tc, app)
+}
+
+async fn push(app: &TestApp, id: &str, branch: &str, n: u32) -> Value {
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[(&format!("refs/heads/{branch}"), &sha(n), "UPDATE")],
+    );
+    let (status, answer) = app.dc_push(&body, id).await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+async fn jobs(app: &TestApp, query: &str) -> Vec<Value> {
+    let response = app
+        .admin(Method::GET, &format!("/jobs{query}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    body["jobs"].as_array().unwrap().clone()
+}
+
+/// Waits (by polling the API between yields) until a job reaches `state`.
+async fn wait_for_state(app: &TestApp, state: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(job) = jobs(app, &format!("?state={state}"))
+            .await
+            .into_iter()
+            .next()
+        {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no job reached {state}: {:#?}",
+            jobs(app, "").await
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn three_503s_then_200_is_exactly_one_build() {
+    let (tc, app) = app_with("").await;
+    for _ in 0..3 {
+        tc.fail_next(503, "TeamCity is starting", None);
+    }
+    push(&app, "retry", "main", 1).await;
+    let calls = tc.wait_for_builds(4).await;
+    let done = wait_for_state(&app, "done").await;
+    assert_eq!(done["attempts"], 4);
+    assert_eq!(
+        done["last_error"],
+        "TeamCity answered 503: TeamCity is starting"
+    );
+    assert!(done["build_id"].as_u64().is_some());
+    assert!(
+        done["web_url"]
+            .as_str()
+            .unwrap()
+            .contains("viewQueued.html")
+    );
+    assert_eq!(tc.build_calls().len(), 4, "no call after success");
+    for pair in calls.windows(2) {
+        assert!(
+            pair[1].at >= pair[0].at + std::time::Duration::from_millis(15),
+            "waited for the schedule"
+        );
+    }
+}
+
+#[tokio::test]
+async fn client_errors_are_dead_at_once_with_teamcity_text() {
+    for (status, text) in [
+        (400, "Build type is paused"),
+        (403, "You do not have enough permissions to run builds"),
+        (404, "No build type found by locator 'Proj_Build'"),
+    ] {
+        let (tc, app) = app_with("").await;
+        tc.fail_next(status, text, None);
+        push(&app, "fail", "main", 1).await;
+        let dead = wait_for_state(&app, "dead").await;
+        assert_eq!(dead["attempts"], 1);
+        assert_eq!(
+            dead["last_error"],
+            format!("TeamCity answered {status}: {text}")
+        );
+        assert_eq!(tc.build_calls().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn exhausted_schedule_is_dead_and_admin_can_retry_or_remove() {
+    let (tc, app) = app_with("").await;
+    for _ in 0..5 {
+        tc.fail_next(502, "Bad Gateway", None);
+    }
+    push(&app, "exhaust", "main", 1).await;
+    let dead = wait_for_state(&app, "dead").await;
+    assert_eq!(dead["attempts"], 5);
+    assert!(
+        dead["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("gave up after 5 attempts")
+    );
+    let id = dead["id"].as_str().unwrap().to_owned();
+
+    let response = app
+        .admin(Method::POST, &format!("/jobs/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    tc.wait_for_builds(6).await;
+    let done = wait_for_state(&app, "done").await;
+    assert_eq!(done["id"], id);
+    let again = app
+        .admin(Method::POST, &format!("/jobs/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
+
+    let response = app
+        .admin(Method::DELETE, &format!("/jobs/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(jobs(&app, "").await.is_empty());
+    for (method, path) in [
+        (Method::DELETE, format!("/jobs/{id}")),
+        (Method::POST, "/jobs/999999/retry".into()),
+        (Method::DELETE, "/jobs/abc".into()),
+    ] {
+        assert_eq!(app.admin(method, &path).send().await.unwrap().status(), 404);
+    }
+    assert_eq!(
+        app.admin(Method::GET, "/jobs?state=weird")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let (tc, app) = app_with("").await;
+    // Step 0.02 s: Retry-After 1 is capped at twice the step (0.04 s), never below the step.
+    tc.fail_next(429, "Too many requests", Some("1"));
+    push(&app, "ra", "main", 1).await;
+    let calls = tc.wait_for_builds(2).await;
+    let gap = calls[1].at - calls[0].at;
+    assert!(gap >= std::time::Duration::from_millis(30), "{gap:?}");
+    assert!(
+        gap < std::time::Duration::from_millis(900),
+        "capped at twice the step: {gap:?}"
+    );
+    wait_for_state(&app, "done").await;
+}
+
+#[tokio::test]
+async fn a_different_branch_in_the_answer_is_a_warning() {
+    let (tc, app) = app_with("").await;
+    tc.answer_with_branch("main");
+    push(&app, "warn", "feature/not-in-branch-spec", 1).await;
+    let done = wait_for_state(&app, "done").await;
+    let warning = done["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("feature/not-in-branch-spec") && warning.contains("\"main\""),
+        "{warning}"
+    );
+}
+
+#[tokio::test]
+async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
+    // One call every 2 s: the first push takes the bucket, the next three wait and coalesce.
+    let (tc, app) = app_with("").await;
+    drop(app);
+    let config = standard_config(&tc.url, "")
+        .replace("rate_per_second = 1000.0", "rate_per_second = 0.5")
+        .replace("burst = 1000", "burst = 1");
+    let app = TestApp::spawn(&config).await;
+    app.register_token("dc", "jdoe", "main", "t").await;
+    push(&app, "first", "other", 1).await;
+    tc.wait_for_builds(1).await;
+    for n in 2..=4 {
+        push(&app, &format!("quick-{n}"), "main", n).await;
+    }
+    let pending = jobs(&app, "?state=pending").await;
+    assert_eq!(pending.len(), 1, "{pending:#?}");
+    assert_eq!(pending[0]["sha"], sha(4));
+    let calls = tc.wait_for_builds(2).await;
+    assert_eq!(calls[1].json()["branchName"], "main");
+    assert!(
+        calls[1].json()["comment"]["text"]
+            .as_str()
+            .unwrap()
+            .ends_with(&sha(4)[..7])
+    );
+    wait_for_state(&app, "done").await;
+    assert_eq!(tc.build_calls().len(), 2);
+}
+
+#[tokio::test]
+async fn a_hung_server_does_not_delay_another() {
+    let hung = FakeTeamCity::start().await;
+    hung.add_token("h", "jdoe");
+    let extra = format!(
+        r#"
+[[teamcity]]
+id = "hung"
+url = "{}"
+timeout_secs = 60
+max_in_flight = 1
+
+[[route]]
+source = "dc"
+repository = "*"
+teamcity = "hung"
+build_types = ["Stuck"]
+"#,
+        hung.url
+    );
+    let (tc, app) = app_with(&extra).await;
+    app.register_token("dc", "jdoe", "hung", "h").await;
+    hung.hang(true);
+    // Every push makes a job on each server; the hung one takes the first and blocks.
+    for n in 1..=5 {
+        push(&app, &format!("iso-{n}"), &format!("b{n}"), n).await;
+    }
+    let healthy = tc.wait_for_builds(5).await;
+    assert_eq!(healthy.len(), 5);
+    assert_eq!(
+        hung.build_calls().len(),
+        1,
+        "max_in_flight = 1 on the hung server"
+    );
+    assert_eq!(jobs(&app, "?state=inflight").await.len(), 1);
+}
+
+#[tokio::test]
+async fn deliveries_are_listed_with_their_outcome() {
+    let (_tc, app) = app_with("").await;
+    push(&app, "listed-1", "main", 1).await;
+    app.dc_push(
+        &dc_payload(
+            "stranger",
+            "PROJ/repo",
+            &[("refs/heads/x", &sha(2), "UPDATE")],
+        ),
+        "listed-2",
+    )
+    .await;
+    app.dc_push(
+        &dc_payload(
+            "stranger",
+            "PROJ/repo",
+            &[("refs/heads/x", &sha(2), "UPDATE")],
+        ),
+        "listed-2",
+    )
+    .await;
+    app.webhook(
+        "dc",
+        Some("pr:merged"),
+        b"{}",
+        Some(DC_SECRET),
+        Some("listed-3"),
+    )
+    .await;
+    let body: Value = app
+        .admin(Method::GET, "/deliveries?limit=10")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let list = body["deliveries"].as_array().unwrap();
+    let outcome = |id: &str, result: &str| {
+        list.iter()
+            .find(|d| d["id"] == id && d["result"] == result)
+            .cloned()
+    };
+    assert_eq!(outcome("listed-1", "accepted").unwrap()["jobs"], 1);
+    let skipped = outcome("listed-2", "accepted").unwrap();
+    assert_eq!(
+        skipped["skipped"][0]["reason"],
+        "no token for stranger on main"
+    );
+    assert!(outcome("listed-2", "duplicate").is_some());
+    assert!(outcome("listed-3", "ignored").is_some());
+    assert_eq!(
+        app.admin(Method::GET, "/deliveries?limit=0")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+}
