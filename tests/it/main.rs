@@ -4,6 +4,7 @@
 mod check_for_changes;
 mod cli;
 mod delivery;
+mod durability;
 mod pushes;
 mod rate_limit;
 mod restart;

@@ -2,6 +2,7 @@
 //! TeamCity, signed deliveries and payload builders.
 
 pub mod fake_teamcity;
+pub mod process;
 
 use bb2tc::config::Config;
 pub use fake_teamcity::FakeTeamCity;
