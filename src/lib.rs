@@ -91,7 +91,12 @@ pub async fn run(
         .map(TeamCityClient::new)
         .collect::<Result<Vec<_>, _>>()?;
     let (stop_workers, stopping) = Shutdown::new();
-    let (queue, queue_tasks) = Queue::start(store.clone(), &clients, stopping.clone())?;
+    let (queue, queue_tasks) = Queue::start(
+        store.clone(),
+        &clients,
+        stopping.clone(),
+        queue::retry::random_jitter,
+    )?;
     let pruner = tokio::spawn(prune_periodically(store.clone(), stopping));
     let grace = config.http.shutdown_grace;
     let clients: HashMap<_, _> = clients

@@ -142,6 +142,53 @@ pub struct QueuedBuild {
     pub branch_name: Option<String>,
 }
 
+/// A build waiting in TeamCity's queue, as `GET /app/rest/buildQueue` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WaitingBuild {
+    /// Queued build id.
+    pub id: Option<u64>,
+    /// Branch, when not the default.
+    #[serde(rename = "branchName")]
+    pub branch_name: Option<String>,
+    /// Link to the build.
+    #[serde(rename = "webUrl")]
+    pub web_url: Option<String>,
+    /// The trigger comment.
+    #[serde(default)]
+    pub comment: Option<Comment>,
+    /// Pinned revisions.
+    #[serde(default)]
+    pub revisions: Option<Revisions>,
+}
+
+/// A build comment.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Comment {
+    /// Its text.
+    pub text: Option<String>,
+}
+
+/// Pinned revisions of a queued build.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Revisions {
+    /// One per VCS root.
+    #[serde(default)]
+    pub revision: Vec<Revision>,
+}
+
+/// One pinned revision.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Revision {
+    /// The commit.
+    pub version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct BuildQueue {
+    #[serde(default)]
+    build: Vec<WaitingBuild>,
+}
+
 #[derive(Deserialize)]
 struct CurrentUser {
     username: String,
@@ -246,6 +293,39 @@ impl TeamCityClient {
                 .endpoint("app/rest/vcs-root-instances/commitHookNotification"),
             utf8_percent_encode(&locator, QUERY_VALUE)
         )
+    }
+
+    /// `GET /app/rest/buildQueue?locator=buildType:(id:…)`: the builds of a build type still
+    /// waiting in the queue, with branch, comment and pinned revisions.
+    pub async fn queued_builds(
+        &self,
+        token: &TeamCityToken,
+        build_type: &BuildTypeId,
+    ) -> Result<Vec<WaitingBuild>, TeamCityError> {
+        let locator = format!("buildType:(id:{build_type})");
+        let url = format!(
+            "{}?locator={}&fields={}",
+            self.server.endpoint("app/rest/buildQueue"),
+            utf8_percent_encode(&locator, QUERY_VALUE),
+            utf8_percent_encode(
+                "build(id,branchName,webUrl,comment(text),revisions(revision(version)))",
+                QUERY_VALUE
+            )
+        );
+        let response = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, bearer(token)?)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let response = check_status(response).await?;
+        let queue: BuildQueue = response
+            .json()
+            .await
+            .map_err(|e| TeamCityError::BadResponse(e.to_string()))?;
+        Ok(queue.build)
     }
 
     /// `GET /app/rest/users/current`: the TeamCity user name the token belongs to.

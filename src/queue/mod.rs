@@ -6,13 +6,15 @@
 mod dispatch;
 pub mod rate_limit;
 pub mod retry;
+mod trigger;
 mod worker;
+
+pub use trigger::Trigger;
 
 use crate::clock;
 use crate::ids::ServerId;
 use crate::shutdown::Shutdown;
 use crate::store::{Job, Store, StoreError};
-use crate::teamcity::TeamCityClient;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,25 +39,32 @@ pub struct QueueTasks {
 }
 
 impl Queue {
-    /// Starts a worker per client and hands each the jobs the store still holds for it.
-    pub fn start(
+    /// Starts a worker per server and hands each the jobs the store still holds for it.
+    /// `jitter` gives each retry's jitter in [-1, 1] ([`retry::random_jitter`] in production).
+    pub fn start<T: Trigger>(
         store: Arc<Store>,
-        clients: &[TeamCityClient],
+        servers: &[T],
         shutdown: Shutdown,
+        jitter: fn() -> f64,
     ) -> Result<(Self, QueueTasks), StoreError> {
         let mut workers = HashMap::new();
         let mut tasks = QueueTasks {
             workers: Vec::new(),
         };
-        for client in clients {
-            let server = client.server();
+        for teamcity in servers {
+            let server = teamcity.server();
             let (inbox, receiver) = mpsc::unbounded_channel();
             let slots = Arc::new(Semaphore::new(server.max_in_flight));
             let worker = worker::Worker {
                 store: store.clone(),
-                client: client.clone(),
-                limit: rate_limit::RateLimit::new(server.rate_per_second, server.burst),
+                teamcity: teamcity.clone(),
+                jitter,
+                limit: Arc::new(rate_limit::RateLimit::new(
+                    server.rate_per_second,
+                    server.burst,
+                )),
                 slots: slots.clone(),
+                next_up: Arc::new(Semaphore::new(1)),
                 inbox: receiver,
                 outbox: inbox.clone(),
                 shutdown: shutdown.clone(),
@@ -130,3 +139,6 @@ impl QueueTasks {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,11 +7,9 @@
 
 use super::dispatch::dispatch;
 use super::rate_limit::RateLimit;
-use super::retry::random_jitter;
-use crate::clock;
+use super::trigger::Trigger;
 use crate::shutdown::Shutdown;
 use crate::store::{Finish, JobState, Store};
-use crate::teamcity::TeamCityClient;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -31,17 +29,21 @@ pub struct Scheduled {
 /// How long to wait before looking at a job again after the store failed to read it.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
-pub(super) struct Worker {
+pub(super) struct Worker<T: Trigger> {
     pub store: Arc<Store>,
-    pub client: TeamCityClient,
-    pub limit: RateLimit,
+    pub teamcity: T,
+    /// Retry jitter in [-1, 1]: random in production, fixed in tests.
+    pub jitter: fn() -> f64,
+    pub limit: Arc<RateLimit>,
     pub slots: Arc<Semaphore>,
+    /// One permit: the claimed job waiting for the bucket.
+    pub next_up: Arc<Semaphore>,
     pub inbox: mpsc::UnboundedReceiver<Scheduled>,
     pub outbox: mpsc::UnboundedSender<Scheduled>,
     pub shutdown: Shutdown,
 }
 
-impl Worker {
+impl<T: Trigger> Worker<T> {
     pub async fn run(mut self) {
         let mut schedule: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
         loop {
@@ -63,7 +65,13 @@ impl Worker {
         }
     }
 
-    /// Waits for a slot and the bucket, then claims and sends job `id`. `false` on shutdown.
+    /// Waits for a slot, claims job `id` and sends it once the bucket allows. `false` on
+    /// shutdown.
+    ///
+    /// The bucket is the last wait before the call — after the in-flight mark is on disk —
+    /// so that however long the disk takes, TeamCity never sees more than
+    /// `burst + rate × T` calls in T seconds. Only one claimed job at a time waits for the
+    /// bucket (`next_up`); the others stay pending, where a newer push can still replace them.
     async fn send(&mut self, id: u64) -> bool {
         // A job replaced by a newer push (or removed) must not use up a call.
         match self.store.job(id) {
@@ -83,11 +91,14 @@ impl Worker {
                 Err(_) => return false,
             },
         };
-        tokio::select! {
+        let next_up = tokio::select! {
             biased;
             _ = self.shutdown.wait() => return false,
-            _ = self.limit.ready() => {}
-        }
+            permit = self.next_up.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return false,
+            },
+        };
         let job = match self.store.claim_job(id) {
             Ok(Some(job)) => job,
             Ok(None) => return true,
@@ -98,23 +109,40 @@ impl Worker {
             }
         };
         let store = self.store.clone();
-        let client = self.client.clone();
+        let teamcity = self.teamcity.clone();
         let outbox = self.outbox.clone();
+        let limit = self.limit.clone();
+        let mut shutdown = self.shutdown.clone();
+        let jitter = (self.jitter)();
         tokio::spawn(async move {
             // The in-flight mark must be on disk before the call, so a crash after the call
             // is known to be one (SPEC §7, at-least-once).
             if let Err(e) = store.commit().await {
                 tracing::error!(job = job.id, error = %e, "cannot persist in-flight mark");
             }
-            let finish = dispatch(&store, &client, &job, random_jitter()).await;
-            let retry_at = match &finish {
-                Finish::Retry { at, .. } => Some(*at),
+            let stopped = tokio::select! {
+                biased;
+                _ = shutdown.wait() => true,
+                _ = limit.ready() => false,
+            };
+            drop(next_up);
+            if stopped {
+                // Not sent: it stays pending for the next start.
+                if let Err(e) = store.release_job(job.id) {
+                    tracing::error!(job = job.id, error = %e, "cannot release the job");
+                }
+                let _ = store.commit().await;
+                drop(slot);
+                return;
+            }
+            let finish = dispatch(&store, &teamcity, &job, jitter).await;
+            let retry_in = match &finish {
+                Finish::Retry { delay, .. } => Some(*delay),
                 _ => None,
             };
             match store.finish_job(job.id, finish) {
                 Ok(Some(_)) => {
-                    if let Some(at) = retry_at {
-                        let delay = Duration::from_millis(at.saturating_sub(clock::now_ms()));
+                    if let Some(delay) = retry_in {
                         let _ = outbox.send(Scheduled {
                             id: job.id,
                             due: Instant::now() + delay,

@@ -225,10 +225,10 @@ pub enum Finish {
         /// E.g. TeamCity used a different branch.
         warning: Option<String>,
     },
-    /// Try again at `at` (ms).
+    /// Try again after `delay`.
     Retry {
-        /// Next attempt time.
-        at: u64,
+        /// Wait before the next attempt.
+        delay: std::time::Duration,
         /// What went wrong.
         error: String,
     },
@@ -362,6 +362,30 @@ impl Store {
         Ok(claimed)
     }
 
+    /// Puts a claimed job back, unsent (on shutdown, before its call was made).
+    pub fn release_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        let released = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
+            let Some(mut job) = read_job(jobs, id)? else {
+                return Ok(None);
+            };
+            if job.state != JobState::Inflight {
+                return Ok(None);
+            }
+            let key = job.coalescing_key();
+            if index.get(key.as_slice())?.is_some() {
+                // A newer push for the same branch is waiting: it replaces this one.
+                jobs.remove(&job_key(id))?;
+                return Ok(None);
+            }
+            index.insert(key.as_slice(), &job_key(id))?;
+            job.state = JobState::Pending;
+            job.attempts = job.attempts.saturating_sub(1);
+            write_job(jobs, &job)?;
+            Ok(Some(job))
+        })?;
+        Ok(released)
+    }
+
     /// Stores how a call ended. A job to retry goes back to pending — unless a newer push
     /// for the same key is already waiting, which then replaces it (returns `None`).
     pub fn finish_job(&self, id: u64, finish: Finish) -> Result<Option<Job>, StoreError> {
@@ -388,7 +412,7 @@ impl Store {
                     job.last_error = Some(error.clone());
                     job.finished_at = Some(now);
                 }
-                Finish::Retry { at, error } => {
+                Finish::Retry { delay, error } => {
                     let key = job.coalescing_key();
                     if index.get(key.as_slice())?.is_some() {
                         jobs.remove(&job_key(id))?;
@@ -396,7 +420,8 @@ impl Store {
                     }
                     index.insert(key.as_slice(), &job_key(id))?;
                     job.state = JobState::Pending;
-                    job.next_attempt_at = *at;
+                    job.next_attempt_at =
+                        now + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     job.last_error = Some(error.clone());
                 }
             }
@@ -666,7 +691,7 @@ mod tests {
         assert!(coalesced.is_empty(), "an in-flight job is not replaced");
         // The in-flight job fails and would retry, but a newer one waits: it is dropped.
         let retry = Finish::Retry {
-            at: 0,
+            delay: std::time::Duration::ZERO,
             error: "503".into(),
         };
         assert!(store.finish_job(second[0].id, retry).unwrap().is_none());
@@ -695,16 +720,14 @@ mod tests {
             .finish_job(
                 jobs[0].id,
                 Finish::Retry {
-                    at: 42,
+                    delay: std::time::Duration::from_secs(42),
                     error: "timeout".into(),
                 },
             )
             .unwrap()
             .unwrap();
-        assert_eq!(
-            (retried.state, retried.next_attempt_at),
-            (JobState::Pending, 42)
-        );
+        assert_eq!(retried.state, JobState::Pending);
+        assert!(retried.next_attempt_at >= clock::now_ms() + 41_000);
         let done = Finish::Done {
             build_id: Some(7),
             web_url: None,

@@ -198,32 +198,45 @@ async fn a_different_branch_in_the_answer_is_a_warning() {
 
 #[tokio::test]
 async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
-    // One call every 2 s: the first push takes the bucket, the next three wait and coalesce.
-    let (tc, app) = app_with("").await;
-    drop(app);
+    // Two calls a second, burst 1: "first" goes at once, "blocker" waits for the bucket until
+    // 0.5 s, and the three pushes to main meanwhile wait as pending jobs and coalesce.
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
     let config = standard_config(&tc.url, "")
-        .replace("rate_per_second = 1000.0", "rate_per_second = 0.5")
+        .replace("rate_per_second = 1000.0", "rate_per_second = 2.0")
         .replace("burst = 1000", "burst = 1");
     let app = TestApp::spawn(&config).await;
     app.register_token("dc", "jdoe", "main", "t").await;
-    push(&app, "first", "other", 1).await;
-    tc.wait_for_builds(1).await;
-    for n in 2..=4 {
-        push(&app, &format!("quick-{n}"), "main", n).await;
+    push(&app, "first", "first", 1).await;
+    push(&app, "blocker", "blocker", 2).await;
+    for n in 3..=5 {
+        let answer = push(&app, &format!("quick-{n}"), "main", n).await;
+        assert_eq!(answer["jobs"], 1);
     }
     let pending = jobs(&app, "?state=pending").await;
     assert_eq!(pending.len(), 1, "{pending:#?}");
-    assert_eq!(pending[0]["sha"], sha(4));
-    let calls = tc.wait_for_builds(2).await;
-    assert_eq!(calls[1].json()["branchName"], "main");
+    assert_eq!(pending[0]["sha"], sha(5));
+    let calls = tc.wait_for_builds(3).await;
+    let branches: Vec<&str> = calls
+        .iter()
+        .map(|c| c.json()["branchName"].as_str().unwrap().to_owned())
+        .map(|b| match b.as_str() {
+            "first" => "first",
+            "blocker" => "blocker",
+            _ => "main",
+        })
+        .collect();
+    assert_eq!(branches, vec!["first", "blocker", "main"]);
     assert!(
-        calls[1].json()["comment"]["text"]
+        calls[2].json()["comment"]["text"]
             .as_str()
             .unwrap()
-            .ends_with(&sha(4)[..7])
+            .ends_with(&sha(5)[..7])
     );
     wait_for_state(&app, "done").await;
-    assert_eq!(tc.build_calls().len(), 2);
+    let done = jobs(&app, "?state=done").await;
+    assert_eq!(done.len(), 3);
+    assert_eq!(tc.build_calls().len(), 3);
 }
 
 #[tokio::test]

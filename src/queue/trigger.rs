@@ -1,0 +1,64 @@
+//! The TeamCity calls a worker makes, as a trait: the real [`TeamCityClient`] in production,
+//! a scripted in-memory server in the worker's paused-clock tests.
+
+use crate::config::TeamCityServer;
+use crate::ids::{BuildTypeId, TeamCityToken};
+use crate::teamcity::{BuildRequest, QueuedBuild, TeamCityClient, TeamCityError, WaitingBuild};
+use std::future::Future;
+
+/// What a worker needs from a TeamCity server.
+pub trait Trigger: Clone + Send + Sync + 'static {
+    /// The server's settings (rate limit, retry schedule, service token).
+    fn server(&self) -> &TeamCityServer;
+
+    /// `POST /app/rest/buildQueue`.
+    fn queue_build(
+        &self,
+        token: &TeamCityToken,
+        request: &BuildRequest<'_>,
+    ) -> impl Future<Output = Result<QueuedBuild, TeamCityError>> + Send;
+
+    /// Commit-hook notification; `Ok(false)` when no VCS root matched.
+    fn notify_commit_hook(
+        &self,
+        token: &TeamCityToken,
+        clone_urls: &[String],
+    ) -> impl Future<Output = Result<bool, TeamCityError>> + Send;
+
+    /// Builds of a build type still waiting in the queue.
+    fn queued_builds(
+        &self,
+        token: &TeamCityToken,
+        build_type: &BuildTypeId,
+    ) -> impl Future<Output = Result<Vec<WaitingBuild>, TeamCityError>> + Send;
+}
+
+impl Trigger for TeamCityClient {
+    fn server(&self) -> &TeamCityServer {
+        TeamCityClient::server(self)
+    }
+
+    fn queue_build(
+        &self,
+        token: &TeamCityToken,
+        request: &BuildRequest<'_>,
+    ) -> impl Future<Output = Result<QueuedBuild, TeamCityError>> + Send {
+        TeamCityClient::queue_build(self, token, request)
+    }
+
+    fn notify_commit_hook(
+        &self,
+        token: &TeamCityToken,
+        clone_urls: &[String],
+    ) -> impl Future<Output = Result<bool, TeamCityError>> + Send {
+        TeamCityClient::notify_commit_hook(self, token, clone_urls)
+    }
+
+    fn queued_builds(
+        &self,
+        token: &TeamCityToken,
+        build_type: &BuildTypeId,
+    ) -> impl Future<Output = Result<Vec<WaitingBuild>, TeamCityError>> + Send {
+        TeamCityClient::queued_builds(self, token, build_type)
+    }
+}
