@@ -192,3 +192,51 @@ async fn kill_9_during_a_stream_of_pushes_loses_and_doubles_nothing() {
     let status = bridge.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }
+
+#[tokio::test]
+async fn sigterm_mid_backlog_exits_0_and_the_rest_is_sent_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let slow = write_config(dir.path(), &tc.url, "retry_schedule_secs = [1]");
+    let text = std::fs::read_to_string(&slow)
+        .unwrap()
+        .replace("rate_per_second = 1000.0", "rate_per_second = 0.01")
+        .replace("burst = 1000", "burst = 1");
+    std::fs::write(&slow, text).unwrap();
+    let bridge = Bridge::start(&slow, "");
+    let http = reqwest::Client::new();
+    let registered = http
+        .post(format!("{}/api/v1/tokens", bridge.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(
+            &serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "t"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    for n in 1..=4 {
+        assert_eq!(send(&http, &bridge.url, n).await.unwrap(), 202);
+    }
+    tc.wait_for_builds(1).await;
+    let started = std::time::Instant::now();
+    let status = bridge.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "did not wait out the backlog"
+    );
+    assert_eq!(tc.build_calls().len(), 1);
+
+    let fast = write_config(dir.path(), &tc.url, "retry_schedule_secs = [1]");
+    let bridge = Bridge::start(&fast, "");
+    let calls = tc.wait_for_builds(4).await;
+    let mut branches: Vec<String> = calls
+        .iter()
+        .map(|c| c.json()["branchName"].as_str().unwrap().to_owned())
+        .collect();
+    branches.sort();
+    assert_eq!(branches, vec!["b1", "b2", "b3", "b4"]);
+    assert!(bridge.terminate().success());
+}
