@@ -5,6 +5,7 @@ mod check_for_changes;
 mod cli;
 mod delivery;
 mod durability;
+mod hostile_input;
 mod pushes;
 mod rate_limit;
 mod restart;
