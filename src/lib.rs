@@ -36,6 +36,7 @@
 //! - [`http`] — server, router, one file per endpoint group.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
 
+pub mod admin_client;
 pub mod app;
 pub mod bitbucket;
 pub mod clock;

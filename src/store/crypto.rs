@@ -15,6 +15,7 @@ use std::path::Path;
 
 const NONCE_LEN: usize = 24;
 const KEY_FILE: &str = "master.key";
+const NEW_KEY_FILE: &str = "master.key.new";
 
 /// Seals and opens token values.
 pub struct TokenCipher {
@@ -42,6 +43,49 @@ impl TokenCipher {
         let cipher = XChaCha20Poly1305::new_from_slice(&key_bytes)
             .map_err(|_| StoreError::MasterKey("master key must be 32 bytes".into()))?;
         Ok(Self { cipher })
+    }
+
+    /// A cipher for a base64-encoded 32-byte key.
+    pub fn from_base64(text: &str) -> Result<Self, StoreError> {
+        let key = decode_key(text).ok_or_else(|| {
+            StoreError::MasterKey("a master key must be base64 of exactly 32 bytes".into())
+        })?;
+        let cipher = XChaCha20Poly1305::new_from_slice(&key)
+            .map_err(|_| StoreError::MasterKey("master key must be 32 bytes".into()))?;
+        Ok(Self { cipher })
+    }
+
+    /// `<dir>/master.key`.
+    pub fn key_file(dir: &Path) -> std::path::PathBuf {
+        dir.join(KEY_FILE)
+    }
+
+    /// `<dir>/master.key.new`: the next key while a rotation is under way.
+    pub fn new_key_file(dir: &Path) -> std::path::PathBuf {
+        dir.join(NEW_KEY_FILE)
+    }
+
+    /// Reads a key file.
+    pub fn from_key_file(path: &Path) -> Result<Self, StoreError> {
+        let text = std::fs::read_to_string(path).map_err(|e| io(path, e))?;
+        Self::from_base64(&text).map_err(|_| {
+            StoreError::MasterKey(format!(
+                "{} must hold base64 of exactly 32 bytes",
+                path.display()
+            ))
+        })
+    }
+
+    /// Writes `encoded` to a new key file, mode 0600, synced.
+    pub fn write_key_file(path: &Path, encoded: &str) -> Result<(), StoreError> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(|e| io(path, e))?;
+        file.write_all(format!("{encoded}\n").as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(|e| io(path, e))
     }
 
     /// A fresh random key, base64-encoded (for `storage.master_key` or key rotation).
@@ -102,14 +146,7 @@ fn load_or_create_key_file(path: &Path) -> Result<Vec<u8>, StoreError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let encoded = TokenCipher::generate_key();
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let mut file = options.open(path).map_err(|e| io(path, e))?;
-            file.write_all(format!("{encoded}\n").as_bytes())
-                .and_then(|_| file.sync_all())
-                .map_err(|e| io(path, e))?;
+            TokenCipher::write_key_file(path, &encoded)?;
             tracing::info!(path = %path.display(), "generated a new master key");
             decode_key(&encoded).ok_or(StoreError::Crypto)
         }

@@ -15,6 +15,7 @@
 mod crypto;
 mod group_commit;
 pub mod jobs;
+mod key_rotation;
 pub mod tokens;
 
 pub use crypto::TokenCipher;
@@ -29,8 +30,6 @@ use std::path::{Path, PathBuf};
 /// and how long finished jobs and delivery records are kept for the admin API.
 pub const DEDUP_WINDOW_MS: u64 = 24 * 3600 * 1000;
 
-const KEY_CHECK: &[u8] = b"key_check";
-const KEY_CHECK_PLAINTEXT: &[u8] = b"bb2tc master key check";
 const ADMIN_HASH: &[u8] = b"admin_token_sha256";
 
 /// Why the store failed.
@@ -79,7 +78,6 @@ impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
 /// The open store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
-    db: sled::Db,
     path: PathBuf,
     tokens: sled::Tree,
     token_index: sled::Tree,
@@ -97,8 +95,9 @@ impl Store {
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         let path = settings.path.clone();
         std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
-        let cipher = TokenCipher::load(settings.master_key.as_ref(), &path)?;
         let db = sled::Config::new().path(&path).open()?;
+        let meta = db.open_tree("meta")?;
+        let cipher = key_rotation::open_cipher(settings, &meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
         let store = Self {
             tokens: db.open_tree("tokens")?,
@@ -107,13 +106,11 @@ impl Store {
             pending_index: db.open_tree("pending_index")?,
             deliveries: db.open_tree("deliveries")?,
             seen_changes: db.open_tree("seen_changes")?,
-            meta: db.open_tree("meta")?,
-            db,
+            meta,
             path,
             cipher,
             committer,
         };
-        store.check_master_key()?;
         Ok(store)
     }
 
@@ -150,27 +147,6 @@ impl Store {
     pub async fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
         self.meta.insert(ADMIN_HASH, &hash)?;
         self.commit().await
-    }
-
-    /// A wrong key must fail start-up clearly instead of producing garbage later: the first
-    /// start seals a known value, later starts must be able to open it.
-    fn check_master_key(&self) -> Result<(), StoreError> {
-        match self.meta.get(KEY_CHECK)? {
-            Some(sealed) => {
-                let sealed = std::str::from_utf8(&sealed)
-                    .map_err(|_| StoreError::Corrupt("key check value".into()))?;
-                match self.cipher.open(KEY_CHECK, sealed) {
-                    Ok(plain) if plain == KEY_CHECK_PLAINTEXT => Ok(()),
-                    _ => Err(StoreError::WrongMasterKey(self.path.display().to_string())),
-                }
-            }
-            None => {
-                let sealed = self.cipher.seal(KEY_CHECK, KEY_CHECK_PLAINTEXT)?;
-                self.meta.insert(KEY_CHECK, sealed.as_bytes())?;
-                self.db.flush()?;
-                Ok(())
-            }
-        }
     }
 }
 

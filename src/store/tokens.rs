@@ -34,8 +34,8 @@ impl TokenStatus {
 
 /// The stored record.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredToken {
-    id: String,
+pub(super) struct StoredToken {
+    pub(super) id: String,
     source: SourceId,
     user: String,
     user_key: UserKey,
@@ -45,7 +45,7 @@ struct StoredToken {
     added_at: u64,
     last_authenticated_at: Option<u64>,
     status: TokenStatus,
-    sealed: String,
+    pub(super) sealed: String,
 }
 
 /// A token record as the API shows it (SPEC §8); never contains the token.

@@ -1,5 +1,6 @@
 //! The real binary: `check-config` and `sign`.
 
+use crate::support::process;
 use crate::support::*;
 use std::process::Command;
 
@@ -95,4 +96,375 @@ fn sign_prints_the_published_signature() {
         String::from_utf8_lossy(&output.stdout).trim(),
         "sha256=f205c729821c6954aff2afe72b965c34015b4baf96ea8ddc2cc44999c014a035"
     );
+}
+
+/// Runs the binary without blocking the test's runtime (the bridge runs on it).
+async fn run(
+    args: Vec<String>,
+    env: Vec<(&'static str, String)>,
+    stdin: Option<String>,
+) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut command = bb2tc();
+        command
+            .args(&args)
+            .env_remove("BB2TC_ADMIN_TOKEN")
+            .env_remove("BB2TC_CONFIG");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test]
+async fn token_and_jobs_commands_against_a_running_bridge() {
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("cli-secret-token", "jdoe");
+    let config = standard_config(&tc.url, "");
+    let app = TestApp::spawn(&config).await;
+    let env = vec![("BB2TC_ADMIN_TOKEN", ADMIN_TOKEN.to_string())];
+
+    // add, with the token on standard input
+    let out = run(
+        args(&[
+            "token",
+            "add",
+            "--url",
+            &app.url,
+            "--user",
+            "jdoe",
+            "--teamcity",
+            "main",
+            "--source",
+            "dc",
+            "--token",
+            "-",
+            "--json",
+        ]),
+        env.clone(),
+        Some("cli-secret-token\n".into()),
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (added["user"].as_str(), added["status"].as_str()),
+        (Some("jdoe"), Some("valid"))
+    );
+    let id = added["id"].as_str().unwrap().to_owned();
+
+    // list, as a table and as JSON parsed back
+    let out = run(
+        args(&["token", "list", "--url", &app.url]),
+        env.clone(),
+        None,
+    )
+    .await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("ID") && table.contains(&id) && table.contains("valid"),
+        "{table}"
+    );
+    assert!(!table.contains("cli-secret-token"));
+    let out = run(
+        args(&[
+            "token", "list", "--url", &app.url, "--user", "JDOE", "--json",
+        ]),
+        env.clone(),
+        None,
+    )
+    .await;
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["tokens"][0]["id"], id.as_str());
+
+    // a rejected token: non-zero exit with the API's message
+    let out = run(
+        args(&[
+            "token",
+            "add",
+            "--url",
+            &app.url,
+            "--user",
+            "amy",
+            "--teamcity",
+            "main",
+            "--source",
+            "dc",
+            "--token",
+            "bogus",
+        ]),
+        env.clone(),
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rejected the token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // a dead job: listed, retried, removed
+    tc.fail_next(400, "Build configuration is paused", None);
+    app.dc_push(
+        &dc_payload(
+            "jdoe",
+            "PROJ/repo",
+            &[("refs/heads/main", &sha(1), "UPDATE")],
+        ),
+        "cli-push",
+    )
+    .await;
+    let job_id = loop {
+        let out = run(
+            args(&[
+                "jobs", "list", "--url", &app.url, "--state", "dead", "--json",
+            ]),
+            env.clone(),
+            None,
+        )
+        .await;
+        let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if let Some(job) = jobs["jobs"].as_array().unwrap().first() {
+            break job["id"].as_str().unwrap().to_owned();
+        }
+    };
+    let out = run(
+        args(&["jobs", "list", "--url", &app.url]),
+        env.clone(),
+        None,
+    )
+    .await;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("dead") && table.contains("Build configuration is paused"),
+        "{table}"
+    );
+    let out = run(
+        args(&["jobs", "retry", &job_id, "--url", &app.url]),
+        env.clone(),
+        None,
+    )
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("job {job_id} requeued")
+    );
+    tc.wait_for_builds(2).await;
+    let out = run(
+        args(&["jobs", "remove", &job_id, "--url", &app.url]),
+        env.clone(),
+        None,
+    )
+    .await;
+    assert!(out.status.success());
+    let out = run(
+        args(&["jobs", "remove", &job_id, "--url", &app.url]),
+        env.clone(),
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no job {job_id}")));
+
+    // remove the token; a wrong admin token fails with 401's message
+    let out = run(
+        args(&["token", "remove", &id, "--url", &app.url]),
+        env.clone(),
+        None,
+    )
+    .await;
+    assert!(out.status.success());
+    let out = run(
+        args(&["token", "list", "--url", &app.url, "--admin-token", "wrong"]),
+        vec![],
+        None,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing or invalid admin token"));
+}
+
+#[tokio::test]
+async fn rotate_key_keeps_tokens_usable_and_a_wrong_key_fails_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("rotating-token", "jdoe");
+    let store = dir.path().join("data");
+    let config_path = dir.path().join("bb2tc.toml");
+    // A key file (no configured master key) this time.
+    let config = format!(
+        "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
+        store.display().to_string(),
+        standard_config(&tc.url, "")
+    );
+    std::fs::write(&config_path, &config).unwrap();
+    let bridge = process::Bridge::start(&config_path, "");
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/api/v1/tokens", bridge.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "rotating-token"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert!(bridge.terminate().success());
+
+    let old_key = std::fs::read_to_string(store.join("master.key")).unwrap();
+    let config_arg = config_path.display().to_string();
+    let out = run(args(&["rotate-key", "--config", &config_arg]), vec![], None).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-encrypted 1 token(s)"));
+    assert_ne!(
+        std::fs::read_to_string(store.join("master.key")).unwrap(),
+        old_key
+    );
+
+    let bridge = process::Bridge::start(&config_path, "");
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(1), "UPDATE")],
+    );
+    let response = http
+        .post(format!("{}/hooks/bitbucket/dc", bridge.url))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header(
+            "X-Hub-Signature",
+            bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let calls = tc.wait_for_builds(1).await;
+    assert_eq!(
+        calls[0].authorization.as_deref(),
+        Some("Bearer rotating-token")
+    );
+    assert!(bridge.terminate().success());
+
+    // The old key no longer opens the store: start-up fails, saying so.
+    let wrong = config.replace(
+        "[storage]\n",
+        &format!("[storage]\nmaster_key = \"{}\"\n", old_key.trim()),
+    );
+    std::fs::write(&config_path, wrong).unwrap();
+    let out = run(args(&["serve", "--config", &config_arg]), vec![], None).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("master key does not match"), "{stderr}");
+}
+
+#[tokio::test]
+async fn no_token_in_debug_logs_or_store_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    let token = "SENSITIVE-TOKEN-0123456789";
+    tc.add_token(token, "jdoe");
+    let store = dir.path().join("data");
+    let config_path = dir.path().join("bb2tc.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            store.display().to_string(),
+            standard_config(&tc.url, "")
+        ),
+    )
+    .unwrap();
+    let bridge = process::Bridge::start(&config_path, "export RUST_LOG=debug");
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/api/v1/tokens", bridge.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": token}))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(!text.contains(token));
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(1), "UPDATE")],
+    );
+    http.post(format!("{}/hooks/bitbucket/dc", bridge.url))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header(
+            "X-Hub-Signature",
+            bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    tc.wait_for_builds(1).await;
+    let jobs = http
+        .get(format!("{}/api/v1/jobs", bridge.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!jobs.contains(token));
+    let (status, logged) = bridge.terminate_and_log();
+    assert!(status.success());
+    assert!(
+        logged.contains("TeamCity call") && logged.contains("DEBUG"),
+        "debug logging was on: {logged}"
+    );
+    assert!(!logged.contains(token), "the token is in the log");
+    let mut files = vec![store.clone()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
+                "{} holds the token",
+                path.display()
+            );
+        }
+    }
 }

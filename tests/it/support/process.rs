@@ -3,13 +3,15 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 /// A running `bb2tc serve`.
 pub struct Bridge {
     child: Child,
     pub url: String,
+    log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Bridge {
@@ -29,8 +31,14 @@ impl Bridge {
             .expect("bb2tc starts");
         let stderr = child.stderr.take().unwrap();
         let (ready, wait) = mpsc::channel();
-        std::thread::spawn(move || {
+        let log = Arc::new(Mutex::new(String::new()));
+        let collected = log.clone();
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut all = collected.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+                drop(all);
                 if line.contains("bb2tc ready")
                     && let Some(addr) = line
                         .split("listen=")
@@ -44,7 +52,17 @@ impl Bridge {
         let url = wait
             .recv_timeout(Duration::from_secs(20))
             .expect("bb2tc became ready");
-        Self { child, url }
+        Self {
+            child,
+            url,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     /// `kill -9`.
@@ -54,12 +72,22 @@ impl Bridge {
     }
 
     /// SIGTERM, then waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.terminate_and_log().0
+    }
+
+    /// SIGTERM; the exit status and everything it logged.
+    pub fn terminate_and_log(mut self) -> (std::process::ExitStatus, String) {
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
             .status();
-        self.child.wait().unwrap()
+        let status = self.child.wait().unwrap();
+        // The log reader ends when the exited process's stderr closes.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+        (status, self.log())
     }
 }
 
