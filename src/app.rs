@@ -3,6 +3,7 @@
 
 use crate::config::{Config, TeamCityServer};
 use crate::ids::{Secret, ServerId};
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::teamcity::TeamCityClient;
@@ -21,6 +22,8 @@ pub struct App {
     pub queue: Queue,
     /// One client per configured server.
     pub clients: HashMap<ServerId, TeamCityClient>,
+    /// Prometheus metrics.
+    pub metrics: Arc<Metrics>,
     admin_token_hash: [u8; 32],
 }
 
@@ -31,6 +34,7 @@ impl App {
         store: Arc<Store>,
         queue: Queue,
         clients: HashMap<ServerId, TeamCityClient>,
+        metrics: Arc<Metrics>,
         admin_token_hash: [u8; 32],
     ) -> Self {
         Self {
@@ -38,6 +42,7 @@ impl App {
             store,
             queue,
             clients,
+            metrics,
             admin_token_hash,
         }
     }

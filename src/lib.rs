@@ -44,6 +44,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod metrics;
 pub mod queue;
 pub mod routing;
 pub mod shutdown;
@@ -92,8 +93,10 @@ pub async fn run(
         .map(TeamCityClient::new)
         .collect::<Result<Vec<_>, _>>()?;
     let (stop_workers, stopping) = Shutdown::new();
+    let metrics = Arc::new(metrics::Metrics::default());
     let (queue, queue_tasks) = Queue::start(
         store.clone(),
+        metrics.clone(),
         &clients,
         stopping.clone(),
         queue::retry::random_jitter,
@@ -104,7 +107,7 @@ pub async fn run(
         .into_iter()
         .map(|c| (c.server().id.clone(), c))
         .collect();
-    let app = Arc::new(App::new(config, store, queue, clients, admin_hash));
+    let app = Arc::new(App::new(config, store, queue, clients, metrics, admin_hash));
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         sources = app.config.sources.len(),

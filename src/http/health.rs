@@ -1,6 +1,7 @@
-//! `GET /healthz` (the process serves) and `GET /readyz` (the store takes writes and every
-//! server's worker is alive).
+//! `GET /healthz` (the process serves), `GET /readyz` (the store takes writes and every
+//! server's worker is alive) and `GET /metrics`.
 
+use super::error::ApiError;
 use super::response::{Body, json};
 use crate::app::App;
 use hyper::{Response, StatusCode};
@@ -48,4 +49,82 @@ pub async fn ready(app: &App) -> Response<Body> {
             "components": Value::Object(components),
         }),
     )
+}
+
+/// Prometheus text exposition.
+pub fn metrics(app: &App) -> Result<Response<Body>, ApiError> {
+    let text = app.metrics.render(&app.config, &app.store)?;
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ids::ServerId;
+    use crate::queue::Queue;
+    use crate::shutdown::Shutdown;
+    use crate::store::test_support::temp_store;
+    use crate::teamcity::TeamCityClient;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn readyz_names_a_worker_that_is_gone() {
+        let config = Config::from_toml_str(
+            r#"
+            [[bitbucket]]
+            id = "dc"
+            kind = "datacenter"
+            secrets = ["s"]
+            [[teamcity]]
+            id = "main"
+            url = "http://127.0.0.1:1"
+            [[teamcity]]
+            id = "other"
+            url = "http://127.0.0.1:2"
+            "#,
+            &|_| None,
+        )
+        .unwrap();
+        let (_dir, store) = temp_store();
+        let store = Arc::new(store);
+        let clients: Vec<TeamCityClient> = config
+            .servers
+            .iter()
+            .map(|s| TeamCityClient::new(s).unwrap())
+            .collect();
+        let (_stop, stopping) = Shutdown::new();
+        let (queue, _tasks) =
+            Queue::start(store.clone(), Arc::default(), &clients, stopping, || 0.0).unwrap();
+        queue.abort_worker(&ServerId::new("main"));
+        while queue
+            .liveness()
+            .iter()
+            .any(|(id, alive)| id.as_str() == "main" && *alive)
+        {
+            tokio::task::yield_now().await;
+        }
+        let app = App::new(
+            config,
+            store,
+            queue,
+            Default::default(),
+            Arc::default(),
+            [0; 32],
+        );
+        let response = ready(&app).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(body["components"]["worker:main"]["status"], "failing");
+        assert_eq!(body["components"]["worker:other"]["status"], "ok");
+        assert_eq!(body["components"]["store"]["status"], "ok");
+    }
 }

@@ -45,6 +45,10 @@ async fn route(
             only_get(&request)?;
             Ok(health::ready(app).await)
         }
+        ["metrics"] => {
+            only_get(&request)?;
+            health::metrics(app)
+        }
         ["api", "v1", rest @ ..] => {
             authorize(app, &request)?;
             match rest {

@@ -6,6 +6,7 @@ use super::response::{Body, json, read_body};
 use crate::app::App;
 use crate::bitbucket::{self, EventClass, signature};
 use crate::clock;
+use crate::config::Source;
 use crate::ingest;
 use crate::store::{DeliveryRecord, RecordOutcome};
 use hyper::body::Incoming;
@@ -23,6 +24,33 @@ pub async fn handle(
         .config
         .source(source_id)
         .ok_or_else(|| ApiError::NotFound(format!("unknown source {source_id:?}")))?;
+    // The event label is the event key when bb2tc knows it, so that clients cannot
+    // create label values at will.
+    let event = header(request.headers(), "x-event-key")
+        .filter(|key| bitbucket::classify(source.kind, key) != EventClass::Other)
+        .unwrap_or("other")
+        .to_owned();
+    let answer = deliver(app, source, request, request_id).await;
+    let result = match &answer {
+        Ok((_, result)) => *result,
+        Err(ApiError::InvalidSignature) => "invalid_signature",
+        Err(ApiError::Unavailable(_)) => "unavailable",
+        Err(_) => "rejected",
+    };
+    app.metrics.webhook(source.id.as_str(), &event, result);
+    if matches!(answer, Err(ApiError::InvalidSignature)) {
+        app.metrics.signature_failure(source.id.as_str());
+    }
+    answer.map(|(response, _)| response)
+}
+
+/// The checks and the work; the answer and the result label for the metrics.
+async fn deliver(
+    app: &App,
+    source: &Source,
+    request: Request<Incoming>,
+    request_id: &str,
+) -> Result<(Response<Body>, &'static str), ApiError> {
     if request.method() != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
@@ -32,7 +60,7 @@ pub async fn handle(
     let event_key = header(&parts.headers, "x-event-key");
     if event_key == Some("diagnostics:ping") {
         tracing::info!(source = %source.id, "ping");
-        return Ok(json(StatusCode::OK, &json!({"result": "pong"})));
+        return Ok((json(StatusCode::OK, &json!({"result": "pong"})), "pong"));
     }
     if !source.secrets.is_empty() {
         let presented = parts.headers.get("x-hub-signature").map(|v| v.as_bytes());
@@ -67,10 +95,8 @@ pub async fn handle(
         };
         tracing::info!(source = %source.id, event = event_key, %reason, "ignored");
         note(app, &record);
-        return Ok(json(
-            StatusCode::ACCEPTED,
-            &json!({"result": "ignored", "reason": reason}),
-        ));
+        let answer = json!({"result": "ignored", "reason": reason});
+        return Ok((json(StatusCode::ACCEPTED, &answer), "ignored"));
     }
     let push = bitbucket::parse_push(source.kind, &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -89,28 +115,29 @@ pub async fn handle(
         tracing::info!(source = %source.id, event = event_key, "duplicate delivery");
         record.result = "duplicate".into();
         note(app, &record);
-        return Ok(json(StatusCode::OK, &json!({"result": "duplicate"})));
+        let answer = json!({"result": "duplicate"});
+        return Ok((json(StatusCode::OK, &answer), "duplicate"));
     };
     app.store.commit().await?;
     for job in &jobs {
+        app.metrics.job_enqueued(job.server.as_str());
         app.queue.schedule(job);
     }
     for (server, old) in &coalesced {
+        app.metrics.job_coalesced(server.as_str());
         tracing::info!(server = %server, replaced_job = old, "pending job replaced by a newer push");
     }
     tracing::info!(
         source = %source.id, event = event_key, repository = %push.repository,
         jobs = jobs.len(), skipped = delivery.skipped.len(), "accepted"
     );
-    Ok(json(
-        StatusCode::ACCEPTED,
-        &json!({
-            "result": "accepted",
-            "delivery": delivery.id,
-            "jobs": jobs.len(),
-            "skipped": delivery.skipped,
-        }),
-    ))
+    let answer = json!({
+        "result": "accepted",
+        "delivery": delivery.id,
+        "jobs": jobs.len(),
+        "skipped": delivery.skipped,
+    });
+    Ok((json(StatusCode::ACCEPTED, &answer), "accepted"))
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

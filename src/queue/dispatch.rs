@@ -4,15 +4,26 @@ use super::retry;
 use super::trigger::Trigger;
 use crate::config::TriggerMode;
 use crate::ids::TeamCityToken;
+use crate::metrics::Metrics;
 use crate::store::{Finish, Job, Store, TokenRef};
 use crate::teamcity::{BuildRequest, TeamCityError, WaitingBuild};
 use std::time::Duration;
 
 /// Sends `job` and decides its fate. `jitter` is in [-1, 1].
-pub async fn dispatch<T: Trigger>(store: &Store, teamcity: &T, job: &Job, jitter: f64) -> Finish {
+pub async fn dispatch<T: Trigger>(
+    store: &Store,
+    teamcity: &T,
+    metrics: &Metrics,
+    job: &Job,
+    jitter: f64,
+) -> Finish {
     let token = match resolve_token(store, teamcity, job) {
         Ok(token) => token,
-        Err(reason) => return Finish::Dead { error: reason },
+        Err(reason) => {
+            let finish = Finish::Dead { error: reason };
+            record_call(job, &finish, None, metrics);
+            return finish;
+        }
     };
     let started = tokio::time::Instant::now();
     let result = match job.mode {
@@ -50,7 +61,7 @@ pub async fn dispatch<T: Trigger>(store: &Store, teamcity: &T, job: &Job, jitter
             error: error.to_string(),
         },
     };
-    log_call(job, &finish, elapsed);
+    record_call(job, &finish, Some(elapsed), metrics);
     finish
 }
 
@@ -192,13 +203,24 @@ async fn notify_commit_hook<T: Trigger>(
     )
 }
 
-fn log_call(job: &Job, finish: &Finish, elapsed: Duration) {
+/// One log line and the metrics for each attempt.
+fn record_call(job: &Job, finish: &Finish, elapsed: Option<Duration>, metrics: &Metrics) {
     let build_type = job
         .build_type
         .as_ref()
         .map(|b| b.as_str())
         .unwrap_or("(commit hook)");
-    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    let ms = elapsed.map_or(0, |e| u64::try_from(e.as_millis()).unwrap_or(u64::MAX));
+    let outcome = match finish {
+        Finish::Done { .. } => "queued",
+        Finish::Retry { .. } => "retry",
+        Finish::Dead { .. } => "dead",
+    };
+    metrics.trigger(
+        job.server.as_str(),
+        outcome,
+        elapsed.map(|e| e.as_secs_f64()),
+    );
     match finish {
         Finish::Done {
             build_id, warning, ..

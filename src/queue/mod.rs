@@ -13,6 +13,7 @@ pub use trigger::Trigger;
 
 use crate::clock;
 use crate::ids::ServerId;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Job, Store, StoreError};
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ impl Queue {
     /// `jitter` gives each retry's jitter in [-1, 1] ([`retry::random_jitter`] in production).
     pub fn start<T: Trigger>(
         store: Arc<Store>,
+        metrics: Arc<Metrics>,
         servers: &[T],
         shutdown: Shutdown,
         jitter: fn() -> f64,
@@ -57,6 +59,7 @@ impl Queue {
             let slots = Arc::new(Semaphore::new(server.max_in_flight));
             let worker = worker::Worker {
                 store: store.clone(),
+                metrics: metrics.clone(),
                 teamcity: teamcity.clone(),
                 jitter,
                 limit: Arc::new(rate_limit::RateLimit::new(
@@ -105,6 +108,14 @@ impl Queue {
                 server = %job.server,
                 "job for a TeamCity server that is no longer configured stays queued"
             ),
+        }
+    }
+
+    /// Stops a worker as a crash would (for tests of readiness).
+    #[cfg(test)]
+    pub(crate) fn abort_worker(&self, server: &ServerId) {
+        if let Some(worker) = self.workers.get(server) {
+            worker.task.abort();
         }
     }
 

@@ -190,6 +190,7 @@ async fn three_503s_then_200_follow_the_schedule_exactly() {
     let (_stop, stopping) = Shutdown::new();
     let (queue, _tasks) = Queue::start(
         store.clone(),
+        Arc::default(),
         std::slice::from_ref(&teamcity),
         stopping,
         || 0.0,
@@ -230,6 +231,7 @@ async fn retry_after_and_jitter_stretch_the_wait_within_bounds() {
     // Jitter +1 would be +20 %: 12 s.
     let (queue, _tasks) = Queue::start(
         store.clone(),
+        Arc::default(),
         std::slice::from_ref(&teamcity),
         stopping,
         || 1.0,
@@ -252,6 +254,7 @@ async fn the_rate_limit_spaces_calls() {
     let (_stop, stopping) = Shutdown::new();
     let (queue, _tasks) = Queue::start(
         store.clone(),
+        Arc::default(),
         std::slice::from_ref(&teamcity),
         stopping,
         || 0.0,
@@ -287,6 +290,7 @@ async fn an_interrupted_job_already_in_teamcitys_queue_is_not_posted_again() {
     let (_stop, stopping) = Shutdown::new();
     let (_queue, _tasks) = Queue::start(
         store.clone(),
+        Arc::default(),
         std::slice::from_ref(&teamcity),
         stopping,
         || 0.0,

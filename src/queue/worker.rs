@@ -8,6 +8,7 @@
 use super::dispatch::dispatch;
 use super::rate_limit::RateLimit;
 use super::trigger::Trigger;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Finish, JobState, Store};
 use std::cmp::Reverse;
@@ -31,6 +32,7 @@ const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(super) struct Worker<T: Trigger> {
     pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
     pub teamcity: T,
     /// Retry jitter in [-1, 1]: random in production, fixed in tests.
     pub jitter: fn() -> f64,
@@ -110,6 +112,7 @@ impl<T: Trigger> Worker<T> {
         };
         let store = self.store.clone();
         let teamcity = self.teamcity.clone();
+        let metrics = self.metrics.clone();
         let outbox = self.outbox.clone();
         let limit = self.limit.clone();
         let mut shutdown = self.shutdown.clone();
@@ -135,7 +138,7 @@ impl<T: Trigger> Worker<T> {
                 drop(slot);
                 return;
             }
-            let finish = dispatch(&store, &teamcity, &job, jitter).await;
+            let finish = dispatch(&store, &teamcity, &metrics, &job, jitter).await;
             let retry_in = match &finish {
                 Finish::Retry { delay, .. } => Some(*delay),
                 _ => None,

@@ -16,12 +16,12 @@ use crate::ids::{BuildTypeId, ServerId, Sha, SourceId};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
     /// Waiting for its time, the rate limit or a free slot.
@@ -211,6 +211,15 @@ pub enum RecordOutcome {
         /// The delivery record as stored (with changes skipped as already seen).
         delivery: DeliveryRecord,
     },
+}
+
+/// How many jobs of one server are in one state, and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStat {
+    /// Number of jobs.
+    pub count: usize,
+    /// Creation time (ms) of the oldest.
+    pub oldest_created_at: u64,
 }
 
 /// How a TeamCity call ended, for [`Store::finish_job`].
@@ -504,6 +513,22 @@ impl Store {
             Ok(true)
         })?;
         Ok(removed)
+    }
+
+    /// Jobs per (server, state), with the oldest creation time of each group.
+    pub fn queue_stats(&self) -> Result<HashMap<(ServerId, JobState), QueueStat>, StoreError> {
+        let mut stats: HashMap<(ServerId, JobState), QueueStat> = HashMap::new();
+        for item in self.jobs.iter() {
+            let (_, bytes) = item?;
+            let job: Job = decode(&bytes)?;
+            let stat = stats.entry((job.server, job.state)).or_insert(QueueStat {
+                count: 0,
+                oldest_created_at: u64::MAX,
+            });
+            stat.count += 1;
+            stat.oldest_created_at = stat.oldest_created_at.min(job.created_at);
+        }
+        Ok(stats)
     }
 
     /// One job.

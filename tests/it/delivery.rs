@@ -237,6 +237,21 @@ async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
     let done = jobs(&app, "?state=done").await;
     assert_eq!(done.len(), 3);
     assert_eq!(tc.build_calls().len(), 3);
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"bb2tc_jobs_coalesced_total{server="main"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ mod cli;
 mod delivery;
 mod durability;
 mod hostile_input;
+mod observability;
 mod pushes;
 mod rate_limit;
 mod restart;

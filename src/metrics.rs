@@ -1,0 +1,248 @@
+//! Prometheus metrics (SPEC §10; the names are the contract).
+//!
+//! Counters and the call-duration histogram are updated where things happen; queue depth,
+//! the oldest pending job's age and the token counts are read from the store when scraped, so
+//! they are right after a restart and cannot drift.
+
+use crate::config::Config;
+use crate::store::{JobState, Store, StoreError, TokenFilter, TokenStatus};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::prometheus_text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+pub use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    source: String,
+    event: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServerLabels {
+    server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TriggerLabels {
+    server: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DepthLabels {
+    server: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: String,
+}
+
+type DurationFamily = Family<ServerLabels, Histogram, fn() -> Histogram>;
+
+/// Every metric bb2tc exports.
+pub struct Metrics {
+    registry: Registry,
+    webhooks: Family<WebhookLabels, Counter>,
+    signature_failures: Family<SourceLabels, Counter>,
+    jobs_enqueued: Family<ServerLabels, Counter>,
+    jobs_coalesced: Family<ServerLabels, Counter>,
+    triggers: Family<TriggerLabels, Counter>,
+    trigger_duration: DurationFamily,
+    queue_depth: Family<DepthLabels, Gauge>,
+    queue_oldest_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
+    tokens: Family<StatusLabels, Gauge>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms … ~20 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let metrics = Self {
+            webhooks: Family::default(),
+            signature_failures: Family::default(),
+            jobs_enqueued: Family::default(),
+            jobs_coalesced: Family::default(),
+            triggers: Family::default(),
+            trigger_duration: Family::new_with_constructor(duration_histogram),
+            queue_depth: Family::default(),
+            queue_oldest_age: Family::default(),
+            tokens: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "bb2tc_webhooks",
+            "Webhook deliveries by source, event and result",
+            metrics.webhooks.clone(),
+        );
+        registry.register(
+            "bb2tc_signature_failures",
+            "Deliveries refused for a missing or wrong signature",
+            metrics.signature_failures.clone(),
+        );
+        registry.register(
+            "bb2tc_jobs_enqueued",
+            "Jobs durably queued",
+            metrics.jobs_enqueued.clone(),
+        );
+        registry.register(
+            "bb2tc_jobs_coalesced",
+            "Pending jobs replaced by a newer push to the same branch",
+            metrics.jobs_coalesced.clone(),
+        );
+        registry.register(
+            "bb2tc_triggers",
+            "TeamCity calls by outcome (queued, retry, dead)",
+            metrics.triggers.clone(),
+        );
+        registry.register(
+            "bb2tc_trigger_duration_seconds",
+            "Duration of TeamCity calls",
+            metrics.trigger_duration.clone(),
+        );
+        registry.register(
+            "bb2tc_queue_depth",
+            "Jobs by server and state",
+            metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "bb2tc_queue_oldest_age_seconds",
+            "Age of the oldest pending job",
+            metrics.queue_oldest_age.clone(),
+        );
+        registry.register(
+            "bb2tc_tokens",
+            "Registered tokens by status",
+            metrics.tokens.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    /// One delivery answered; `event` should be a known event key or `other`.
+    pub fn webhook(&self, source: &str, event: &str, result: &str) {
+        self.webhooks
+            .get_or_create(&WebhookLabels {
+                source: source.into(),
+                event: event.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A delivery refused for its signature.
+    pub fn signature_failure(&self, source: &str) {
+        self.signature_failures
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+            })
+            .inc();
+    }
+
+    /// A job durably queued for `server`.
+    pub fn job_enqueued(&self, server: &str) {
+        self.jobs_enqueued
+            .get_or_create(&ServerLabels {
+                server: server.into(),
+            })
+            .inc();
+    }
+
+    /// A pending job replaced by a newer one.
+    pub fn job_coalesced(&self, server: &str) {
+        self.jobs_coalesced
+            .get_or_create(&ServerLabels {
+                server: server.into(),
+            })
+            .inc();
+    }
+
+    /// A job's attempt ended with `outcome` (`queued`, `retry` or `dead`); `seconds` is the
+    /// TeamCity call's duration, when a call was made.
+    pub fn trigger(&self, server: &str, outcome: &str, seconds: Option<f64>) {
+        self.triggers
+            .get_or_create(&TriggerLabels {
+                server: server.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        if let Some(seconds) = seconds {
+            self.trigger_duration
+                .get_or_create(&ServerLabels {
+                    server: server.into(),
+                })
+                .observe(seconds);
+        }
+    }
+
+    /// The text exposition, with the store-derived gauges refreshed.
+    pub fn render(&self, config: &Config, store: &Store) -> Result<String, StoreError> {
+        let now = crate::clock::now_ms();
+        let stats = store.queue_stats()?;
+        for server in &config.servers {
+            for state in [
+                JobState::Pending,
+                JobState::Inflight,
+                JobState::Dead,
+                JobState::Done,
+            ] {
+                let count = stats
+                    .get(&(server.id.clone(), state))
+                    .map_or(0, |s| s.count);
+                self.queue_depth
+                    .get_or_create(&DepthLabels {
+                        server: server.id.to_string(),
+                        state: state.as_str().into(),
+                    })
+                    .set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+            let oldest = stats
+                .get(&(server.id.clone(), JobState::Pending))
+                .map_or(0.0, |s| {
+                    now.saturating_sub(s.oldest_created_at) as f64 / 1000.0
+                });
+            self.queue_oldest_age
+                .get_or_create(&ServerLabels {
+                    server: server.id.to_string(),
+                })
+                .set(oldest);
+        }
+        let tokens = store.list_tokens(&TokenFilter::default())?;
+        for status in [
+            TokenStatus::Valid,
+            TokenStatus::Invalid,
+            TokenStatus::Unverified,
+        ] {
+            let count = tokens.iter().filter(|t| t.status == status).count();
+            self.tokens
+                .get_or_create(&StatusLabels {
+                    status: status.as_str().into(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        let mut text = String::new();
+        encode(&mut text, &self.registry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(text)
+    }
+}
