@@ -38,8 +38,12 @@ pub async fn handle(
         Err(_) => "rejected",
     };
     app.metrics.webhook(source.id.as_str(), &event, result);
-    if matches!(answer, Err(ApiError::InvalidSignature)) {
-        app.metrics.signature_failure(source.id.as_str());
+    if let Err(error) = &answer {
+        // The successful outcomes log their own line, with their details.
+        tracing::warn!(source = %source.id, event, result, %error, "delivery refused");
+        if matches!(error, ApiError::InvalidSignature) {
+            app.metrics.signature_failure(source.id.as_str());
+        }
     }
     answer.map(|(response, _)| response)
 }
@@ -65,7 +69,7 @@ async fn deliver(
     if !source.secrets.is_empty() {
         let presented = parts.headers.get("x-hub-signature").map(|v| v.as_bytes());
         if let Err(e) = signature::verify(&source.secrets, presented, &body) {
-            tracing::warn!(source = %source.id, reason = %e, "webhook refused");
+            tracing::debug!(source = %source.id, reason = %e, "signature check failed");
             return Err(ApiError::InvalidSignature);
         }
     }

@@ -223,3 +223,29 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     assert!(answer.starts_with("HTTP/1.1 408"), "slow body: {answer}");
     drop(idle);
 }
+
+#[tokio::test]
+async fn oversized_request_heads_are_refused_and_serving_goes_on() {
+    let tc = FakeTeamCity::start().await;
+    let app = TestApp::spawn(&standard_config(&tc.url, "")).await;
+    let mut request = b"POST /hooks/bitbucket/dc HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..2000 {
+        request.extend_from_slice(format!("X-Padding-{i}: {}\r\n", "a".repeat(60)).as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let mut stream = tokio::net::TcpStream::connect(app.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let _ = stream.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
