@@ -26,6 +26,10 @@ use crate::config::StorageSettings;
 use group_commit::GroupCommit;
 use std::path::{Path, PathBuf};
 
+/// sled's page cache. Its default (1 GiB) would let a large backlog grow the process; jobs
+/// are read once per attempt, so a small cache costs little.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// How long a delivery id or a (repository, ref, sha) change is remembered for de-duplication,
 /// and how long finished jobs and delivery records are kept for the admin API.
 pub const DEDUP_WINDOW_MS: u64 = 24 * 3600 * 1000;
@@ -95,7 +99,10 @@ impl Store {
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         let path = settings.path.clone();
         std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
-        let db = sled::Config::new().path(&path).open()?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
         let meta = db.open_tree("meta")?;
         let cipher = key_rotation::open_cipher(settings, &meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
