@@ -62,12 +62,12 @@ impl Queue {
                 metrics: metrics.clone(),
                 teamcity: teamcity.clone(),
                 jitter,
-                limit: Arc::new(rate_limit::RateLimit::new(
+                admit: rate_limit::RateLimit::new(server.rate_per_second, server.burst),
+                pace: Arc::new(rate_limit::RateLimit::new(
                     server.rate_per_second,
                     server.burst,
                 )),
                 slots: slots.clone(),
-                next_up: Arc::new(Semaphore::new(1)),
                 inbox: receiver,
                 outbox: inbox.clone(),
                 shutdown: shutdown.clone(),

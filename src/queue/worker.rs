@@ -36,10 +36,11 @@ pub(super) struct Worker<T: Trigger> {
     pub teamcity: T,
     /// Retry jitter in [-1, 1]: random in production, fixed in tests.
     pub jitter: fn() -> f64,
-    pub limit: Arc<RateLimit>,
+    /// The server's bucket, taken before a job is claimed.
+    pub admit: RateLimit,
+    /// The same bucket again, right before the call (see [`Worker::send`]).
+    pub pace: Arc<RateLimit>,
     pub slots: Arc<Semaphore>,
-    /// One permit: the claimed job waiting for the bucket.
-    pub next_up: Arc<Semaphore>,
     pub inbox: mpsc::UnboundedReceiver<Scheduled>,
     pub outbox: mpsc::UnboundedSender<Scheduled>,
     pub shutdown: Shutdown,
@@ -67,13 +68,13 @@ impl<T: Trigger> Worker<T> {
         }
     }
 
-    /// Waits for a slot, claims job `id` and sends it once the bucket allows. `false` on
-    /// shutdown.
+    /// Waits for a slot and the bucket, claims job `id`, and sends it. `false` on shutdown.
     ///
-    /// The bucket is the last wait before the call — after the in-flight mark is on disk —
-    /// so that however long the disk takes, TeamCity never sees more than
-    /// `burst + rate × T` calls in T seconds. Only one claimed job at a time waits for the
-    /// bucket (`next_up`); the others stay pending, where a newer push can still replace them.
+    /// A job stays pending — where a newer push for its branch can still replace it — until
+    /// the bucket admits it. Between admission and the call its in-flight mark is made
+    /// durable; those waits vary with the disk and could bunch calls together, so the call
+    /// then passes a second bucket of the same rate and burst (`pace`), which keeps what
+    /// TeamCity sees within `burst + rate × T` whatever the disk does. It almost never waits.
     async fn send(&mut self, id: u64) -> bool {
         // A job replaced by a newer push (or removed) must not use up a call.
         match self.store.job(id) {
@@ -93,14 +94,11 @@ impl<T: Trigger> Worker<T> {
                 Err(_) => return false,
             },
         };
-        let next_up = tokio::select! {
+        tokio::select! {
             biased;
             _ = self.shutdown.wait() => return false,
-            permit = self.next_up.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return false,
-            },
-        };
+            _ = self.admit.ready() => {}
+        }
         let job = match self.store.claim_job(id) {
             Ok(Some(job)) => job,
             Ok(None) => return true,
@@ -114,7 +112,7 @@ impl<T: Trigger> Worker<T> {
         let teamcity = self.teamcity.clone();
         let metrics = self.metrics.clone();
         let outbox = self.outbox.clone();
-        let limit = self.limit.clone();
+        let pace = self.pace.clone();
         let mut shutdown = self.shutdown.clone();
         let jitter = (self.jitter)();
         tokio::spawn(async move {
@@ -126,9 +124,8 @@ impl<T: Trigger> Worker<T> {
             let stopped = tokio::select! {
                 biased;
                 _ = shutdown.wait() => true,
-                _ = limit.ready() => false,
+                _ = pace.ready() => false,
             };
-            drop(next_up);
             if stopped {
                 // Not sent: it stays pending for the next start.
                 if let Err(e) = store.release_job(job.id) {
