@@ -40,13 +40,14 @@ async fn run(duration: Duration) {
     let tc = FakeTeamCity::start().await;
     tc.add_token("bench-token", "bench");
     let dir = tempfile::tempdir().unwrap();
+    // BB2TC_BENCH_SERVER replaces the [[teamcity]] settings, e.g. "rate_per_second = 0.001"
+    // to measure ingest alone, without dispatching.
+    let server = std::env::var("BB2TC_BENCH_SERVER").unwrap_or_else(|_| {
+        "rate_per_second = 1000000.0\nburst = 1000000\nmax_in_flight = 16".into()
+    });
     let bridge = Bridge::start(
         dir.path(),
-        &config(
-            &dir.path().join("data"),
-            &tc.url,
-            "rate_per_second = 1000000.0\nburst = 1000000\nmax_in_flight = 16",
-        ),
+        &config(&dir.path().join("data"), &tc.url, &server),
     );
     register_token(&bridge.url, "bench-token").await;
     let mut baseline = Command::new(std::env::current_exe().unwrap())

@@ -228,14 +228,18 @@ impl Store {
     pub fn mark_token(&self, id: &str, accepted: bool) -> Result<(), StoreError> {
         let now = clock::now_ms();
         self.tokens.fetch_and_update(id.as_bytes(), |old| {
-            let mut record: StoredToken = old.and_then(|b| serde_json::from_slice(b).ok())?;
+            // A removed token stays removed; a record that cannot be read is left as it is.
+            let old = old?;
+            let Ok(mut record) = decode::<StoredToken>(old) else {
+                return Some(old.to_vec());
+            };
             if accepted {
                 record.status = TokenStatus::Valid;
                 record.last_authenticated_at = Some(now);
             } else {
                 record.status = TokenStatus::Invalid;
             }
-            serde_json::to_vec(&record).ok()
+            Some(encode(&record).unwrap_or_else(|_| old.to_vec()))
         })?;
         Ok(())
     }
