@@ -34,7 +34,12 @@
 //! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
+//! - [`metrics`] — the Prometheus metrics of SPEC §10.
+//! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
+//!
+//! Outside `src/`: `tests/it/` (black-box tests against a fake TeamCity), `benches/`
+//! (benchmarks, see `BENCHMARKS.md`), `fuzz/` (cargo-fuzz targets), `deploy/`.
 
 pub mod admin_client;
 pub mod app;

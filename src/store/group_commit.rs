@@ -44,7 +44,7 @@ impl GroupCommit {
                         .flush()
                         .map(|_| ())
                         .map_err(|e| e.to_string())
-                        .and_then(|()| log.sync_all().map_err(|e| e.to_string()));
+                        .and_then(|()| log.sync_data().map_err(|e| e.to_string()));
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "durable write failed");
                     }
