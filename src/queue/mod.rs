@@ -1,4 +1,4 @@
-//! The durable job queue's moving part: one [`worker`] per TeamCity server.
+//! The durable job queue's moving part: one worker (`worker.rs`) per TeamCity server.
 //!
 //! Jobs live in the store; the queue only tells each server's worker which job ids to send
 //! and when. On start, jobs left pending or in flight are resumed.
