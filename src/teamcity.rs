@@ -249,11 +249,7 @@ impl TeamCityClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let response = check_status(response).await?;
-        response
-            .json::<QueuedBuild>()
-            .await
-            .map_err(|e| TeamCityError::BadResponse(e.to_string()))
+        read_json(check_status(response).await?).await
     }
 
     /// `POST /app/rest/vcs-root-instances/commitHookNotification` for each clone URL until
@@ -312,6 +308,23 @@ impl TeamCityClient {
                 QUERY_VALUE
             )
         );
+        let queue: BuildQueue = self.get_json(url, token).await?;
+        Ok(queue.build)
+    }
+
+    /// `GET /app/rest/users/current`: the TeamCity user name the token belongs to.
+    pub async fn current_user(&self, token: &TeamCityToken) -> Result<String, TeamCityError> {
+        let url = self.server.endpoint("app/rest/users/current");
+        let user: CurrentUser = self.get_json(url, token).await?;
+        Ok(user.username)
+    }
+
+    /// An authenticated `GET` of a JSON resource.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: String,
+        token: &TeamCityToken,
+    ) -> Result<T, TeamCityError> {
         let response = self
             .http
             .get(url)
@@ -320,31 +333,17 @@ impl TeamCityClient {
             .send()
             .await
             .map_err(transport_error)?;
-        let response = check_status(response).await?;
-        let queue: BuildQueue = response
-            .json()
-            .await
-            .map_err(|e| TeamCityError::BadResponse(e.to_string()))?;
-        Ok(queue.build)
+        read_json(check_status(response).await?).await
     }
+}
 
-    /// `GET /app/rest/users/current`: the TeamCity user name the token belongs to.
-    pub async fn current_user(&self, token: &TeamCityToken) -> Result<String, TeamCityError> {
-        let response = self
-            .http
-            .get(self.server.endpoint("app/rest/users/current"))
-            .header(AUTHORIZATION, bearer(token)?)
-            .header(ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(transport_error)?;
-        let response = check_status(response).await?;
-        let user: CurrentUser = response
-            .json()
-            .await
-            .map_err(|e| TeamCityError::BadResponse(e.to_string()))?;
-        Ok(user.username)
-    }
+async fn read_json<T: serde::de::DeserializeOwned>(
+    response: reqwest::Response,
+) -> Result<T, TeamCityError> {
+    response
+        .json()
+        .await
+        .map_err(|e| TeamCityError::BadResponse(e.to_string()))
 }
 
 fn bearer(token: &TeamCityToken) -> Result<HeaderValue, TeamCityError> {

@@ -2,13 +2,13 @@
 //! `Retry-After`, the rate limit and the check for an interrupted job's build are exact.
 
 use super::*;
-use crate::config::{Config, TriggerMode};
-use crate::ids::{BuildTypeId, Sha, SourceId, TeamCityToken};
+use crate::config::Config;
+use crate::ids::{BuildTypeId, SourceId, TeamCityToken};
 use crate::store::jobs::ChangeJobs;
 use crate::store::test_support::temp_store;
-use crate::store::{DeliveryRecord, JobState, RecordOutcome, TokenRef};
+use crate::store::{DeliveryRecord, JobState, RecordOutcome};
 use crate::teamcity::{BuildRequest, Comment, QueuedBuild, TeamCityError, WaitingBuild};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
 
@@ -113,33 +113,7 @@ impl Trigger for Scripted {
 }
 
 fn job(branch: &str) -> Job {
-    Job {
-        id: 0,
-        state: JobState::Pending,
-        source: SourceId::new("dc"),
-        delivery: "d".into(),
-        server: ServerId::new("main"),
-        mode: TriggerMode::Build,
-        build_type: Some(BuildTypeId::new("Bt")),
-        repository: "P/r".into(),
-        full_ref: format!("refs/heads/{branch}"),
-        branch: branch.into(),
-        sha: Sha::parse(&"ab".repeat(20)).unwrap(),
-        user: "jdoe".into(),
-        token: TokenRef::Service,
-        properties: BTreeMap::new(),
-        vcs_root_id: None,
-        clone_urls: vec![],
-        attempts: 0,
-        created_at: 0,
-        next_attempt_at: 0,
-        last_error: None,
-        interrupted: false,
-        build_id: None,
-        web_url: None,
-        warning: None,
-        finished_at: None,
-    }
+    crate::store::test_support::job(branch, 'a')
 }
 
 fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {

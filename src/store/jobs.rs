@@ -268,6 +268,14 @@ fn write_job(tree: &TransactionalTree, job: &Job) -> TxResult<()> {
     Ok(())
 }
 
+/// Takes `id` out of the coalescing index if it is the job waiting for `key`.
+fn unindex(index: &TransactionalTree, key: &[u8], id: u64) -> TxResult<()> {
+    if index.get(key)?.as_deref() == Some(&job_key(id)[..]) {
+        index.remove(key)?;
+    }
+    Ok(())
+}
+
 fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
     stamp
         .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
@@ -359,10 +367,7 @@ impl Store {
             if job.state != JobState::Pending {
                 return Ok(None);
             }
-            let key = job.coalescing_key();
-            if index.get(key.as_slice())?.as_deref() == Some(&job_key(id)[..]) {
-                index.remove(key.as_slice())?;
-            }
+            unindex(index, &job.coalescing_key(), id)?;
             job.state = JobState::Inflight;
             job.attempts += 1;
             write_job(jobs, &job)?;
@@ -505,10 +510,7 @@ impl Store {
             let Some(job) = read_job(jobs, id)? else {
                 return Ok(false);
             };
-            let key = job.coalescing_key();
-            if index.get(key.as_slice())?.as_deref() == Some(&job_key(id)[..]) {
-                index.remove(key.as_slice())?;
-            }
+            unindex(index, &job.coalescing_key(), id)?;
             jobs.remove(&job_key(id))?;
             Ok(true)
         })?;
@@ -601,37 +603,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::test_support::temp_store;
-
-    fn job(branch: &str, sha: char) -> Job {
-        Job {
-            id: 0,
-            state: JobState::Pending,
-            source: SourceId::new("dc"),
-            delivery: "d".into(),
-            server: ServerId::new("main"),
-            mode: TriggerMode::Build,
-            build_type: Some(BuildTypeId::new("Bt")),
-            repository: "P/r".into(),
-            full_ref: format!("refs/heads/{branch}"),
-            branch: branch.into(),
-            sha: Sha::parse(&sha.to_string().repeat(40)).unwrap(),
-            user: "jdoe".into(),
-            token: TokenRef::User("t".into()),
-            properties: BTreeMap::new(),
-            vcs_root_id: None,
-            clone_urls: vec![],
-            attempts: 0,
-            created_at: 0,
-            next_attempt_at: 0,
-            last_error: None,
-            interrupted: false,
-            build_id: None,
-            web_url: None,
-            warning: None,
-            finished_at: None,
-        }
-    }
+    use crate::store::test_support::{job, temp_store};
 
     fn delivery(id: &str) -> DeliveryRecord {
         DeliveryRecord {

@@ -177,6 +177,9 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use crate::config::TriggerMode;
+    use crate::ids::{BuildTypeId, ServerId, Sha, SourceId};
+    use std::collections::BTreeMap;
 
     /// A store in a fresh temp dir (kept alive by the returned guard).
     pub fn temp_store() -> (tempfile::TempDir, Store) {
@@ -187,6 +190,37 @@ pub(crate) mod test_support {
         };
         let store = Store::open(&settings).unwrap();
         (dir, store)
+    }
+
+    /// A pending build job for `branch` at a commit of all `sha` digits.
+    pub fn job(branch: &str, sha: char) -> Job {
+        Job {
+            id: 0,
+            state: JobState::Pending,
+            source: SourceId::new("dc"),
+            delivery: "d".into(),
+            server: ServerId::new("main"),
+            mode: TriggerMode::Build,
+            build_type: Some(BuildTypeId::new("Bt")),
+            repository: "P/r".into(),
+            full_ref: format!("refs/heads/{branch}"),
+            branch: branch.into(),
+            sha: Sha::parse(&sha.to_string().repeat(40)).unwrap(),
+            user: "jdoe".into(),
+            token: TokenRef::Service,
+            properties: BTreeMap::new(),
+            vcs_root_id: None,
+            clone_urls: vec![],
+            attempts: 0,
+            created_at: 0,
+            next_attempt_at: 0,
+            last_error: None,
+            interrupted: false,
+            build_id: None,
+            web_url: None,
+            warning: None,
+            finished_at: None,
+        }
     }
 }
 
