@@ -40,7 +40,11 @@ fn main() {
                 .unwrap();
             assert_eq!(response.status(), 202);
         }
-        let calls = tc.wait_for_builds(JOBS).await;
+        let calls = tc
+            .wait_for_within(JOBS, std::time::Duration::from_secs(120), |r| {
+                r.method == "POST" && r.path == "/app/rest/buildQueue"
+            })
+            .await;
         let t0 = calls[0].at;
         let times: Vec<f64> = calls.iter().map(|c| (c.at - t0).as_secs_f64()).collect();
         let mut worst = 0;

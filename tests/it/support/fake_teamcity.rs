@@ -154,7 +154,18 @@ impl FakeTeamCity {
 
     /// Waits until at least `n` requests matching `filter` were recorded; panics after 15 s.
     pub async fn wait_for(&self, n: usize, filter: impl Fn(&Recorded) -> bool) -> Vec<Recorded> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        self.wait_for_within(n, Duration::from_secs(15), filter)
+            .await
+    }
+
+    /// [`wait_for`](Self::wait_for) with another limit.
+    pub async fn wait_for_within(
+        &self,
+        n: usize,
+        limit: Duration,
+        filter: impl Fn(&Recorded) -> bool,
+    ) -> Vec<Recorded> {
+        let deadline = Instant::now() + limit;
         loop {
             let notified = self.recorded.notified();
             let matching: Vec<Recorded> =
