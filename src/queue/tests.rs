@@ -141,6 +141,24 @@ fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
     }
 }
 
+/// Starts the queue with one scripted server; keep the trigger and tasks alive.
+fn start(
+    store: &Arc<Store>,
+    teamcity: &Scripted,
+    jitter: fn() -> f64,
+) -> (crate::shutdown::ShutdownTrigger, Queue, QueueTasks) {
+    let (stop, stopping) = Shutdown::new();
+    let (queue, tasks) = Queue::start(
+        store.clone(),
+        Arc::default(),
+        std::slice::from_ref(teamcity),
+        stopping,
+        jitter,
+    )
+    .unwrap();
+    (stop, queue, tasks)
+}
+
 fn unavailable(retry_after: Option<u64>) -> Result<QueuedBuild, TeamCityError> {
     Err(TeamCityError::Unavailable {
         status: 503,
@@ -161,15 +179,7 @@ async fn three_503s_then_200_follow_the_schedule_exactly() {
     for _ in 0..3 {
         teamcity.answer(unavailable(None));
     }
-    let (_stop, stopping) = Shutdown::new();
-    let (queue, _tasks) = Queue::start(
-        store.clone(),
-        Arc::default(),
-        std::slice::from_ref(&teamcity),
-        stopping,
-        || 0.0,
-    )
-    .unwrap();
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
     let job = enqueue(&store, vec![job("main")]).remove(0);
     queue.schedule(&job);
     let calls = teamcity.wait_for_calls(4).await;
@@ -201,16 +211,8 @@ async fn retry_after_and_jitter_stretch_the_wait_within_bounds() {
     let teamcity = Scripted::new("[10, 10]", "");
     teamcity.answer(unavailable(Some(15)));
     teamcity.answer(unavailable(Some(3600)));
-    let (_stop, stopping) = Shutdown::new();
     // Jitter +1 would be +20 %: 12 s.
-    let (queue, _tasks) = Queue::start(
-        store.clone(),
-        Arc::default(),
-        std::slice::from_ref(&teamcity),
-        stopping,
-        || 1.0,
-    )
-    .unwrap();
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 1.0);
     queue.schedule(&enqueue(&store, vec![job("main")])[0]);
     let calls = teamcity.wait_for_calls(3).await;
     // 15 s asked > 12 s jittered; 3600 s asked is capped at twice the step.
@@ -225,15 +227,7 @@ async fn the_rate_limit_spaces_calls() {
     let (_dir, store) = temp_store();
     let store = Arc::new(store);
     let teamcity = Scripted::new("[1]", "rate_per_second = 4.0\nburst = 2");
-    let (_stop, stopping) = Shutdown::new();
-    let (queue, _tasks) = Queue::start(
-        store.clone(),
-        Arc::default(),
-        std::slice::from_ref(&teamcity),
-        stopping,
-        || 0.0,
-    )
-    .unwrap();
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
     for job in enqueue(&store, (0..20).map(|i| job(&format!("b{i}"))).collect()) {
         queue.schedule(&job);
     }
@@ -280,15 +274,7 @@ async fn an_interrupted_job_already_in_teamcitys_queue_is_not_posted_again() {
         }),
         revisions: None,
     });
-    let (_stop, stopping) = Shutdown::new();
-    let (_queue, _tasks) = Queue::start(
-        store.clone(),
-        Arc::default(),
-        std::slice::from_ref(&teamcity),
-        stopping,
-        || 0.0,
-    )
-    .unwrap();
+    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0);
     let calls = teamcity.wait_for_calls(3).await;
     let what: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
     assert_eq!(what, vec!["GET queue", "GET queue", "POST other"]);

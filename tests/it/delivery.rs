@@ -300,24 +300,13 @@ build_types = ["Stuck"]
 async fn deliveries_are_listed_with_their_outcome() {
     let (_tc, app) = app_with("").await;
     push(&app, "listed-1", "main", 1).await;
-    app.dc_push(
-        &dc_payload(
-            "stranger",
-            "PROJ/repo",
-            &[("refs/heads/x", &sha(2), "UPDATE")],
-        ),
-        "listed-2",
-    )
-    .await;
-    app.dc_push(
-        &dc_payload(
-            "stranger",
-            "PROJ/repo",
-            &[("refs/heads/x", &sha(2), "UPDATE")],
-        ),
-        "listed-2",
-    )
-    .await;
+    let strangers_push = dc_payload(
+        "stranger",
+        "PROJ/repo",
+        &[("refs/heads/x", &sha(2), "UPDATE")],
+    );
+    app.dc_push(&strangers_push, "listed-2").await;
+    app.dc_push(&strangers_push, "listed-2").await;
     app.webhook(
         "dc",
         Some("pr:merged"),
