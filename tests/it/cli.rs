@@ -468,3 +468,86 @@ async fn no_token_in_debug_logs_or_store_files() {
         }
     }
 }
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_and_the_flag_goes_anywhere() {
+    for position in [
+        ["--log-format", "json", "check-config"],
+        ["check-config", "--log-format", "json"],
+    ] {
+        let mut argv = args(&position);
+        argv.extend(args(&[
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config/bb2tc.toml"),
+        ]));
+        let out = run(argv, vec![], None).await;
+        assert!(
+            out.status.success(),
+            "{position:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let config_path = dir.path().join("bb2tc.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            dir.path().join("data").display().to_string(),
+            standard_config(&tc.url, "")
+        ),
+    )
+    .unwrap();
+    let bridge = process::Bridge::start(&config_path, "BB2TC_ARGS='--log-format json'");
+    let http = reqwest::Client::new();
+    http.post(format!("{}/api/v1/tokens", bridge.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(
+            &serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "t"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(1), "UPDATE")],
+    );
+    let response = http
+        .post(format!("{}/hooks/bitbucket/dc", bridge.url))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header("X-Request-Id", "json-log-1")
+        .header(
+            "X-Hub-Signature",
+            bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "json-log-1");
+    tc.wait_for_builds(1).await;
+    let (status, log) = bridge.terminate_and_log();
+    assert!(status.success());
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let accepted = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "accepted")
+        .expect("a line for the accepted delivery");
+    assert_eq!(accepted["span"]["id"], "json-log-1");
+    assert_eq!(accepted["fields"]["jobs"], 1);
+    let call = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "TeamCity call")
+        .expect("a line for the call");
+    assert_eq!(call["fields"]["delivery"], "json-log-1");
+    assert_eq!(call["fields"]["build_type"], "Proj_Build");
+    assert_eq!(call["fields"]["branch"], "main");
+    assert_eq!(call["fields"]["outcome"], "queued");
+    assert!(call["fields"]["duration_ms"].is_u64());
+}

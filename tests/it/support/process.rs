@@ -16,9 +16,10 @@ pub struct Bridge {
 
 impl Bridge {
     /// Starts `bb2tc serve --config <config>` through `sh -c "<prelude>; exec bb2tc …"`
-    /// (e.g. a `ulimit`), and waits for its "bb2tc ready" log line to learn the port.
+    /// (e.g. a `ulimit`; `BB2TC_ARGS` set there go before `serve`), and waits for its
+    /// "bb2tc ready" log line to learn the port.
     pub fn start(config: &Path, prelude: &str) -> Self {
-        let script = format!("{prelude}\nexec \"$0\" serve --config \"$1\"",);
+        let script = format!("{prelude}\nexec \"$0\" ${{BB2TC_ARGS:-}} serve --config \"$1\"");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
@@ -40,10 +41,7 @@ impl Bridge {
                 all.push('\n');
                 drop(all);
                 if line.contains("bb2tc ready")
-                    && let Some(addr) = line
-                        .split("listen=")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
+                    && let Some(addr) = listen_address(&line)
                 {
                     let _ = ready.send(format!("http://{addr}"));
                 }
@@ -89,6 +87,16 @@ impl Bridge {
         }
         (status, self.log())
     }
+}
+
+/// The `listen` field of the "bb2tc ready" line, in text or JSON log format.
+fn listen_address(line: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let value: serde_json::Value = serde_json::from_str(line).ok()?;
+        return value["fields"]["listen"].as_str().map(str::to_owned);
+    }
+    let rest = line.split("listen=").nth(1)?;
+    rest.split_whitespace().next().map(str::to_owned)
 }
 
 impl Drop for Bridge {
