@@ -4,9 +4,10 @@
 use crate::bitbucket::{Push, RefChange, RefKind};
 use crate::clock;
 use crate::config::{BranchNaming, Config, EventKind, Route, Source, TeamCityServer, TriggerMode};
-use crate::ids::Sha;
+use crate::ids::{ServerId, Sha};
 use crate::store::jobs::ChangeJobs;
-use crate::store::{Job, JobState, Skipped, Store, StoreError, TokenRef, TokenStatus};
+use crate::store::{Job, JobState, Skipped, Store, StoreError, TokenInfo, TokenRef, TokenStatus};
+use std::collections::HashMap;
 
 /// The jobs of a delivery, per change, and the changes (or route/change pairs) left out.
 #[derive(Debug, Default)]
@@ -32,6 +33,8 @@ pub fn plan(
         now: clock::now_ms(),
     };
     let mut plan = Plan::default();
+    // The pusher's token per server, looked up once per delivery, not once per change.
+    let mut tokens: HashMap<ServerId, Option<TokenInfo>> = HashMap::new();
     if push.ref_limit_exceeded {
         plan.skipped.push(Skipped {
             reference: "*".into(),
@@ -73,7 +76,7 @@ pub fn plan(
             let Some(server) = config.server(&route.teamcity) else {
                 continue;
             };
-            match token_for(store, source, push, server, route)? {
+            match token_for(&mut tokens, store, source, push, server, route)? {
                 Ok(token) => jobs.extend(route_jobs(&ctx, route, server, change, sha, &token)),
                 Err(reason) => plan.skipped.push(skip(reason)),
             }
@@ -98,15 +101,23 @@ pub fn plan(
 
 /// The token a route's jobs use, or why there is none.
 fn token_for(
+    tokens: &mut HashMap<ServerId, Option<TokenInfo>>,
     store: &Store,
     source: &Source,
     push: &Push,
     server: &TeamCityServer,
     route: &Route,
 ) -> Result<Result<TokenRef, String>, StoreError> {
-    let found = match &push.actor {
-        Some(actor) => store.find_token(&source.id, &actor.keys, &server.id)?,
-        None => None,
+    let found = match tokens.get(&server.id) {
+        Some(found) => found.clone(),
+        None => {
+            let found = match &push.actor {
+                Some(actor) => store.find_token(&source.id, &actor.keys, &server.id)?,
+                None => None,
+            };
+            tokens.insert(server.id.clone(), found.clone());
+            found
+        }
     };
     let service_allowed = server.service_token.is_some()
         && (route.mode == TriggerMode::CheckForChanges || server.fallback_to_service_token);
