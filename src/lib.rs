@@ -24,7 +24,7 @@
 //!
 //! ## Layout
 //!
-//! - `main.rs` — the command line only.
+//! - `main.rs` calls [`cli`] — the command line: parsing and one function per command.
 //! - [`config`] — the TOML file: `${VAR}` interpolation, defaults, validation.
 //! - [`ids`] — newtypes for ids and for secrets (redacted `Debug`).
 //! - [`bitbucket`] — signature, event keys, Data Center and Cloud payloads → [`bitbucket::Push`].
@@ -44,6 +44,7 @@
 pub mod admin_client;
 pub mod app;
 pub mod bitbucket;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod http;
