@@ -102,7 +102,18 @@ impl Store {
         let db = sled::Config::new()
             .path(&path)
             .cache_capacity(CACHE_BYTES)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled locks its files: another process has this store open.
+                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    StoreError::Io {
+                        path: path.clone(),
+                        message: "the store is in use by another bb2tc process (run one per store)"
+                            .into(),
+                    }
+                }
+                other => StoreError::Sled(other),
+            })?;
         let meta = db.open_tree("meta")?;
         let cipher = key_rotation::open_cipher(settings, &meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
@@ -245,6 +256,19 @@ mod tests {
         let err = Store::open(&second).unwrap_err();
         assert!(matches!(err, StoreError::WrongMasterKey(_)), "{err}");
         assert!(err.to_string().contains("master key does not match"));
+    }
+
+    #[tokio::test]
+    async fn a_store_in_use_is_refused_clearly() {
+        let (dir, store) = test_support::temp_store();
+        let settings = StorageSettings {
+            path: dir.path().join("data"),
+            master_key: None,
+        };
+        let err = Store::open(&settings).unwrap_err().to_string();
+        assert!(err.contains("in use by another bb2tc process"), "{err}");
+        drop(store);
+        assert!(Store::open(&settings).is_ok());
     }
 
     #[tokio::test]
