@@ -105,7 +105,7 @@ impl Store {
             .open()
             .map_err(|e| match e {
                 // sled locks its files: another process has this store open.
-                sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
                     StoreError::Io {
                         path: path.clone(),
                         message: "the store is in use by another bb2tc process (run one per store)"
