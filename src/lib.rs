@@ -99,7 +99,7 @@ pub async fn run(
         .map(TeamCityClient::new)
         .collect::<Result<Vec<_>, _>>()?;
     let (stop_workers, stopping) = Shutdown::new();
-    let metrics = Arc::new(metrics::Metrics::default());
+    let metrics = Arc::new(metrics::Metrics::for_config(&config));
     let (queue, queue_tasks) = Queue::start(
         store.clone(),
         metrics.clone(),

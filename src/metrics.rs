@@ -140,6 +140,34 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The metrics with a zero series for every configured source and server, so that
+    /// alerts such as `increase(bb2tc_triggers_total{outcome="dead"}[15m])` see a series
+    /// from the start instead of none.
+    pub fn for_config(config: &Config) -> Self {
+        let metrics = Self::default();
+        for source in &config.sources {
+            let source = SourceLabels {
+                source: source.id.to_string(),
+            };
+            drop(metrics.signature_failures.get_or_create(&source));
+        }
+        for server in &config.servers {
+            let labels = ServerLabels {
+                server: server.id.to_string(),
+            };
+            drop(metrics.jobs_enqueued.get_or_create(&labels));
+            drop(metrics.jobs_coalesced.get_or_create(&labels));
+            drop(metrics.trigger_duration.get_or_create(&labels));
+            for outcome in ["queued", "retry", "dead"] {
+                drop(metrics.triggers.get_or_create(&TriggerLabels {
+                    server: server.id.to_string(),
+                    outcome: outcome.into(),
+                }));
+            }
+        }
+        metrics
+    }
+
     /// One delivery answered; `event` should be a known event key or `other`.
     pub fn webhook(&self, source: &str, event: &str, result: &str) {
         self.webhooks

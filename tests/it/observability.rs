@@ -37,6 +37,22 @@ async fn metrics_follow_deliveries_calls_and_failures() {
     app.register_token("dc", "jdoe", "main", "t").await;
 
     let before = metrics(&app).await;
+    // Every configured source and server has its series from the start.
+    assert_eq!(
+        value(&before, r#"bb2tc_signature_failures_total{source="cloud"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &before,
+            r#"bb2tc_triggers_total{server="main",outcome="dead"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&before, r#"bb2tc_jobs_coalesced_total{server="main"}"#),
+        Some(0.0)
+    );
     assert_eq!(value(&before, r#"bb2tc_tokens{status="valid"}"#), Some(1.0));
     assert_eq!(
         value(
