@@ -89,8 +89,10 @@ async fn retry(app: &App, id: u64) -> Result<Response<Body>, ApiError> {
             state.as_str()
         ))),
         Some(Ok(job)) => {
-            app.store.commit().await?;
+            // Pending in the store either way: schedule it even if the sync failed.
+            let durable = app.store.commit().await;
             app.queue.schedule(&job);
+            durable?;
             tracing::info!(job = id, server = %job.server, "dead job requeued by an admin");
             Ok(json(StatusCode::ACCEPTED, &job.to_api()))
         }

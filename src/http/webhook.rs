@@ -122,10 +122,15 @@ async fn deliver(
         let answer = json!({"result": "duplicate"});
         return Ok((json(StatusCode::OK, &answer), "duplicate"));
     };
-    app.store.commit().await?;
+    let durable = app.store.commit().await;
+    // The jobs are in the store either way: hand them to the workers even if the sync
+    // failed, or a redelivery (answered "duplicate") would leave them waiting for a restart.
+    for job in &jobs {
+        app.queue.schedule(job);
+    }
+    durable?;
     for job in &jobs {
         app.metrics.job_enqueued(job.server.as_str());
-        app.queue.schedule(job);
     }
     for (server, old) in &coalesced {
         app.metrics.job_coalesced(server.as_str());
