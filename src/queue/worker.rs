@@ -11,7 +11,7 @@ use super::rate_limit::RateLimit;
 use super::trigger::Trigger;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Finish, JobState, Store};
+use crate::store::{Finish, Store};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -77,10 +77,11 @@ impl<T: Trigger> Worker<T> {
     /// then passes a second bucket of the same rate and burst (`pace`), which keeps what
     /// TeamCity sees within `burst + rate × T` whatever the disk does. It almost never waits.
     async fn send(&mut self, id: u64) -> bool {
-        // A job replaced by a newer push (or removed) must not use up a call.
-        match self.store.job(id) {
-            Ok(Some(job)) if job.state == JobState::Pending => {}
-            Ok(_) => return true,
+        // A job replaced by a newer push (or removed) is gone from the store and must not
+        // use up a slot or a call; `claim_job` checks the rest.
+        match self.store.job_exists(id) {
+            Ok(true) => {}
+            Ok(false) => return true,
             Err(e) => {
                 tracing::error!(job = id, error = %e, "cannot read job; will look again");
                 self.reschedule(id, STORE_ERROR_BACKOFF);

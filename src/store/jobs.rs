@@ -533,6 +533,11 @@ impl Store {
         Ok(stats)
     }
 
+    /// Whether a job is still stored (cheaper than reading it).
+    pub fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.jobs.contains_key(job_key(id))?)
+    }
+
     /// One job.
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
         self.jobs.get(job_key(id))?.map(|b| decode(&b)).transpose()
