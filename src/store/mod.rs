@@ -99,21 +99,7 @@ impl Store {
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         let path = settings.path.clone();
         std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
-        let db = sled::Config::new()
-            .path(&path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|e| match e {
-                // sled locks its files: another process has this store open.
-                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    StoreError::Io {
-                        path: path.clone(),
-                        message: "the store is in use by another bb2tc process (run one per store)"
-                            .into(),
-                    }
-                }
-                other => StoreError::Sled(other),
-            })?;
+        let db = open_sled(&path)?;
         let meta = db.open_tree("meta")?;
         let cipher = key_rotation::open_cipher(settings, &meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
@@ -165,6 +151,35 @@ impl Store {
     pub async fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
         self.meta.insert(ADMIN_HASH, &hash)?;
         self.commit().await
+    }
+}
+
+/// How long to wait for sled's file lock: a process that is just exiting (a restart) lets go
+/// of it a moment later.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled locks its files; its message is the only sign of that.
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Io {
+                        path: path.to_owned(),
+                        message: "the store is in use by another bb2tc process (run one per store)"
+                            .into(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(other) => return Err(StoreError::Sled(other)),
+        }
     }
 }
 
