@@ -416,22 +416,11 @@ fn truncate(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_support::with_servers;
 
     fn client() -> TeamCityClient {
-        let config = Config::from_toml_str(
-            r#"
-            [[bitbucket]]
-            id = "dc"
-            kind = "datacenter"
-            secrets = ["s"]
-            [[teamcity]]
-            id = "main"
-            url = "https://tc.example.com/teamcity/"
-            "#,
-            &|_| None,
-        )
-        .unwrap();
+        let config =
+            with_servers("[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com/teamcity/\"");
         TeamCityClient::new(&config.servers[0]).unwrap()
     }
 

@@ -622,6 +622,20 @@ fn non_empty(text: String) -> Option<String> {
     (!text.trim().is_empty()).then_some(text)
 }
 
+/// Configs for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::Config;
+
+    /// One Data Center source `dc` (secret `s`) and the given `[[teamcity]]` tables.
+    pub fn with_servers(teamcity: &str) -> Config {
+        let text = format!(
+            "[[bitbucket]]\nid = \"dc\"\nkind = \"datacenter\"\nsecrets = [\"s\"]\n{teamcity}"
+        );
+        Config::from_toml_str(&text, &|_| None).expect("test config is valid")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,7 +65,7 @@ pub fn metrics(app: &App) -> Result<Response<Body>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::test_support::with_servers;
     use crate::ids::ServerId;
     use crate::queue::Queue;
     use crate::shutdown::Shutdown;
@@ -76,22 +76,9 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_names_a_worker_that_is_gone() {
-        let config = Config::from_toml_str(
-            r#"
-            [[bitbucket]]
-            id = "dc"
-            kind = "datacenter"
-            secrets = ["s"]
-            [[teamcity]]
-            id = "main"
-            url = "http://127.0.0.1:1"
-            [[teamcity]]
-            id = "other"
-            url = "http://127.0.0.1:2"
-            "#,
-            &|_| None,
-        )
-        .unwrap();
+        let config = with_servers(
+            "[[teamcity]]\nid = \"main\"\nurl = \"http://127.0.0.1:1\"\n[[teamcity]]\nid = \"other\"\nurl = \"http://127.0.0.1:2\"",
+        );
         let (_dir, store) = temp_store();
         let store = Arc::new(store);
         let clients: Vec<TeamCityClient> = config

@@ -2,7 +2,7 @@
 //! `Retry-After`, the rate limit and the check for an interrupted job's build are exact.
 
 use super::*;
-use crate::config::Config;
+use crate::config::test_support::with_servers;
 use crate::ids::{BuildTypeId, SourceId, TeamCityToken};
 use crate::store::jobs::ChangeJobs;
 use crate::store::test_support::temp_store;
@@ -23,24 +23,9 @@ struct Scripted {
 
 impl Scripted {
     fn new(retry_schedule: &str, rate: &str) -> Self {
-        let config = Config::from_toml_str(
-            &format!(
-                r#"
-                [[bitbucket]]
-                id = "dc"
-                kind = "datacenter"
-                secrets = ["s"]
-                [[teamcity]]
-                id = "main"
-                url = "http://127.0.0.1:1"
-                service_token = "svc"
-                retry_schedule_secs = {retry_schedule}
-                {rate}
-                "#
-            ),
-            &|_| None,
-        )
-        .unwrap();
+        let config = with_servers(&format!(
+            "[[teamcity]]\nid = \"main\"\nurl = \"http://127.0.0.1:1\"\nservice_token = \"svc\"\nretry_schedule_secs = {retry_schedule}\n{rate}"
+        ));
         Self {
             server: config.servers[0].clone(),
             answers: Arc::default(),
