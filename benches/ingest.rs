@@ -45,7 +45,7 @@ async fn run(duration: Duration) {
     let server = std::env::var("BB2TC_BENCH_SERVER").unwrap_or_else(|_| {
         "rate_per_second = 1000000.0\nburst = 1000000\nmax_in_flight = 16".into()
     });
-    let bridge = Bridge::start(
+    let (bridge, _) = start_bridge(
         dir.path(),
         &config(&dir.path().join("data"), &tc.url, &server),
     );
@@ -130,7 +130,7 @@ async fn run(duration: Duration) {
     println!("202 answers: {accepted_by_bridge}; jobs durably enqueued: {enqueued}");
     let _ = baseline.kill();
     let _ = baseline.wait();
-    bridge.stop();
+    bridge.terminate();
 }
 
 /// The bare hyper baseline: read the body, check the HMAC, answer 202.

@@ -22,7 +22,7 @@ fn main() {
         let tc = FakeTeamCity::start().await;
         tc.add_token("bench-token", "bench");
         let dir = tempfile::tempdir().unwrap();
-        let bridge = Bridge::start(
+        let (bridge, _) = start_bridge(
             dir.path(),
             &config(&dir.path().join("data"), &tc.url, &format!("rate_per_second = {RATE}\nburst = {BURST}\nmax_in_flight = 8")),
         );
@@ -61,6 +61,6 @@ fn main() {
             (sustained - RATE) / RATE * 100.0,
             times[JOBS - 1]
         );
-        bridge.stop();
+        bridge.terminate();
     });
 }

@@ -33,14 +33,14 @@ async fn run(jobs: usize) {
     let tc_url = format!("http://{tc_addr}");
 
     // Idle: a fresh store.
-    let bridge = Bridge::start(
+    let (bridge, ready_after) = start_bridge(
         dir.path(),
         &config(&store, &tc_url, "rate_per_second = 0.001\nburst = 1"),
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "| idle | start-up to ready | {:.0} ms |",
-        bridge.ready_after.as_secs_f64() * 1000.0
+        ready_after.as_secs_f64() * 1000.0
     );
     println!(
         "| idle | resident memory | {:.1} MiB |",
@@ -85,13 +85,13 @@ async fn run(jobs: usize) {
         "| {jobs} queued | store on disk | {:.1} MiB |",
         disk_usage(&store) as f64 / 1048576.0
     );
-    bridge.stop();
+    bridge.terminate();
 
     // TeamCity comes up; bb2tc restarts with the limit off.
     let tc = FakeTeamCity::serve(tokio::net::TcpListener::bind(tc_addr).await.unwrap());
     tc.add_token("bench-token", "bench");
     let spawned = Instant::now();
-    let bridge = Bridge::start(
+    let (bridge, ready_after) = start_bridge(
         dir.path(),
         &config(
             &store,
@@ -101,7 +101,7 @@ async fn run(jobs: usize) {
     );
     println!(
         "| restart with {jobs} queued | start-up to ready | {:.0} ms |",
-        bridge.ready_after.as_secs_f64() * 1000.0
+        ready_after.as_secs_f64() * 1000.0
     );
     let first = tc.wait_for_builds(1).await;
     println!(
@@ -127,5 +127,5 @@ async fn run(jobs: usize) {
         "| drain, limit off | resident memory at the end | {:.1} MiB |",
         rss_mib(bridge.pid())
     );
-    bridge.stop();
+    bridge.terminate();
 }

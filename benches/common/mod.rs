@@ -4,12 +4,12 @@
 
 #[path = "../../tests/it/support/fake_teamcity.rs"]
 pub mod fake_teamcity;
+#[path = "../../tests/it/support/process.rs"]
+pub mod process;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -47,69 +47,17 @@ build_types = ["Bench_Build"]
     )
 }
 
-/// A running `bb2tc serve`.
-pub struct Bridge {
-    pub child: Child,
-    pub url: String,
-    /// From spawn to the "bb2tc ready" log line.
-    pub ready_after: Duration,
-}
+/// A running `bb2tc serve` (the tests' own child-process wrapper).
+pub use process::Bridge;
 
-impl Bridge {
-    pub fn start(dir: &Path, config_text: &str) -> Self {
-        let path = dir.join("bb2tc.toml");
-        std::fs::write(&path, config_text).unwrap();
-        let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bb2tc"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn,bb2tc=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("bb2tc ready")
-                    && let Some(addr) = line
-                        .split("listen=")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                {
-                    let _ = tx.send(format!("http://{addr}"));
-                }
-            }
-        });
-        let url = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("bb2tc ready");
-        Self {
-            child,
-            url,
-            ready_after: started.elapsed(),
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Writes `config_text` to `dir/bb2tc.toml` and starts bb2tc with it; also returns the time
+/// from spawn to its "bb2tc ready" line.
+pub fn start_bridge(dir: &Path, config_text: &str) -> (Bridge, Duration) {
+    let path = dir.join("bb2tc.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let started = Instant::now();
+    let bridge = Bridge::start(&path, "export RUST_LOG=warn,bb2tc=info");
+    (bridge, started.elapsed())
 }
 
 /// Resident memory of a process, in MiB.

@@ -58,6 +58,12 @@ impl Bridge {
         }
     }
 
+    /// The child's process id (the benchmarks read its memory).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything it logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
