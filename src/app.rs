@@ -1,5 +1,5 @@
-//! What every request handler shares: the config, the store, the queue, the TeamCity clients
-//! and the admin token's hash.
+//! What every request handler shares: the config, the store, the queue, the TeamCity clients,
+//! the token page's state and the admin token's hash.
 
 use crate::config::{Config, TeamCityServer};
 use crate::ids::{Secret, ServerId};
@@ -7,6 +7,7 @@ use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::store::{Store, StoreError};
 use crate::teamcity::TeamCityClient;
+use crate::web::WebState;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct App {
     pub clients: HashMap<ServerId, TeamCityClient>,
     /// Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The token page's sign-ins under way and rate limits.
+    pub web: WebState,
     admin_token_hash: [u8; 32],
 }
 
@@ -35,6 +38,7 @@ impl App {
         queue: Queue,
         clients: HashMap<ServerId, TeamCityClient>,
         metrics: Arc<Metrics>,
+        web: WebState,
         admin_token_hash: [u8; 32],
     ) -> Self {
         Self {
@@ -43,6 +47,7 @@ impl App {
             queue,
             clients,
             metrics,
+            web,
             admin_token_hash,
         }
     }

@@ -34,6 +34,9 @@
 //! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
+//! - [`web`] — the token page: sign-in (Bitbucket OAuth, pasted token, admin), sessions,
+//!   each user's TeamCity tokens; [`bitbucket::identity`] proves who signs in.
+//! - [`token_registration`] — checking a token with TeamCity and keeping it (API and page).
 //! - [`metrics`] — the Prometheus metrics of SPEC §10.
 //! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
@@ -56,6 +59,8 @@ pub mod routing;
 pub mod shutdown;
 pub mod store;
 pub mod teamcity;
+pub mod token_registration;
+pub mod web;
 
 use app::App;
 use config::Config;
@@ -81,6 +86,9 @@ pub enum Error {
     /// A TeamCity client could not be set up (e.g. a bad `ca_file`).
     #[error(transparent)]
     TeamCity(#[from] TeamCityError),
+    /// The token page's Bitbucket client could not be set up.
+    #[error(transparent)]
+    Bitbucket(#[from] bitbucket::identity::IdentityError),
 }
 
 /// Runs the bridge on `listener` until `shutdown` resolves: opens the store, resumes queued
@@ -107,13 +115,16 @@ pub async fn run(
         stopping.clone(),
         queue::retry::random_jitter,
     )?;
-    let pruner = tokio::spawn(prune_periodically(store.clone(), stopping));
     let grace = config.http.shutdown_grace;
     let clients: HashMap<_, _> = clients
         .into_iter()
         .map(|c| (c.server().id.clone(), c))
         .collect();
-    let app = Arc::new(App::new(config, store, queue, clients, metrics, admin_hash));
+    let web = web::WebState::new(&config)?;
+    let app = Arc::new(App::new(
+        config, store, queue, clients, metrics, web, admin_hash,
+    ));
+    let pruner = tokio::spawn(prune_periodically(app.clone(), stopping));
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         sources = app.config.sources.len(),
@@ -133,9 +144,10 @@ pub async fn run(
     Ok(())
 }
 
-async fn prune_periodically(store: Arc<Store>, mut stop: Shutdown) {
+async fn prune_periodically(app: Arc<App>, mut stop: Shutdown) {
     loop {
-        match store.prune(clock::now_ms()) {
+        app.web.forget_quiet_addresses();
+        match app.store.prune(clock::now_ms()) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "pruned expired records"),
             Err(e) => tracing::warn!(error = %e, "pruning failed"),

@@ -3,6 +3,7 @@
 
 mod cloud;
 mod datacenter;
+pub mod identity;
 mod push;
 pub mod signature;
 

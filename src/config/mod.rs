@@ -17,6 +17,7 @@ use raw::{RawConfig, RawRoute, RawSource, RawTeamCity};
 use reqwest::Url;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,6 +40,9 @@ pub enum ConfigError {
     Invalid(Vec<String>),
 }
 
+/// Bitbucket Cloud's REST API: a Cloud source's `url` when none is given.
+pub const CLOUD_API: &str = "https://api.bitbucket.org";
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -48,6 +52,8 @@ pub struct Config {
     pub storage: StorageSettings,
     /// `[admin] token`: the admin API token; `None` means generate one at first start.
     pub admin_token: Option<Secret>,
+    /// `[web]`: the token page's sessions and sign-in.
+    pub web: WebSettings,
     /// `[[bitbucket]]` tables.
     pub sources: Vec<Source>,
     /// `[[teamcity]]` tables.
@@ -71,6 +77,17 @@ pub struct HttpSettings {
     pub shutdown_grace: Duration,
     /// How users reach bb2tc; defaults to `http://{listen}`.
     pub public_url: String,
+}
+
+/// `[web]`: the token page (sessions and sign-in).
+#[derive(Debug, Clone)]
+pub struct WebSettings {
+    /// Mark the session cookie `Secure` (only sent over HTTPS, or to a loopback address).
+    pub cookie_secure: bool,
+    /// How long a sign-in lasts.
+    pub session_ttl: Duration,
+    /// Sign-in attempts allowed per client address and minute.
+    pub sign_in_attempts_per_minute: NonZeroU32,
 }
 
 /// `[storage]`.
@@ -112,7 +129,8 @@ pub struct Source {
     pub secrets: Vec<Secret>,
     /// Accept deliveries without a signature (only when no secret is configured).
     pub allow_unsigned: bool,
-    /// The Bitbucket base URL (for the token page's sign-in).
+    /// The Bitbucket base URL for the token page's sign-in (Data Center: the instance; Cloud:
+    /// the REST API, by default `https://api.bitbucket.org`).
     pub url: Option<Url>,
     /// OAuth client id for "Sign in with Bitbucket", when configured.
     pub oauth_client_id: Option<String>,
@@ -337,6 +355,13 @@ impl Validator {
             (Some(addr), _) => format!("http://{addr}"),
             (None, _) => String::new(),
         };
+        let sign_in_attempts_per_minute = NonZeroU32::new(raw.web.sign_in_attempts_per_minute);
+        if sign_in_attempts_per_minute.is_none() {
+            self.problem("web.sign_in_attempts_per_minute", "must be at least 1");
+        }
+        if raw.web.session_ttl_secs == 0 {
+            self.problem("web.session_ttl_secs", "must be at least 1");
+        }
         if raw.storage.path.trim().is_empty() {
             self.problem("storage.path", "must not be empty");
         }
@@ -362,8 +387,12 @@ impl Validator {
             .filter_map(|(i, r)| self.route(i, r, &sources, &servers))
             .collect();
 
-        match (self.problems.is_empty(), listen) {
-            (true, Some(listen)) => Ok(Config {
+        match (
+            self.problems.is_empty(),
+            listen,
+            sign_in_attempts_per_minute,
+        ) {
+            (true, Some(listen), Some(sign_in_attempts_per_minute)) => Ok(Config {
                 http: HttpSettings {
                     listen,
                     max_body_bytes: raw.server.max_body_bytes,
@@ -377,6 +406,11 @@ impl Validator {
                     master_key: non_empty(raw.storage.master_key).map(Secret::new),
                 },
                 admin_token: non_empty(raw.admin.token).map(Secret::new),
+                web: WebSettings {
+                    cookie_secure: raw.web.cookie_secure,
+                    session_ttl: Duration::from_secs(raw.web.session_ttl_secs),
+                    sign_in_attempts_per_minute,
+                },
                 sources,
                 servers,
                 routes,
@@ -447,18 +481,33 @@ impl Validator {
                 "needs at least one non-empty secret (or allow_unsigned = true)",
             );
         }
-        let url = match raw.url.trim() {
-            "" => None,
-            text => self.http_url(&format!("{table}.url"), text),
+        let url = match (raw.url.trim(), kind) {
+            ("", Some(SourceKind::Cloud)) => Url::parse(CLOUD_API).ok(),
+            ("", _) => None,
+            (text, _) => self.http_url(&format!("{table}.url"), text),
         };
+        let oauth_client_id = non_empty(raw.oauth_client_id);
+        let oauth_client_secret = non_empty(raw.oauth_client_secret).map(Secret::new);
+        if oauth_client_id.is_some() != oauth_client_secret.is_some() {
+            self.problem(
+                format!("{table}.oauth_client_secret"),
+                "oauth_client_id and oauth_client_secret are set together or not at all",
+            );
+        }
+        if oauth_client_id.is_some() && url.is_none() {
+            self.problem(
+                format!("{table}.url"),
+                "is needed for \"Sign in with Bitbucket\" (the Data Center base URL)",
+            );
+        }
         Some(Source {
             id: SourceId::new(raw.id),
             kind: kind?,
             secrets,
             allow_unsigned: raw.allow_unsigned,
             url,
-            oauth_client_id: non_empty(raw.oauth_client_id),
-            oauth_client_secret: non_empty(raw.oauth_client_secret).map(Secret::new),
+            oauth_client_id,
+            oauth_client_secret,
         })
     }
 

@@ -14,6 +14,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
+    pub web: RawWeb,
+    #[serde(default)]
     pub bitbucket: Vec<RawSource>,
     #[serde(default)]
     pub teamcity: Vec<RawTeamCity>,
@@ -41,6 +43,24 @@ impl Default for RawServer {
             max_connections: 1024,
             shutdown_grace_secs: 10,
             public_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawWeb {
+    pub cookie_secure: bool,
+    pub session_ttl_secs: u64,
+    pub sign_in_attempts_per_minute: u32,
+}
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        Self {
+            cookie_secure: true,
+            session_ttl_secs: 12 * 3600,
+            sign_in_attempts_per_minute: 10,
         }
     }
 }

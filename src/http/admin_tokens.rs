@@ -4,9 +4,9 @@ use super::error::ApiError;
 use super::response::{Body, empty, json, read_body};
 use crate::app::App;
 use crate::ids::{SourceId, TeamCityToken, UserKey};
-use crate::store::tokens::NewToken;
-use crate::store::{TokenFilter, TokenStatus};
+use crate::store::TokenFilter;
 use crate::teamcity::TeamCityError;
+use crate::token_registration::{self, RegistrationError};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
@@ -91,47 +91,26 @@ async fn register(app: &App, request: Request<Incoming>) -> Result<Response<Body
                     .join(", ")
             ))
         })?;
-    let (status, teamcity_user) = if registration.verify {
-        let client = app
-            .client(server)
-            .ok_or_else(|| ApiError::Internal(format!("no client for server {}", server.id)))?;
-        match client.current_user(&token).await {
-            Ok(name) => (TokenStatus::Valid, Some(name)),
-            Err(TeamCityError::Unauthorized(_)) => {
-                return Err(ApiError::Unprocessable(format!(
-                    "TeamCity {} rejected the token (401)",
-                    server.base_url()
-                )));
-            }
-            Err(e @ TeamCityError::Rejected { .. }) => {
-                return Err(ApiError::Unprocessable(e.to_string()));
-            }
-            Err(e) => {
-                return Err(ApiError::BadGateway(format!(
-                    "could not verify the token with TeamCity {}: {e}",
-                    server.base_url()
-                )));
-            }
+    let (info, replaced) = token_registration::register(
+        app,
+        source,
+        &registration.user,
+        server,
+        &token,
+        registration.verify,
+    )
+    .await
+    .map_err(|e| match e {
+        RegistrationError::Refused {
+            server_url,
+            error: TeamCityError::Unauthorized(_),
+        } => ApiError::Unprocessable(format!("TeamCity {server_url} rejected the token (401)")),
+        RegistrationError::Refused { error, .. } => ApiError::Unprocessable(error.to_string()),
+        unreachable @ RegistrationError::Unreachable { .. } => {
+            ApiError::BadGateway(unreachable.to_string())
         }
-    } else {
-        (TokenStatus::Unverified, None)
-    };
-    let (info, replaced) = app
-        .store
-        .upsert_token(NewToken {
-            source: &source.id,
-            user: &registration.user,
-            server: &server.id,
-            teamcity: server.base_url(),
-            token: &token,
-            status,
-            teamcity_user,
-        })
-        .await?;
-    tracing::info!(
-        source = %source.id, user = %registration.user, server = %server.id, replaced,
-        status = status.as_str(), "token registered"
-    );
+        RegistrationError::Store(e) => e.into(),
+    })?;
     let mut answer = serde_json::to_value(&info).map_err(|e| ApiError::Internal(e.to_string()))?;
     if replaced {
         answer["replaced"] = json!(true);

@@ -97,12 +97,14 @@ mod tests {
         {
             tokio::task::yield_now().await;
         }
+        let web = crate::web::WebState::new(&config).unwrap();
         let app = App::new(
             config,
             store,
             queue,
             Default::default(),
             Arc::default(),
+            web,
             [0; 32],
         );
         let response = ready(&app).await;

@@ -4,7 +4,7 @@ mod admin_jobs;
 mod admin_tokens;
 mod error;
 mod health;
-mod response;
+pub mod response;
 mod router;
 mod server;
 mod webhook;

@@ -4,16 +4,18 @@ use super::error::ApiError;
 use super::response::Body;
 use super::{admin_jobs, admin_tokens, health, webhook};
 use crate::app::App;
+use crate::web;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, Response};
+use std::net::IpAddr;
 use tracing::Instrument;
 
 /// Longest request id taken from a client; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
 /// Handles one request.
-pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
+pub async fn handle(app: &App, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let request_id = request_id(&request);
     let span = tracing::info_span!(
         "request",
@@ -21,7 +23,7 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
         method = %request.method(),
         path = %request.uri().path(),
     );
-    let mut response = route(app, request, &request_id)
+    let mut response = route(app, request, peer, &request_id)
         .instrument(span)
         .await
         .unwrap_or_else(ApiError::into_response);
@@ -34,6 +36,7 @@ pub async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
 async fn route(
     app: &App,
     request: Request<Incoming>,
+    peer: IpAddr,
     request_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_owned();
@@ -62,6 +65,7 @@ async fn route(
                 _ => Err(ApiError::NotFound(format!("no such path {path}"))),
             }
         }
+        page if web::is_page_path(page) => Ok(web::handle(app, request, peer, page).await),
         _ => Err(ApiError::NotFound(format!("no such path {path}"))),
     }
 }

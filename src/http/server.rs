@@ -33,7 +33,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
                 Err(_) => break,
             },
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -46,9 +46,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
         };
         let app = app.clone();
+        let peer = peer.ip();
         let service = service_fn(move |request| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(router::handle(&app, request).await) }
+            async move { Ok::<_, Infallible>(router::handle(&app, request, peer).await) }
         });
         let connection = http1::Builder::new()
             .timer(TokioTimer::new())

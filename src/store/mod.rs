@@ -7,6 +7,7 @@
 //! - `pending_index`: coalescing key → id of the job still waiting for that key
 //! - `deliveries`: delivery id → [`jobs::DeliveryRecord`]
 //! - `seen_changes`: `source \0 repository \0 ref \0 sha` → first-seen time (u64 ms)
+//! - `sessions`: SHA-256 of a token-page session cookie → [`sessions::Session`]
 //! - `meta`: the master-key check value and the admin token hash
 //!
 //! Writes that must survive a crash go through [`Store::commit`] (flush + fsync, shared
@@ -16,10 +17,12 @@ mod crypto;
 mod group_commit;
 pub mod jobs;
 mod key_rotation;
+pub mod sessions;
 pub mod tokens;
 
 pub use crypto::TokenCipher;
 pub use jobs::{DeliveryRecord, Finish, Job, JobState, RecordOutcome, Skipped, TokenRef};
+pub use sessions::{Principal, Session};
 pub use tokens::{TokenFilter, TokenInfo, TokenStatus};
 
 use crate::config::StorageSettings;
@@ -89,6 +92,7 @@ pub struct Store {
     pending_index: sled::Tree,
     deliveries: sled::Tree,
     seen_changes: sled::Tree,
+    sessions: sled::Tree,
     meta: sled::Tree,
     cipher: TokenCipher,
     committer: GroupCommit,
@@ -110,6 +114,7 @@ impl Store {
             pending_index: db.open_tree("pending_index")?,
             deliveries: db.open_tree("deliveries")?,
             seen_changes: db.open_tree("seen_changes")?,
+            sessions: db.open_tree("sessions")?,
             meta,
             path,
             cipher,

@@ -189,6 +189,14 @@ impl Store {
         Ok(Some(TeamCityToken::new(text)))
     }
 
+    /// One token's record.
+    pub fn token(&self, id: &str) -> Result<Option<TokenInfo>, StoreError> {
+        Ok(self
+            .stored_token(id.as_bytes())?
+            .as_ref()
+            .map(TokenInfo::from))
+    }
+
     /// Lists tokens, oldest first.
     pub fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenInfo>, StoreError> {
         let mut out = Vec::new();

@@ -1,0 +1,124 @@
+//! The token page (SPEC §4, `GET /` and the page's own paths): each Bitbucket user signs in
+//! and manages their own TeamCity access tokens in the browser; the admin sees everyone's.
+//!
+//! Plain server-rendered HTML and one stylesheet, no script. Every page carries a strict
+//! Content-Security-Policy; every form carries a CSRF value (the session's, or before
+//! sign-in a `SameSite=Strict` cookie's); sign-in attempts are rate-limited per client
+//! address. Sessions live in the store (only a hash of the cookie), so they survive a
+//! restart and end at expiry or sign-out.
+//!
+//! - `mod.rs`: the page's paths and the shared state
+//! - `sign_in.rs`: sign-in by OAuth, by a pasted Bitbucket token, as the admin; sign-out
+//! - `token_page.rs`: the token list, adding and deleting tokens
+//! - `oauth.rs`: OAuth sign-ins under way (state, PKCE)
+//! - `html.rs` + `style.css`: rendering; `respond.rs`: headers; `cookies.rs`, `forms.rs`
+//! - `error.rs`: failures and their status codes
+
+mod cookies;
+mod error;
+mod forms;
+mod html;
+mod oauth;
+mod respond;
+mod sign_in;
+mod token_page;
+
+pub use error::PageError;
+
+use crate::app::App;
+use crate::bitbucket::identity::{BitbucketClient, IdentityError};
+use crate::config::Config;
+use crate::http::response::Body;
+use crate::store::Session;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hyper::body::Incoming;
+use hyper::{HeaderMap, Method, Request, Response};
+use std::net::IpAddr;
+
+/// What the token page keeps between requests (besides the sessions in the store).
+pub struct WebState {
+    bitbucket: BitbucketClient,
+    pending: oauth::PendingSignIns,
+    sign_in_limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl WebState {
+    /// The state for `config`.
+    pub fn new(config: &Config) -> Result<Self, IdentityError> {
+        Ok(Self {
+            bitbucket: BitbucketClient::new()?,
+            pending: oauth::PendingSignIns::default(),
+            sign_in_limiter: RateLimiter::keyed(Quota::per_minute(
+                config.web.sign_in_attempts_per_minute,
+            )),
+        })
+    }
+
+    /// Forgets the rate-limit state of addresses that have been quiet (called now and then
+    /// so the limiter does not grow with every address ever seen).
+    pub fn forget_quiet_addresses(&self) {
+        self.sign_in_limiter.retain_recent();
+    }
+}
+
+/// Whether a path (split at `/`) belongs to the token page.
+pub fn is_page_path(segments: &[&str]) -> bool {
+    matches!(
+        segments,
+        [""] | ["tokens", ..]
+            | ["signin", ..]
+            | ["signout"]
+            | ["oauth", "callback"]
+            | ["static", ..]
+    )
+}
+
+/// Answers a request for one of the page's paths.
+pub async fn handle(
+    app: &App,
+    request: Request<Incoming>,
+    peer: IpAddr,
+    segments: &[&str],
+) -> Response<Body> {
+    let get = matches!(*request.method(), Method::GET | Method::HEAD);
+    let post = request.method() == Method::POST;
+    let result = match segments {
+        [""] if get => token_page::show(app, &request),
+        ["tokens"] if post => token_page::add(app, request).await,
+        ["tokens", id, "delete"] if post => {
+            let id = (*id).to_owned();
+            token_page::delete(app, request, &id).await
+        }
+        ["signin"] if get => sign_in::page(app, &request, None),
+        ["signin", "token"] if post => sign_in::with_bitbucket_token(app, request, peer).await,
+        ["signin", "admin"] if post => sign_in::as_admin(app, request, peer).await,
+        ["signin", "oauth", source] if get => sign_in::start_oauth(app, peer, source),
+        ["oauth", "callback"] if get => sign_in::finish_oauth(app, &request, peer).await,
+        ["signout"] if post => sign_in::sign_out(app, request).await,
+        ["static", "bb2tc.css"] if get => Ok(respond::stylesheet(html::STYLESHEET)),
+        [""]
+        | ["tokens"]
+        | ["tokens", _, "delete"]
+        | ["signin"]
+        | ["signin", "token" | "admin"]
+        | ["signin", "oauth", _]
+        | ["oauth", "callback"]
+        | ["signout"]
+        | ["static", "bb2tc.css"] => Err(PageError::MethodNotAllowed),
+        _ => Err(PageError::NotFound("There is no such page.".into())),
+    };
+    result.unwrap_or_else(PageError::into_response)
+}
+
+/// The live session behind the request's cookie, with the cookie's value.
+fn session(app: &App, headers: &HeaderMap) -> Result<Option<(String, Session)>, PageError> {
+    let Some(id) = cookies::get(headers, cookies::SESSION) else {
+        return Ok(None);
+    };
+    Ok(app.store.session(id)?.map(|s| (id.to_owned(), s)))
+}
+
+/// The session, or [`PageError::SignInRequired`].
+fn require_session(app: &App, headers: &HeaderMap) -> Result<(String, Session), PageError> {
+    session(app, headers)?.ok_or(PageError::SignInRequired)
+}
