@@ -95,10 +95,13 @@ pub enum Error {
 /// jobs, serves HTTP, then stops accepting, lets in-flight work finish within
 /// `shutdown_grace_secs`, and closes the store. Jobs not yet sent stay queued.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    if let Ok(bound) = listener.local_addr() {
+        config.http.follow_bound_address(bound);
+    }
     let store = Arc::new(Store::open(&config.storage)?);
     let admin_hash = app::admin_token_hash(config.admin_token.as_ref(), &store).await?;
     let clients = config

@@ -77,6 +77,18 @@ pub struct HttpSettings {
     pub shutdown_grace: Duration,
     /// How users reach bb2tc; defaults to `http://{listen}`.
     pub public_url: String,
+    /// Whether `public_url` was given (else it follows the address actually listened on).
+    pub public_url_configured: bool,
+}
+
+impl HttpSettings {
+    /// Makes a default `public_url` name the address bb2tc really listens on (which differs
+    /// from `listen` when that asks for port 0).
+    pub fn follow_bound_address(&mut self, bound: SocketAddr) {
+        if !self.public_url_configured {
+            self.public_url = format!("http://{bound}");
+        }
+    }
 }
 
 /// `[web]`: the token page (sessions and sign-in).
@@ -400,6 +412,7 @@ impl Validator {
                     max_connections: raw.server.max_connections,
                     shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
                     public_url,
+                    public_url_configured: !raw.server.public_url.trim().is_empty(),
                 },
                 storage: StorageSettings {
                     path: PathBuf::from(raw.storage.path),

@@ -11,5 +11,6 @@ mod pushes;
 mod rate_limit;
 mod restart;
 mod support;
+mod token_page;
 mod tokens_api;
 mod webhook_checks;

@@ -1,11 +1,15 @@
 //! Test helpers: a real bb2tc on 127.0.0.1:0 with a real sled store in a temp dir, a fake
 //! TeamCity, signed deliveries and payload builders.
 
+pub mod fake_bitbucket;
 pub mod fake_teamcity;
+pub mod page_client;
 pub mod process;
 
 use bb2tc::config::Config;
+pub use fake_bitbucket::{Account, FakeBitbucket};
 pub use fake_teamcity::FakeTeamCity;
+pub use page_client::PageClient;
 use std::path::{Path, PathBuf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -68,6 +72,142 @@ build_types = ["Cloud_Build"]
 {extra}
 "#
     )
+}
+
+/// The token page's world: a fake TeamCity, a fake Bitbucket with these accounts, and a
+/// bridge whose Data Center source `dc` and Cloud source `cloud` sign in against it.
+///
+/// | who | Bitbucket token | TeamCity token |
+/// |---|---|---|
+/// | Data Center `jdoe` ("Jane Doe") | `bb-jdoe` | `tc-jdoe` |
+/// | Data Center `mallory` | `bb-mallory` | `tc-mallory` |
+/// | Data Center `j.müller` ("Jürgen Müller") | `bb-muller` | — |
+/// | Data Center service user `deploy-bot` | `bb-bot` | — |
+/// | Data Center deactivated `left` | `bb-left` | — |
+/// | Cloud "Ada Lovelace", `ada@example.com` | `bb-cloud-ada` | `tc-ada` |
+/// | Cloud app user `bot@example.com` | `bb-cloud-bot` | — |
+///
+/// A second TeamCity server, `offline`, cannot be reached.
+pub struct PageWorld {
+    pub app: TestApp,
+    pub teamcity: FakeTeamCity,
+    pub bitbucket: FakeBitbucket,
+}
+
+pub const ADA_UUID: &str = "{a1a1a1a1-2222-3333-4444-555555555555}";
+
+impl PageWorld {
+    /// Starts the world; `web` is the config's `[web]` table body.
+    pub async fn start(web: &str) -> Self {
+        let teamcity = FakeTeamCity::start().await;
+        for (token, user) in [
+            ("tc-jdoe", "jdoe"),
+            ("tc-mallory", "mallory"),
+            ("tc-ada", "ada"),
+        ] {
+            teamcity.add_token(token, user);
+        }
+        let bitbucket = FakeBitbucket::start().await;
+        let mut service = Account::datacenter("deploy-bot", 4, "Deploy bot");
+        service.kind = "SERVICE".into();
+        let mut left = Account::datacenter("left", 5, "Gone Away");
+        left.active = false;
+        let mut cloud_bot = Account::cloud(
+            "{b0b0b0b0-0000-0000-0000-000000000000}",
+            "bot@example.com",
+            "Bot",
+        );
+        cloud_bot.kind = "app_user".into();
+        for (account, token) in [
+            (Account::datacenter("jdoe", 1, "Jane Doe"), "bb-jdoe"),
+            (Account::datacenter("mallory", 3, "Mallory"), "bb-mallory"),
+            (
+                Account::datacenter("j.müller", 2, "Jürgen Müller"),
+                "bb-muller",
+            ),
+            (service, "bb-bot"),
+            (left, "bb-left"),
+            (
+                Account::cloud(ADA_UUID, "ada@example.com", "Ada Lovelace"),
+                "bb-cloud-ada",
+            ),
+            (cloud_bot, "bb-cloud-bot"),
+        ] {
+            bitbucket.add_account(account, token);
+        }
+        let config = format!(
+            r#"
+[admin]
+token = "{ADMIN_TOKEN}"
+
+[web]
+{web}
+
+[[bitbucket]]
+id = "dc"
+kind = "datacenter"
+secrets = ["{DC_SECRET}"]
+url = "{bb}"
+oauth_client_id = "{client}"
+oauth_client_secret = "{secret}"
+
+[[bitbucket]]
+id = "cloud"
+kind = "cloud"
+secrets = ["{CLOUD_SECRET}"]
+url = "{bb}"
+oauth_client_id = "{client}"
+oauth_client_secret = "{secret}"
+
+[[teamcity]]
+id = "main"
+url = "{tc}"
+rate_per_second = 1000.0
+burst = 1000
+timeout_secs = 5
+
+[[teamcity]]
+id = "offline"
+url = "http://127.0.0.1:1"
+timeout_secs = 2
+
+[[route]]
+source = "dc"
+repository = "*"
+teamcity = "main"
+build_types = ["Proj_Build"]
+"#,
+            bb = bitbucket.url,
+            tc = teamcity.url,
+            client = fake_bitbucket::CLIENT_ID,
+            secret = fake_bitbucket::CLIENT_SECRET,
+        );
+        let app = TestApp::spawn(&config).await;
+        Self {
+            app,
+            teamcity,
+            bitbucket,
+        }
+    }
+
+    /// A fresh cookie-keeping client for this bridge.
+    pub fn client(&self) -> PageClient {
+        PageClient::new(&self.app.url)
+    }
+
+    /// The tokens the admin API lists.
+    pub async fn api_tokens(&self) -> Vec<serde_json::Value> {
+        let answer: serde_json::Value = self
+            .app
+            .admin(reqwest::Method::GET, "/tokens")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["tokens"].as_array().unwrap().clone()
+    }
 }
 
 /// A running bridge.

@@ -1,0 +1,368 @@
+//! A fake Bitbucket for the token page's sign-in, answering as Data Center and Cloud do:
+//!
+//! - OAuth 2.0: Data Center `/rest/oauth2/latest/authorize` + `/token` (client credentials
+//!   as parameters), Cloud `/site/oauth2/authorize` + `/access_token` (Basic auth). The
+//!   authorize endpoint stands for the consent screen: it approves as the user set with
+//!   [`FakeBitbucket::consent_as`] and redirects back with `code` and `state`. The token
+//!   endpoint checks the client, the redirect URI and the PKCE verifier (S256).
+//! - Data Center identity: `/rest/api/latest/application-properties` answers with
+//!   `X-AUSERNAME` (percent-encoded) and `X-AUSERID`; `/rest/api/latest/users?filter=`.
+//! - Cloud identity: `/2.0/user` with a Bearer token or Basic email + API token.
+//! - `/forged?action=…`: a page of another origin with a form that posts to bb2tc without a
+//!   CSRF value, for the browser test.
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+pub const CLIENT_ID: &str = "bb2tc-client";
+pub const CLIENT_SECRET: &str = "bb2tc-client-secret";
+
+/// A Bitbucket account.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// Data Center login name (Cloud: the nickname, unused as a key).
+    pub name: String,
+    pub id: u64,
+    pub display_name: String,
+    /// Data Center `NORMAL` / `SERVICE`; Cloud `user` / `app_user`.
+    pub kind: String,
+    pub active: bool,
+    /// Cloud only.
+    pub uuid: String,
+    /// Cloud only: the email an API token is used with.
+    pub email: String,
+}
+
+impl Account {
+    /// An active, normal Data Center user.
+    pub fn datacenter(name: &str, id: u64, display_name: &str) -> Self {
+        Self {
+            name: name.into(),
+            id,
+            display_name: display_name.into(),
+            kind: "NORMAL".into(),
+            active: true,
+            uuid: String::new(),
+            email: String::new(),
+        }
+    }
+
+    /// An active Cloud user.
+    pub fn cloud(uuid: &str, email: &str, display_name: &str) -> Self {
+        Self {
+            name: display_name.to_lowercase().replace(' ', ""),
+            id: 0,
+            display_name: display_name.into(),
+            kind: "user".into(),
+            active: true,
+            uuid: uuid.into(),
+            email: email.into(),
+        }
+    }
+}
+
+struct Grant {
+    account: usize,
+    challenge: String,
+    redirect_uri: String,
+}
+
+#[derive(Default)]
+struct State {
+    accounts: Vec<Account>,
+    /// Bearer tokens (personal and OAuth access tokens) → account.
+    tokens: HashMap<String, usize>,
+    consent: Option<usize>,
+    grants: HashMap<String, Grant>,
+    /// (path, query) of every request.
+    requests: Vec<(String, String)>,
+}
+
+/// A running fake Bitbucket on 127.0.0.1.
+#[derive(Clone)]
+pub struct FakeBitbucket {
+    pub url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeBitbucket {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Self {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            state: Arc::default(),
+        };
+        let server = fake.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let fake = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let fake = fake.clone();
+                        async move { Ok::<_, std::convert::Infallible>(fake.answer(req).await) }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        fake
+    }
+
+    /// Adds an account that `token` (a personal or API token) authenticates.
+    pub fn add_account(&self, account: Account, token: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.accounts.push(account);
+        let index = state.accounts.len() - 1;
+        state.tokens.insert(token.into(), index);
+    }
+
+    /// The consent screen approves as the account named `name` (Data Center name or Cloud
+    /// display name); `None`: the user clicks "Deny".
+    pub fn consent_as(&self, name: Option<&str>) {
+        let mut state = self.state.lock().unwrap();
+        state.consent = name.map(|n| {
+            state
+                .accounts
+                .iter()
+                .position(|a| a.name == n || a.display_name == n)
+                .expect("known account")
+        });
+    }
+
+    /// Paths (with query) Bitbucket was asked for.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().unwrap_or("").to_owned();
+        let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+        let authorization = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut state = self.state.lock().unwrap();
+        state.requests.push((path.clone(), query.clone()));
+        match (parts.method.as_str(), path.as_str()) {
+            ("GET", "/rest/oauth2/latest/authorize" | "/site/oauth2/authorize") => {
+                authorize(&mut state, &params)
+            }
+            ("POST", "/rest/oauth2/latest/token") => {
+                let client = (form.get("client_id"), form.get("client_secret"));
+                let client_ok =
+                    client == (Some(&CLIENT_ID.to_owned()), Some(&CLIENT_SECRET.to_owned()));
+                token(&mut state, &form, client_ok)
+            }
+            ("POST", "/site/oauth2/access_token") => {
+                let expected = format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"))
+                );
+                token(&mut state, &form, authorization == expected)
+            }
+            ("GET", "/rest/api/latest/application-properties") => {
+                let Some(account) = bearer(&state, &authorization) else {
+                    return unauthorized();
+                };
+                let name: String = percent_encoding::utf8_percent_encode(
+                    &account.name,
+                    percent_encoding::NON_ALPHANUMERIC,
+                )
+                .to_string();
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .header("x-ausername", name)
+                    .header("x-auserid", account.id.to_string())
+                    .body(Full::new(Bytes::from(
+                        r#"{"version":"9.4.3","buildNumber":"9004003","displayName":"Bitbucket"}"#,
+                    )))
+                    .unwrap()
+            }
+            ("GET", "/rest/api/latest/users") => {
+                if bearer(&state, &authorization).is_none() {
+                    return unauthorized();
+                }
+                let filter = params.get("filter").cloned().unwrap_or_default();
+                let values: Vec<serde_json::Value> = state
+                    .accounts
+                    .iter()
+                    .filter(|a| a.uuid.is_empty() && a.name.contains(&filter))
+                    .map(|a| {
+                        serde_json::json!({
+                            "name": a.name, "id": a.id, "displayName": a.display_name,
+                            "slug": a.name.replace('.', "_"), "active": a.active, "type": a.kind,
+                        })
+                    })
+                    .collect();
+                json(
+                    200,
+                    serde_json::json!({"size": values.len(), "isLastPage": true, "values": values}),
+                )
+            }
+            ("GET", "/2.0/user") => {
+                let account =
+                    bearer(&state, &authorization).or_else(|| basic(&state, &authorization));
+                let Some(a) = account else {
+                    return unauthorized();
+                };
+                json(
+                    200,
+                    serde_json::json!({
+                        "type": a.kind, "uuid": a.uuid, "account_id": format!("5f{}", a.id),
+                        "display_name": a.display_name, "nickname": a.name,
+                        "account_status": if a.active { "active" } else { "inactive" },
+                    }),
+                )
+            }
+            ("GET", "/forged") => {
+                let action = params.get("action").cloned().unwrap_or_default();
+                let page = format!(
+                    "<!DOCTYPE html><html><body><h1>You won a prize</h1>\
+                     <form method=\"post\" action=\"{action}\">\
+                     <input type=\"hidden\" name=\"teamcity\" value=\"main\">\
+                     <button id=\"claim\" type=\"submit\">Claim</button></form></body></html>"
+                );
+                Response::builder()
+                    .header("content-type", "text/html")
+                    .body(Full::new(Bytes::from(page)))
+                    .unwrap()
+            }
+            _ => json(
+                404,
+                serde_json::json!({"errors": [{"message": "not found"}]}),
+            ),
+        }
+    }
+}
+
+fn authorize(state: &mut State, params: &HashMap<String, String>) -> Response<Full<Bytes>> {
+    let get = |k: &str| params.get(k).cloned().unwrap_or_default();
+    if get("client_id") != CLIENT_ID
+        || get("response_type") != "code"
+        || get("code_challenge_method") != "S256"
+        || get("code_challenge").is_empty()
+    {
+        return json(400, serde_json::json!({"error": "invalid_request"}));
+    }
+    let redirect_uri = get("redirect_uri");
+    let mut location = reqwest::Url::parse(&redirect_uri).expect("redirect_uri is a URL");
+    match state.consent {
+        Some(account) => {
+            let code = URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>());
+            state.grants.insert(
+                code.clone(),
+                Grant {
+                    account,
+                    challenge: get("code_challenge"),
+                    redirect_uri,
+                },
+            );
+            location
+                .query_pairs_mut()
+                .append_pair("code", &code)
+                .append_pair("state", &get("state"));
+        }
+        None => {
+            location
+                .query_pairs_mut()
+                .append_pair("error", "access_denied")
+                .append_pair("state", &get("state"));
+        }
+    }
+    Response::builder()
+        .status(302)
+        .header("location", location.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn token(
+    state: &mut State,
+    form: &HashMap<String, String>,
+    client_ok: bool,
+) -> Response<Full<Bytes>> {
+    if !client_ok {
+        return json(401, serde_json::json!({"error": "invalid_client"}));
+    }
+    let get = |k: &str| form.get(k).cloned().unwrap_or_default();
+    let Some(grant) = state.grants.remove(&get("code")) else {
+        return json(400, serde_json::json!({"error": "invalid_grant"}));
+    };
+    let verifier_ok =
+        URL_SAFE_NO_PAD.encode(Sha256::digest(get("code_verifier").as_bytes())) == grant.challenge;
+    if get("grant_type") != "authorization_code"
+        || get("redirect_uri") != grant.redirect_uri
+        || !verifier_ok
+    {
+        return json(400, serde_json::json!({"error": "invalid_grant"}));
+    }
+    let access = format!(
+        "oauth-{}",
+        URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+    );
+    state.tokens.insert(access.clone(), grant.account);
+    json(
+        200,
+        serde_json::json!({"access_token": access, "token_type": "bearer", "expires_in": 3600,
+                           "refresh_token": "r", "scopes": "PUBLIC_REPOS"}),
+    )
+}
+
+fn bearer<'a>(state: &'a State, authorization: &str) -> Option<&'a Account> {
+    let token = authorization.strip_prefix("Bearer ")?;
+    state.tokens.get(token).map(|&i| &state.accounts[i])
+}
+
+fn basic<'a>(state: &'a State, authorization: &str) -> Option<&'a Account> {
+    let decoded = STANDARD
+        .decode(authorization.strip_prefix("Basic ")?)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (email, token) = text.split_once(':')?;
+    let &index = state.tokens.get(token)?;
+    let account = &state.accounts[index];
+    (account.email == email).then_some(account)
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    json(
+        401,
+        serde_json::json!({"errors": [{"message": "Authentication failed. Please check your credentials and try again."}]}),
+    )
+}
+
+fn json(status: u16, value: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .unwrap()
+}
