@@ -1,6 +1,7 @@
 //! Black-box tests: a real bb2tc (`bb2tc::run` on 127.0.0.1:0, or the binary), a real sled
 //! store in a temp dir, and a fake TeamCity that records what it receives.
 
+mod browser;
 mod check_for_changes;
 mod cli;
 mod delivery;

@@ -1,6 +1,7 @@
 //! Test helpers: a real bb2tc on 127.0.0.1:0 with a real sled store in a temp dir, a fake
 //! TeamCity, signed deliveries and payload builders.
 
+pub mod browser;
 pub mod fake_bitbucket;
 pub mod fake_teamcity;
 pub mod page_client;
