@@ -706,6 +706,50 @@ mod tests {
         None
     }
 
+    #[test]
+    fn token_page_settings_are_checked() {
+        let text = r#"
+            [web]
+            session_ttl_secs = 0
+            sign_in_attempts_per_minute = 0
+
+            [[bitbucket]]
+            id = "dc"
+            kind = "datacenter"
+            secrets = ["s"]
+            oauth_client_id = "id"
+        "#;
+        let Err(ConfigError::Invalid(problems)) = Config::from_toml_str(text, &no_env) else {
+            panic!("invalid config accepted");
+        };
+        let text = problems.join("\n");
+        for key in [
+            "web.session_ttl_secs",
+            "web.sign_in_attempts_per_minute",
+            "bitbucket[0] (id \"dc\").oauth_client_secret",
+            "bitbucket[0] (id \"dc\").url",
+        ] {
+            assert!(text.contains(key), "{key} not named in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn token_page_defaults() {
+        let config = Config::from_toml_str(GOOD, &no_env).unwrap();
+        assert!(config.web.cookie_secure);
+        assert_eq!(config.web.session_ttl, Duration::from_secs(12 * 3600));
+        assert_eq!(config.web.sign_in_attempts_per_minute.get(), 10);
+        let cloud = Config::from_toml_str(
+            "[[bitbucket]]\nid = \"c\"\nkind = \"cloud\"\nsecrets = [\"s\"]\n",
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(
+            cloud.sources[0].url.as_ref().map(|u| u.as_str()),
+            Some("https://api.bitbucket.org/")
+        );
+    }
+
     const GOOD: &str = r#"
         [[bitbucket]]
         id = "dc"

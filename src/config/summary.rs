@@ -21,13 +21,39 @@ impl Config {
             } else {
                 format!("{} secret(s)", s.secrets.len())
             };
+            let sign_in = match (&s.url, &s.oauth_client_id) {
+                (None, _) => "no token-page sign-in (no url)".to_string(),
+                (Some(url), None) => format!("sign-in with a pasted token at {url}"),
+                (Some(url), Some(_)) => format!("sign-in with Bitbucket (OAuth) at {url}"),
+            };
             let _ = writeln!(
                 out,
-                "  {} ({}): webhook URL {}/hooks/bitbucket/{}, {signing}",
+                "  {} ({}): webhook URL {}/hooks/bitbucket/{}, {signing}; {sign_in}",
                 s.id,
                 s.kind.as_str(),
                 self.http.public_url,
                 s.id
+            );
+        }
+        let _ = writeln!(
+            out,
+            "token page: {}/ — sessions last {}s, {} sign-in attempts per minute per address, \
+             cookies {}",
+            self.http.public_url,
+            self.web.session_ttl.as_secs(),
+            self.web.sign_in_attempts_per_minute,
+            if self.web.cookie_secure {
+                "Secure"
+            } else {
+                "NOT Secure (plain HTTP)"
+            }
+        );
+        if self.web.cookie_secure && plain_http_beyond_loopback(&self.http.public_url) {
+            let _ = writeln!(
+                out,
+                "  warning: public_url is plain HTTP beyond loopback; browsers drop Secure \
+                 cookies there, so nobody can sign in. Serve bb2tc over HTTPS (e.g. a reverse \
+                 proxy) or set [web] cookie_secure = false."
             );
         }
         let _ = writeln!(out, "teamcity servers:");
@@ -87,5 +113,52 @@ impl Config {
             );
         }
         out
+    }
+}
+
+/// Whether browsers reach `url` over plain HTTP on a host other than loopback (where they
+/// refuse `Secure` cookies).
+fn plain_http_beyond_loopback(url: &str) -> bool {
+    let Ok(url) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    let host = url.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    url.scheme() == "http" && !loopback
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn summary(extra: &str) -> String {
+        let text = format!(
+            "{extra}\n[[bitbucket]]\nid = \"dc\"\nkind = \"datacenter\"\nsecrets = [\"s\"]\n\
+             url = \"https://bb.example.com\"\noauth_client_id = \"c\"\noauth_client_secret = \"x\"\n\
+             [[bitbucket]]\nid = \"cloud\"\nkind = \"cloud\"\nsecrets = [\"s\"]\n"
+        );
+        Config::from_toml_str(&text, &|_| None).unwrap().summary()
+    }
+
+    #[test]
+    fn says_how_each_source_signs_in_and_warns_about_plain_http() {
+        let plain = summary("[server]\npublic_url = \"http://bb2tc.example.com\"");
+        assert!(plain.contains("sign-in with Bitbucket (OAuth) at https://bb.example.com/"));
+        assert!(plain.contains("sign-in with a pasted token at https://api.bitbucket.org/"));
+        assert!(
+            plain.contains("warning: public_url is plain HTTP"),
+            "{plain}"
+        );
+        for fine in [
+            "[server]\npublic_url = \"https://bb2tc.example.com\"",
+            "",
+            "[server]\npublic_url = \"http://bb2tc.example.com\"\n[web]\ncookie_secure = false",
+        ] {
+            assert!(!summary(fine).contains("warning"), "{fine}");
+        }
     }
 }

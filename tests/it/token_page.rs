@@ -2,7 +2,10 @@
 //! Bitbucket tokens, the admin token), sessions, CSRF, isolation between users, the rate
 //! limit, and adding and deleting tokens against the fake TeamCity.
 
-use crate::support::{ADA_UUID, PageClient, PageWorld, dc_payload, sha};
+use crate::support::{
+    ADA_UUID, Account, FakeBitbucket, FakeTeamCity, PageClient, PageWorld, dc_payload, page_config,
+    process, sha,
+};
 use reqwest::Url;
 
 #[tokio::test]
@@ -627,4 +630,157 @@ url = "{teamcity}"
 "#,
         crate::support::ADMIN_TOKEN
     )
+}
+
+#[tokio::test]
+async fn bad_input_on_the_page_paths_gets_a_clear_4xx() {
+    let world = PageWorld::start("sign_in_attempts_per_minute = 1000").await;
+    let mut jdoe = world.client();
+    jdoe.sign_in_dc("bb-jdoe").await;
+    let session = format!("bb2tc_session={}", jdoe.cookies["bb2tc_session"]);
+    let url = |path: &str| format!("{}{path}", world.app.url);
+    let http = &reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let form = "application/x-www-form-urlencoded";
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        // A form far over the limit.
+        (
+            http.post(url("/tokens"))
+                .header("cookie", &session)
+                .header("content-type", form)
+                .body(format!("token={}", "a".repeat(100_000))),
+            400,
+        ),
+        // Not UTF-8, broken percent-encoding.
+        (
+            http.post(url("/tokens"))
+                .header("cookie", &session)
+                .header("content-type", form)
+                .body(vec![0xff, b'=', b'%', b'z', 0xfe]),
+            403,
+        ),
+        // A token longer than any TeamCity token, with a valid CSRF value.
+        (
+            http.post(url("/tokens")).header("cookie", &session).form(&[
+                ("csrf", jdoe.get("/").await.csrf().as_str()),
+                ("teamcity", "main"),
+                ("token", &"t".repeat(5000)),
+            ]),
+            400,
+        ),
+        (
+            http.post(url("/tokens")).header("cookie", &session).form(&[
+                ("csrf", jdoe.get("/").await.csrf().as_str()),
+                ("teamcity", "nope"),
+                ("token", "x"),
+            ]),
+            400,
+        ),
+        // Odd cookies and sessions.
+        (
+            http.get(url("/"))
+                .header("cookie", "bb2tc_session=%%%; ;;=;"),
+            303,
+        ),
+        (
+            http.get(url("/"))
+                .header("cookie", format!("bb2tc_session={}", "x".repeat(5000))),
+            303,
+        ),
+        // OAuth callbacks with nothing, or with junk.
+        (http.get(url("/oauth/callback")), 403),
+        (http.get(url("/oauth/callback?state=%ff%fe&code=")), 403),
+        (http.get(url("/signin/oauth/%00nope")), 404),
+        (
+            http.post(url("/signin/token"))
+                .header("content-type", form)
+                .body("source=dc"),
+            403,
+        ),
+        (http.delete(url("/tokens/x/delete")), 405),
+    ];
+    for (i, (request, status)) in cases.into_iter().enumerate() {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "case {i}");
+    }
+    // Nothing was stored by any of it, and the page still works.
+    assert!(world.api_tokens().await.is_empty());
+    assert_eq!(jdoe.get("/").await.status, 200);
+}
+
+#[tokio::test]
+async fn no_credential_or_session_id_in_debug_logs_or_store_files() {
+    const BITBUCKET_TOKEN: &str = "SENSITIVE-BITBUCKET-PAT-0123";
+    const TEAMCITY_TOKEN: &str = "SENSITIVE-TEAMCITY-TOKEN-4567";
+    let teamcity = FakeTeamCity::start().await;
+    teamcity.add_token(TEAMCITY_TOKEN, "sam");
+    let bitbucket = FakeBitbucket::start().await;
+    bitbucket.add_account(Account::datacenter("sam", 9, "Sam"), BITBUCKET_TOKEN);
+    bitbucket.consent_as(Some("sam"));
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let config_path = dir.path().join("bb2tc.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
+            store.display().to_string(),
+            page_config(&bitbucket.url, &teamcity.url, "")
+        ),
+    )
+    .unwrap();
+    let bridge = process::Bridge::start(&config_path, "export RUST_LOG=debug");
+
+    let mut browser = PageClient::new(&bridge.url);
+    browser.sign_in_dc(BITBUCKET_TOKEN).await;
+    let pasted_session = browser.cookies["bb2tc_session"].clone();
+    assert_eq!(browser.add_token("main", TEAMCITY_TOKEN).await.status, 303);
+    let page = browser.get("/").await;
+    assert!(!page.body.contains(TEAMCITY_TOKEN));
+    let mut oauth = PageClient::new(&bridge.url);
+    let start = oauth.get("/signin/oauth/dc").await;
+    let consent = oauth.get(&start.location.unwrap()).await;
+    assert_eq!(oauth.get(&consent.location.unwrap()).await.status, 200);
+    let oauth_session = oauth.cookies["bb2tc_session"].clone();
+
+    let (status, logged) = bridge.terminate_and_log();
+    assert!(status.success());
+    assert!(logged.contains("DEBUG"), "debug logging was on");
+    assert!(
+        logged.contains("signed in with Bitbucket (OAuth)"),
+        "{logged}"
+    );
+    // The fake's OAuth access tokens all start with "oauth-".
+    for secret in [
+        BITBUCKET_TOKEN,
+        TEAMCITY_TOKEN,
+        "oauth-",
+        &pasted_session,
+        &oauth_session,
+    ] {
+        assert!(!logged.contains(secret), "{secret} is in the log");
+    }
+    let mut files = vec![store];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in [
+            BITBUCKET_TOKEN,
+            TEAMCITY_TOKEN,
+            "oauth-",
+            &pasted_session,
+            &oauth_session,
+        ] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds {secret}",
+                path.display()
+            );
+        }
+    }
 }

@@ -136,8 +136,40 @@ impl PageWorld {
         ] {
             bitbucket.add_account(account, token);
         }
-        let config = format!(
-            r#"
+        let app = TestApp::spawn(&page_config(&bitbucket.url, &teamcity.url, web)).await;
+        Self {
+            app,
+            teamcity,
+            bitbucket,
+        }
+    }
+
+    /// A fresh cookie-keeping client for this bridge.
+    pub fn client(&self) -> PageClient {
+        PageClient::new(&self.app.url)
+    }
+
+    /// The tokens the admin API lists.
+    pub async fn api_tokens(&self) -> Vec<serde_json::Value> {
+        let answer: serde_json::Value = self
+            .app
+            .admin(reqwest::Method::GET, "/tokens")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["tokens"].as_array().unwrap().clone()
+    }
+}
+
+/// The token page's config: sources `dc` and `cloud` signing in against the Bitbucket at
+/// `bitbucket` (OAuth client of the fake), servers `main` at `teamcity` and an unreachable
+/// `offline`, a route for `dc`; `web` is the `[web]` table's body.
+pub fn page_config(bitbucket: &str, teamcity: &str, web: &str) -> String {
+    format!(
+        r#"
 [admin]
 token = "{ADMIN_TOKEN}"
 
@@ -178,37 +210,11 @@ repository = "*"
 teamcity = "main"
 build_types = ["Proj_Build"]
 "#,
-            bb = bitbucket.url,
-            tc = teamcity.url,
-            client = fake_bitbucket::CLIENT_ID,
-            secret = fake_bitbucket::CLIENT_SECRET,
-        );
-        let app = TestApp::spawn(&config).await;
-        Self {
-            app,
-            teamcity,
-            bitbucket,
-        }
-    }
-
-    /// A fresh cookie-keeping client for this bridge.
-    pub fn client(&self) -> PageClient {
-        PageClient::new(&self.app.url)
-    }
-
-    /// The tokens the admin API lists.
-    pub async fn api_tokens(&self) -> Vec<serde_json::Value> {
-        let answer: serde_json::Value = self
-            .app
-            .admin(reqwest::Method::GET, "/tokens")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["tokens"].as_array().unwrap().clone()
-    }
+        bb = bitbucket,
+        tc = teamcity,
+        client = fake_bitbucket::CLIENT_ID,
+        secret = fake_bitbucket::CLIENT_SECRET,
+    )
 }
 
 /// A running bridge.
