@@ -25,6 +25,12 @@ pub enum PageError {
     /// A malformed form or query.
     #[error("{0}")]
     BadRequest(String),
+    /// A form over the size limit.
+    #[error("The form is larger than {0} bytes.")]
+    TooLarge(u64),
+    /// The form did not arrive within `read_timeout_secs`.
+    #[error("The form did not arrive in time.")]
+    Timeout,
     /// Too many sign-in attempts from this address.
     #[error("Too many sign-in attempts from your address. Wait a minute and try again.")]
     TooManyAttempts,
@@ -45,6 +51,8 @@ impl PageError {
             PageError::NotFound(_) => StatusCode::NOT_FOUND,
             PageError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            PageError::Timeout => StatusCode::REQUEST_TIMEOUT,
             PageError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             PageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,6 +1,7 @@
 //! Reading the token page's form posts and checking their CSRF value.
 
 use super::error::PageError;
+use crate::http::ApiError;
 use crate::http::response::read_body;
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
@@ -40,7 +41,11 @@ impl Form {
         }
         let bytes = read_body(&parts.headers, body, MAX_FORM_BYTES, timeout)
             .await
-            .map_err(|e| PageError::BadRequest(e.to_string()))?;
+            .map_err(|e| match e {
+                ApiError::PayloadTooLarge(limit) => PageError::TooLarge(limit),
+                ApiError::RequestTimeout => PageError::Timeout,
+                other => PageError::BadRequest(other.to_string()),
+            })?;
         let mut fields = HashMap::new();
         for (key, value) in form_urlencoded::parse(&bytes) {
             fields

@@ -651,7 +651,7 @@ async fn bad_input_on_the_page_paths_gets_a_clear_4xx() {
                 .header("cookie", &session)
                 .header("content-type", form)
                 .body(format!("token={}", "a".repeat(100_000))),
-            400,
+            413,
         ),
         // Not UTF-8, broken percent-encoding.
         (
