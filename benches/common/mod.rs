@@ -2,6 +2,8 @@
 //! (the tests' own), a keep-alive HTTP/1 load generator, and /proc readings.
 #![allow(dead_code)] // each benchmark uses part of this
 
+#[path = "../../tests/it/support/fake_server.rs"]
+pub mod fake_server;
 #[path = "../../tests/it/support/fake_teamcity.rs"]
 pub mod fake_teamcity;
 #[path = "../../tests/it/support/process.rs"]

@@ -83,9 +83,7 @@ pub async fn with_bitbucket_token(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> Result<Response<Body>, PageError> {
-    limit(&app.web, peer)?;
-    let (headers, form) = Form::read(request, app.config.http.read_timeout).await?;
-    form.check_csrf(cookies::get(&headers, cookies::SIGN_IN).unwrap_or(""))?;
+    let (headers, form) = sign_in_post(app, request, peer).await?;
     let source_id = form.require("source")?;
     let source = app
         .config
@@ -126,9 +124,7 @@ pub async fn as_admin(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> Result<Response<Body>, PageError> {
-    limit(&app.web, peer)?;
-    let (headers, form) = Form::read(request, app.config.http.read_timeout).await?;
-    form.check_csrf(cookies::get(&headers, cookies::SIGN_IN).unwrap_or(""))?;
+    let (headers, form) = sign_in_post(app, request, peer).await?;
     if !app.is_admin_token(form.get("admin_token").unwrap_or("")) {
         tracing::warn!(%peer, "admin sign-in with a wrong token");
         return sign_in_form(
@@ -304,6 +300,19 @@ async fn start_session(
     );
     headers.append(SET_COOKIE, cookies::clear(cookies::SIGN_IN, "/", secure));
     Ok(response)
+}
+
+/// A sign-in form's post: counted against the rate limit, read, and checked against the
+/// browser's sign-in cookie.
+async fn sign_in_post(
+    app: &App,
+    request: Request<Incoming>,
+    peer: IpAddr,
+) -> Result<(HeaderMap, Form), PageError> {
+    limit(&app.web, peer)?;
+    let (headers, form) = Form::read(request, app.config.http.read_timeout).await?;
+    form.check_csrf(cookies::get(&headers, cookies::SIGN_IN).unwrap_or(""))?;
+    Ok((headers, form))
 }
 
 fn limit(web: &WebState, peer: IpAddr) -> Result<(), PageError> {

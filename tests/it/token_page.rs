@@ -406,12 +406,10 @@ async fn sign_in_with_bitbucket_uses_pkce_and_a_browser_bound_state() {
     );
     let authorize = world
         .bitbucket
-        .requests()
-        .into_iter()
-        .find(|(path, _)| path == "/rest/oauth2/latest/authorize")
+        .asked("/rest/oauth2/latest/authorize")
         .unwrap();
     let params: std::collections::HashMap<String, String> =
-        form_urlencoded::parse(authorize.1.as_bytes())
+        form_urlencoded::parse(authorize.as_bytes())
             .into_owned()
             .collect();
     assert_eq!(params["scope"], "PUBLIC_REPOS");
@@ -420,26 +418,14 @@ async fn sign_in_with_bitbucket_uses_pkce_and_a_browser_bound_state() {
         format!("{}/oauth/callback", world.app.url)
     );
     // The fake's token endpoint refuses a wrong verifier, so signing in proves the PKCE pair.
-    assert!(
-        world
-            .bitbucket
-            .requests()
-            .iter()
-            .any(|(p, _)| p == "/rest/oauth2/latest/token")
-    );
+    assert!(world.bitbucket.asked("/rest/oauth2/latest/token").is_some());
 
     // Cloud.
     world.bitbucket.consent_as(Some("Ada Lovelace"));
     let mut ada = world.client();
     assert_eq!(oauth(&mut ada, "cloud").await.status, 200);
     assert!(ada.get("/").await.body.contains("Ada Lovelace"));
-    assert!(
-        world
-            .bitbucket
-            .requests()
-            .iter()
-            .any(|(p, _)| p == "/site/oauth2/access_token")
-    );
+    assert!(world.bitbucket.asked("/site/oauth2/access_token").is_some());
 
     // A redirect back that this browser did not start (no or another state cookie).
     world.bitbucket.consent_as(Some("jdoe"));

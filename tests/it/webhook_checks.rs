@@ -275,15 +275,7 @@ async fn same_delivery_twice_is_one_job_and_a_duplicate() {
             .contains("already seen")
     );
     tc.wait_for_builds(1).await;
-    let jobs: Value = app
-        .admin(reqwest::Method::GET, "/tokens")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(jobs["tokens"].as_array().unwrap().len(), 1);
+    assert_eq!(app.api_tokens().await.len(), 1);
     assert_eq!(tc.build_calls().len(), 1);
 }
 

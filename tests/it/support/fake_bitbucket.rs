@@ -16,10 +16,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -104,22 +101,9 @@ impl FakeBitbucket {
             state: Arc::default(),
         };
         let server = fake.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    return;
-                };
-                let fake = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let fake = fake.clone();
-                        async move { Ok::<_, std::convert::Infallible>(fake.answer(req).await) }
-                    });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
+        super::fake_server::serve_http(listener, move |req| {
+            let fake = server.clone();
+            async move { fake.answer(req).await }
         });
         fake
     }
@@ -145,9 +129,14 @@ impl FakeBitbucket {
         });
     }
 
-    /// Paths (with query) Bitbucket was asked for.
-    pub fn requests(&self) -> Vec<(String, String)> {
-        self.state.lock().unwrap().requests.clone()
+    /// The query of the first request for `path`, if there was one.
+    pub fn asked(&self, path: &str) -> Option<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .requests
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, query)| query.clone())
     }
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod fake_bitbucket;
+pub mod fake_server;
 pub mod fake_teamcity;
 pub mod page_client;
 pub mod process;
@@ -151,16 +152,7 @@ impl PageWorld {
 
     /// The tokens the admin API lists.
     pub async fn api_tokens(&self) -> Vec<serde_json::Value> {
-        let answer: serde_json::Value = self
-            .app
-            .admin(reqwest::Method::GET, "/tokens")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        answer["tokens"].as_array().unwrap().clone()
+        self.app.api_tokens().await
     }
 }
 
@@ -320,6 +312,19 @@ impl TestApp {
         self.http
             .request(method, format!("{}/api/v1{path}", self.url))
             .bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// The tokens the admin API lists.
+    pub async fn api_tokens(&self) -> Vec<serde_json::Value> {
+        let answer: serde_json::Value = self
+            .admin(reqwest::Method::GET, "/tokens")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["tokens"].as_array().unwrap().clone()
     }
 
     /// Registers a token through the admin API (verified unless `verify` is false).
