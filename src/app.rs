@@ -57,6 +57,15 @@ impl App {
         self.clients.get(&server.id)
     }
 
+    /// A fingerprint of the current admin token, kept in admin sessions of the token page so
+    /// that replacing the admin token ends them.
+    pub fn admin_token_fingerprint(&self) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"bb2tc admin session\0");
+        digest.update(self.admin_token_hash);
+        hex::encode(&digest.finalize()[..16])
+    }
+
     /// Whether `presented` is the admin token, compared in constant time (of the hashes).
     pub fn is_admin_token(&self, presented: &str) -> bool {
         sha256(presented).ct_eq(&self.admin_token_hash).into()

@@ -14,6 +14,8 @@
 //!    parsed into one normalised [`bitbucket::Push`].
 //! 3. [`ingest::plan`] matches every ref change against the routes ([`routing`]) and looks up
 //!    the pusher's token for each route's server: one job per build type, or a reason why not.
+//!    (Developers register those tokens themselves on the token page, [`web`], after signing
+//!    in with Bitbucket; admins can through the API.)
 //! 4. The [`store`] writes the delivery, the jobs and the de-duplication marks in one sled
 //!    transaction (coalescing older pending jobs for the same branch), then flushes and
 //!    fsyncs them — one fsync shared by all concurrent deliveries — and only then is the 202
@@ -41,7 +43,8 @@
 //! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
 //!
-//! Outside `src/`: `tests/it/` (black-box tests against a fake TeamCity), `benches/`
+//! Outside `src/`: `tests/it/` (black-box tests against a fake TeamCity and a fake Bitbucket,
+//! and browser tests of the token page in headless Chromium), `benches/`
 //! (benchmarks, see `BENCHMARKS.md`), `fuzz/` (cargo-fuzz targets), `deploy/`.
 
 pub mod admin_client;

@@ -217,7 +217,7 @@ impl BitbucketClient {
             .map_err(|e| IdentityError::BadResponse(e.to_string()))?;
         url.query_pairs_mut()
             .append_pair("filter", &name)
-            .append_pair("limit", "100");
+            .append_pair("limit", "1000");
         let response = self.get(url.to_string(), credential)?.send().await;
         let users: DataCenterUsers = match checked(response.map_err(transport)?).await {
             Ok(response) => json(response).await?,

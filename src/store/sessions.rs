@@ -25,7 +25,11 @@ pub enum Principal {
         display_name: String,
     },
     /// Someone who presented the admin token.
-    Admin,
+    Admin {
+        /// Which admin token it was (a fingerprint of its hash): a session of a replaced
+        /// admin token is void.
+        token_fingerprint: String,
+    },
 }
 
 /// A signed-in session.
@@ -128,7 +132,15 @@ mod tests {
         store.end_session(&id).await.unwrap();
         assert!(store.session(&id).unwrap().is_none());
 
-        let (expired, _) = store.create_session(Principal::Admin, 0).await.unwrap();
+        let (expired, _) = store
+            .create_session(
+                Principal::Admin {
+                    token_fingerprint: "f".into(),
+                },
+                0,
+            )
+            .await
+            .unwrap();
         assert!(store.session(&expired).unwrap().is_none());
     }
 

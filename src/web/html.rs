@@ -92,7 +92,7 @@ fn document(
 /// "Jane Doe (jdoe) on dc" or "administrator".
 pub fn describe(principal: &Principal) -> String {
     match principal {
-        Principal::Admin => "administrator".into(),
+        Principal::Admin { .. } => "administrator".into(),
         Principal::User {
             source,
             user,
@@ -209,7 +209,7 @@ pub struct TokensView<'a> {
 /// The token page.
 pub fn tokens_page(config: &Config, view: &TokensView<'_>) -> String {
     let csrf = escape(view.csrf);
-    let admin = matches!(view.principal, Principal::Admin);
+    let admin = matches!(view.principal, Principal::Admin { .. });
     let mut content = format!("<h1>TeamCity access tokens</h1>\n{}\n", banner(view.banner));
     if admin {
         content.push_str(&format!(

@@ -29,7 +29,7 @@ use crate::app::App;
 use crate::bitbucket::identity::{BitbucketClient, IdentityError};
 use crate::config::Config;
 use crate::http::response::Body;
-use crate::store::Session;
+use crate::store::{Principal, Session};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response};
@@ -89,7 +89,7 @@ pub async fn handle(
             let id = (*id).to_owned();
             token_page::delete(app, request, &id).await
         }
-        ["signin"] if get => sign_in::page(app, &request, None),
+        ["signin"] if get => sign_in::page(app, &request),
         ["signin", "token"] if post => sign_in::with_bitbucket_token(app, request, peer).await,
         ["signin", "admin"] if post => sign_in::as_admin(app, request, peer).await,
         ["signin", "oauth", source] if get => sign_in::start_oauth(app, peer, source),
@@ -110,12 +110,19 @@ pub async fn handle(
     result.unwrap_or_else(PageError::into_response)
 }
 
-/// The live session behind the request's cookie, with the cookie's value.
+/// The live session behind the request's cookie, with the cookie's value. An admin session
+/// of an admin token that has since been replaced counts as none.
 fn session(app: &App, headers: &HeaderMap) -> Result<Option<(String, Session)>, PageError> {
     let Some(id) = cookies::get(headers, cookies::SESSION) else {
         return Ok(None);
     };
-    Ok(app.store.session(id)?.map(|s| (id.to_owned(), s)))
+    let session = app.store.session(id)?.filter(|s| match &s.principal {
+        Principal::Admin { token_fingerprint } => {
+            *token_fingerprint == app.admin_token_fingerprint()
+        }
+        Principal::User { .. } => true,
+    });
+    Ok(session.map(|s| (id.to_owned(), s)))
 }
 
 /// The session, or [`PageError::SignInRequired`].

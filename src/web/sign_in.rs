@@ -33,19 +33,15 @@ const CALLBACK_PATH: &str = "/oauth/callback";
 /// How long the sign-in forms' CSRF cookie lasts.
 const SIGN_IN_COOKIE_SECS: u64 = 3600;
 
-/// The sign-in page (or the token page, for someone already signed in). `failure` is shown
-/// above the forms with its status.
-pub fn page(
-    app: &App,
-    request: &Request<Incoming>,
-    failure: Option<(StatusCode, String)>,
-) -> Result<Response<Body>, PageError> {
-    if failure.is_none() && session(app, request.headers())?.is_some() {
+/// `GET /signin`: the sign-in page (or the token page, for someone already signed in).
+pub fn page(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, PageError> {
+    if session(app, request.headers())?.is_some() {
         return Ok(respond::redirect("/"));
     }
-    sign_in_form(app, request.headers(), failure)
+    sign_in_form(app, request.headers(), None)
 }
 
+/// The sign-in page with `failure` (status and message) shown above the forms.
 fn sign_in_form(
     app: &App,
     headers: &HeaderMap,
@@ -137,7 +133,10 @@ pub async fn as_admin(
         );
     }
     tracing::info!(%peer, "administrator signed in");
-    start_session(app, Principal::Admin, respond::redirect("/")).await
+    let principal = Principal::Admin {
+        token_fingerprint: app.admin_token_fingerprint(),
+    };
+    start_session(app, principal, respond::redirect("/")).await
 }
 
 /// `GET /signin/oauth/{source}`: off to Bitbucket's consent screen.

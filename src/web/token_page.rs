@@ -121,7 +121,7 @@ fn render(
             user: Some(user.clone()),
             server: None,
         },
-        Principal::Admin => TokenFilter {
+        Principal::Admin { .. } => TokenFilter {
             user: user_filter.and_then(UserKey::parse),
             ..TokenFilter::default()
         },
@@ -143,7 +143,7 @@ fn render(
 /// Whether `principal` may see and delete `token`.
 fn may_see(principal: &Principal, token: &TokenInfo) -> bool {
     match principal {
-        Principal::Admin => true,
+        Principal::Admin { .. } => true,
         Principal::User { source, user, .. } => {
             &token.source == source && UserKey::parse(&token.user).as_ref() == Some(user)
         }

@@ -572,7 +572,11 @@ async fn sessions_survive_a_restart_and_end_at_sign_out() {
     let (temp, store_dir) = app.stop().await;
     // Same config, same store, new process state.
     let restarted = crate::support::TestApp::spawn_on(
-        &restart_config(&bitbucket.url, &config_teamcity),
+        &restart_config(
+            &bitbucket.url,
+            &config_teamcity,
+            crate::support::ADMIN_TOKEN,
+        ),
         &store_dir,
     )
     .await;
@@ -598,11 +602,11 @@ async fn sessions_survive_a_restart_and_end_at_sign_out() {
     drop(temp);
 }
 
-fn restart_config(bitbucket: &str, teamcity: &str) -> String {
+fn restart_config(bitbucket: &str, teamcity: &str, admin_token: &str) -> String {
     format!(
         r#"
 [admin]
-token = "{}"
+token = "{admin_token}"
 
 [[bitbucket]]
 id = "dc"
@@ -613,8 +617,7 @@ url = "{bitbucket}"
 [[teamcity]]
 id = "main"
 url = "{teamcity}"
-"#,
-        crate::support::ADMIN_TOKEN
+"#
     )
 }
 
@@ -769,4 +772,36 @@ async fn no_credential_or_session_id_in_debug_logs_or_store_files() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn replacing_the_admin_token_ends_admin_sessions() {
+    let world = PageWorld::start("").await;
+    let mut admin = world.client();
+    let csrf = admin.get("/signin").await.csrf();
+    let page = admin
+        .post(
+            "/signin/admin",
+            &[
+                ("csrf", &csrf),
+                ("admin_token", crate::support::ADMIN_TOKEN),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, 303);
+    assert_eq!(admin.get("/").await.status, 200);
+    let PageWorld {
+        app,
+        teamcity,
+        bitbucket,
+    } = world;
+    let (temp, store_dir) = app.stop().await;
+    let config = restart_config(&bitbucket.url, &teamcity.url, "a-new-admin-token");
+    let restarted = crate::support::TestApp::spawn_on(&config, &store_dir).await;
+    admin.base = restarted.url.clone();
+    let page = admin.get("/").await;
+    assert_eq!(page.status, 303, "the old admin token's session is void");
+    assert_eq!(page.location.as_deref(), Some("/signin"));
+    restarted.stop().await;
+    drop(temp);
 }
