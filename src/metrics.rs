@@ -47,6 +47,12 @@ struct DepthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignInLabels {
+    method: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabels {
     status: String,
 }
@@ -65,6 +71,61 @@ pub struct Metrics {
     queue_depth: Family<DepthLabels, Gauge>,
     queue_oldest_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
     tokens: Family<StatusLabels, Gauge>,
+    sign_ins: Family<SignInLabels, Counter>,
+}
+
+/// How someone signed in to the token page (the `method` label of `bb2tc_sign_ins_total`).
+#[derive(Debug, Clone, Copy)]
+pub enum SignInMethod {
+    /// "Sign in with Bitbucket".
+    OAuth,
+    /// A pasted Bitbucket token.
+    BitbucketToken,
+    /// The admin token.
+    Admin,
+}
+
+/// How a sign-in attempt ended (the `result` label).
+#[derive(Debug, Clone, Copy)]
+pub enum SignInResult {
+    /// Signed in.
+    Ok,
+    /// Bitbucket or bb2tc refused the credentials.
+    Refused,
+    /// Over the per-address rate limit.
+    Limited,
+}
+
+impl SignInMethod {
+    const ALL: [SignInMethod; 3] = [
+        SignInMethod::OAuth,
+        SignInMethod::BitbucketToken,
+        SignInMethod::Admin,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            SignInMethod::OAuth => "oauth",
+            SignInMethod::BitbucketToken => "bitbucket_token",
+            SignInMethod::Admin => "admin",
+        }
+    }
+}
+
+impl SignInResult {
+    const ALL: [SignInResult; 3] = [
+        SignInResult::Ok,
+        SignInResult::Refused,
+        SignInResult::Limited,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            SignInResult::Ok => "ok",
+            SignInResult::Refused => "refused",
+            SignInResult::Limited => "limited",
+        }
+    }
 }
 
 fn duration_histogram() -> Histogram {
@@ -85,6 +146,7 @@ impl Default for Metrics {
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
             tokens: Family::default(),
+            sign_ins: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +194,19 @@ impl Default for Metrics {
             "Registered tokens by status",
             metrics.tokens.clone(),
         );
+        registry.register(
+            "bb2tc_sign_ins",
+            "Token-page sign-in attempts by method (oauth, bitbucket_token, admin) and result (ok, refused, limited)",
+            metrics.sign_ins.clone(),
+        );
+        for method in SignInMethod::ALL {
+            for result in SignInResult::ALL {
+                drop(metrics.sign_ins.get_or_create(&SignInLabels {
+                    method: method.label().into(),
+                    result: result.label().into(),
+                }));
+            }
+        }
         Self {
             registry,
             ..metrics
@@ -175,6 +250,16 @@ impl Metrics {
                 source: source.into(),
                 event: event.into(),
                 result: result.into(),
+            })
+            .inc();
+    }
+
+    /// A token-page sign-in attempt.
+    pub fn sign_in(&self, method: SignInMethod, result: SignInResult) {
+        self.sign_ins
+            .get_or_create(&SignInLabels {
+                method: method.label().into(),
+                result: result.label().into(),
             })
             .inc();
     }

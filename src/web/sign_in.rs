@@ -13,12 +13,13 @@ use super::error::PageError;
 use super::forms::Form;
 use super::html::{self, Banner};
 use super::oauth::PENDING_TTL;
-use super::{WebState, respond, session};
+use super::{respond, session};
 use crate::app::App;
 use crate::bitbucket::identity::{BitbucketClient, Credential, IdentityError};
 use crate::config::SourceKind;
 use crate::http::response::Body;
 use crate::ids::Secret;
+use crate::metrics::{SignInMethod, SignInResult};
 use crate::store::Principal;
 use crate::store::sessions::random_token;
 use hyper::body::Incoming;
@@ -79,7 +80,8 @@ pub async fn with_bitbucket_token(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> Result<Response<Body>, PageError> {
-    let (headers, form) = sign_in_post(app, request, peer).await?;
+    let method = SignInMethod::BitbucketToken;
+    let (headers, form) = sign_in_post(app, request, peer, method).await?;
     let source_id = form.require("source")?;
     let source = app
         .config
@@ -93,7 +95,9 @@ pub async fn with_bitbucket_token(
             token,
         },
     };
-    match app.web.bitbucket.identify(source, &credential).await {
+    let identity = app.web.bitbucket.identify(source, &credential).await;
+    count(app, method, identity.is_ok());
+    match identity {
         Ok(identity) => {
             tracing::info!(source = %source.id, user = %identity.user, "signed in with a Bitbucket token");
             start_session(
@@ -120,8 +124,11 @@ pub async fn as_admin(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> Result<Response<Body>, PageError> {
-    let (headers, form) = sign_in_post(app, request, peer).await?;
-    if !app.is_admin_token(form.get("admin_token").unwrap_or("")) {
+    let method = SignInMethod::Admin;
+    let (headers, form) = sign_in_post(app, request, peer, method).await?;
+    let accepted = app.is_admin_token(form.get("admin_token").unwrap_or(""));
+    count(app, method, accepted);
+    if !accepted {
         tracing::warn!(%peer, "admin sign-in with a wrong token");
         return sign_in_form(
             app,
@@ -141,7 +148,7 @@ pub async fn as_admin(
 
 /// `GET /signin/oauth/{source}`: off to Bitbucket's consent screen.
 pub fn start_oauth(app: &App, peer: IpAddr, source_id: &str) -> Result<Response<Body>, PageError> {
-    limit(&app.web, peer)?;
+    limit(app, peer, SignInMethod::OAuth)?;
     let source = app
         .config
         .source(source_id)
@@ -182,7 +189,8 @@ pub async fn finish_oauth(
     request: &Request<Incoming>,
     peer: IpAddr,
 ) -> Result<Response<Body>, PageError> {
-    limit(&app.web, peer)?;
+    let method = SignInMethod::OAuth;
+    limit(app, peer, method)?;
     let query: Vec<(String, String)> =
         form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes())
             .into_owned()
@@ -211,6 +219,7 @@ pub async fn finish_oauth(
     })?;
     let headers = request.headers();
     if let Some(error) = param("error") {
+        count(app, method, false);
         let failure = format!("Bitbucket did not grant access ({error}).");
         return sign_in_form(app, headers, Some((StatusCode::FORBIDDEN, failure)));
     }
@@ -232,6 +241,7 @@ pub async fn finish_oauth(
         }
         Err(e) => Err(e),
     };
+    count(app, method, identity.is_ok());
     match identity {
         Ok(identity) => {
             tracing::info!(source = %source.id, user = %identity.user, "signed in with Bitbucket (OAuth)");
@@ -307,17 +317,31 @@ async fn sign_in_post(
     app: &App,
     request: Request<Incoming>,
     peer: IpAddr,
+    method: SignInMethod,
 ) -> Result<(HeaderMap, Form), PageError> {
-    limit(&app.web, peer)?;
+    limit(app, peer, method)?;
     let (headers, form) = Form::read(request, app.config.http.read_timeout).await?;
     form.check_csrf(cookies::get(&headers, cookies::SIGN_IN).unwrap_or(""))?;
     Ok((headers, form))
 }
 
-fn limit(web: &WebState, peer: IpAddr) -> Result<(), PageError> {
-    web.sign_in_limiter
-        .check_key(&peer)
-        .map_err(|_| PageError::TooManyAttempts)
+/// Counts an attempt against the client address's limit.
+fn limit(app: &App, peer: IpAddr, method: SignInMethod) -> Result<(), PageError> {
+    if app.web.sign_in_limiter.check_key(&peer).is_ok() {
+        return Ok(());
+    }
+    app.metrics.sign_in(method, SignInResult::Limited);
+    Err(PageError::TooManyAttempts)
+}
+
+/// Records the outcome of an attempt that got past the limit.
+fn count(app: &App, method: SignInMethod, ok: bool) {
+    let result = if ok {
+        SignInResult::Ok
+    } else {
+        SignInResult::Refused
+    };
+    app.metrics.sign_in(method, result);
 }
 
 fn redirect_uri(app: &App) -> String {

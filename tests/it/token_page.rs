@@ -487,6 +487,15 @@ async fn sign_in_attempts_are_rate_limited_per_address() {
     assert_eq!(browser.get("/signin/oauth/dc").await.status, 429);
     // Pages other than sign-in are not limited.
     assert_eq!(browser.get("/signin").await.status, 200);
+    let metrics = browser.get("/metrics").await.body;
+    for line in [
+        r#"bb2tc_sign_ins_total{method="admin",result="refused"} 3"#,
+        r#"bb2tc_sign_ins_total{method="admin",result="limited"} 2"#,
+        r#"bb2tc_sign_ins_total{method="oauth",result="limited"} 1"#,
+        r#"bb2tc_sign_ins_total{method="bitbucket_token",result="ok"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
