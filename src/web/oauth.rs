@@ -8,7 +8,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+// tokio's clock, so tests can pause and advance it.
+use tokio::time::Instant;
 
 /// How long a user has to come back from Bitbucket's consent screen.
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
@@ -77,8 +79,19 @@ impl PendingSignIns {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_sign_in_finishes_once_with_a_matching_challenge() {
+    #[tokio::test(start_paused = true)]
+    async fn a_sign_in_expires_after_ten_minutes() {
+        let pending = PendingSignIns::default();
+        let late = pending.start(SourceId::new("dc")).unwrap();
+        let in_time = pending.start(SourceId::new("dc")).unwrap();
+        tokio::time::advance(PENDING_TTL - Duration::from_secs(1)).await;
+        assert!(pending.finish(&in_time.state).is_some());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(pending.finish(&late.state).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_finishes_once_with_a_matching_challenge() {
         let pending = PendingSignIns::default();
         let started = pending.start(SourceId::new("dc")).unwrap();
         let taken = pending.finish(&started.state).unwrap();
