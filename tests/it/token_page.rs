@@ -136,10 +136,34 @@ async fn a_developer_signs_in_with_a_pasted_token_and_manages_their_tokens() {
             stamped = true;
             break;
         }
-        tokio::task::yield_now().await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(stamped, "last authenticated shown after the push");
+
+    // The token is revoked in TeamCity: the next push's call gets 401, and the page says
+    // what to do.
+    world.teamcity.revoke_token("tc-jdoe");
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(2), "UPDATE")],
+    );
+    assert_eq!(world.app.dc_push(&body, "page-push-2").await.0, 202);
+    let mut page = browser.get("/").await;
+    for _ in 0..100 {
+        if page.body.contains("status invalid") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        page = browser.get("/").await;
+    }
+    assert!(
+        page.body
+            .contains(r#"<span class="status invalid">invalid</span>"#),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("TeamCity no longer accepts this token"));
 
     // Delete.
     let page = browser.get("/").await;
