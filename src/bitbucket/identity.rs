@@ -22,8 +22,10 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// Bitbucket Cloud's OAuth endpoints live on the web host, not the API host.
 const CLOUD_WEB: &str = "https://bitbucket.org";
 
-/// Data Center scope asked for: the least there is; bb2tc only reads who the user is.
-const DATACENTER_SCOPE: &str = "PUBLIC_REPOS";
+/// Data Center scope asked for: read access ("Repositories: Read"). bb2tc only reads who the
+/// user is, but the user lookup needs an authenticated read scope; "no scope"
+/// (`PUBLIC_REPOS`) only reaches public resources.
+const DATACENTER_SCOPE: &str = "REPO_READ";
 
 /// A Bitbucket credential to identify its owner with.
 pub enum Credential {
@@ -221,8 +223,16 @@ impl BitbucketClient {
         let response = self.get(url.to_string(), credential)?.send().await;
         let users: DataCenterUsers = match checked(response.map_err(transport)?).await {
             Ok(response) => json(response).await?,
-            // Service users may not list users at all.
-            Err(IdentityError::Rejected(_)) => DataCenterUsers { values: Vec::new() },
+            // Service users may not look up users at all; nor may a token without read scope.
+            Err(IdentityError::Rejected(_)) => {
+                return Err(IdentityError::NotAUser(format!(
+                    "Bitbucket would not show the account {name:?}, so bb2tc cannot tell \
+                     whether it is a person: service users (such as the ones behind project and \
+                     repository access tokens) cannot sign in. If this is your own account, the \
+                     token needs read permission (for \"Sign in with Bitbucket\": the \
+                     application link needs Repositories: Read)"
+                )));
+            }
             Err(other) => return Err(other),
         };
         let user = users
@@ -410,7 +420,7 @@ mod tests {
             url,
             "https://bb.example.com/bitbucket/rest/oauth2/latest/authorize?response_type=code\
              &client_id=client+id&redirect_uri=https%3A%2F%2Fb%2Fcb&state=st&code_challenge=ch\
-             &code_challenge_method=S256&scope=PUBLIC_REPOS"
+             &code_challenge_method=S256&scope=REPO_READ"
         );
         let cloud = source(SourceKind::Cloud, CLOUD_API);
         let url = BitbucketClient::authorize_url(&cloud, "https://b/cb", "st", "ch").unwrap();

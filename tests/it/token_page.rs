@@ -302,6 +302,7 @@ async fn service_users_inactive_users_and_wrong_tokens_cannot_sign_in() {
     let mut browser = world.client();
     for (source, token, email, status, words) in [
         ("dc", "bb-bot", None, 403, "service users"),
+        ("dc", "bb-repo-bot", None, 403, "would not show the account"),
         ("dc", "bb-left", None, 403, "deactivated"),
         ("dc", "bb-nobody", None, 401, "did not accept"),
         (
@@ -436,7 +437,7 @@ async fn sign_in_with_bitbucket_uses_pkce_and_a_browser_bound_state() {
         form_urlencoded::parse(authorize.as_bytes())
             .into_owned()
             .collect();
-    assert_eq!(params["scope"], "PUBLIC_REPOS");
+    assert_eq!(params["scope"], "REPO_READ");
     assert_eq!(
         params["redirect_uri"],
         format!("{}/oauth/callback", world.app.url)

@@ -39,6 +39,9 @@ pub struct Account {
     pub uuid: String,
     /// Cloud only: the email an API token is used with.
     pub email: String,
+    /// Data Center: whether its tokens may look users up (those of repository access tokens'
+    /// service users may not).
+    pub may_list_users: bool,
 }
 
 impl Account {
@@ -52,6 +55,7 @@ impl Account {
             active: true,
             uuid: String::new(),
             email: String::new(),
+            may_list_users: true,
         }
     }
 
@@ -65,6 +69,7 @@ impl Account {
             active: true,
             uuid: uuid.into(),
             email: email.into(),
+            may_list_users: true,
         }
     }
 }
@@ -196,7 +201,7 @@ impl FakeBitbucket {
                     .unwrap()
             }
             ("GET", "/rest/api/latest/users") => {
-                if bearer(&state, &authorization).is_none() {
+                if !bearer(&state, &authorization).is_some_and(|a| a.may_list_users) {
                     return unauthorized();
                 }
                 let filter = params.get("filter").cloned().unwrap_or_default();
@@ -321,7 +326,7 @@ fn token(
     json(
         200,
         serde_json::json!({"access_token": access, "token_type": "bearer", "expires_in": 3600,
-                           "refresh_token": "r", "scopes": "PUBLIC_REPOS"}),
+                           "refresh_token": "r", "scopes": "REPO_READ"}),
     )
 }
 

@@ -85,6 +85,7 @@ build_types = ["Cloud_Build"]
 /// | Data Center `mallory` | `bb-mallory` | `tc-mallory` |
 /// | Data Center `j.müller` ("Jürgen Müller") | `bb-muller` | — |
 /// | Data Center service user `deploy-bot` | `bb-bot` | — |
+/// | Data Center service user `repo-token-bot`, may not look users up | `bb-repo-bot` | — |
 /// | Data Center deactivated `left` | `bb-left` | — |
 /// | Cloud "Ada Lovelace", `ada@example.com` | `bb-cloud-ada` | `tc-ada` |
 /// | Cloud app user `bot@example.com` | `bb-cloud-bot` | — |
@@ -112,6 +113,9 @@ impl PageWorld {
         let bitbucket = FakeBitbucket::start().await;
         let mut service = Account::datacenter("deploy-bot", 4, "Deploy bot");
         service.kind = "SERVICE".into();
+        let mut repository_bot = Account::datacenter("repo-token-bot", 6, "Repository token");
+        repository_bot.kind = "SERVICE".into();
+        repository_bot.may_list_users = false;
         let mut left = Account::datacenter("left", 5, "Gone Away");
         left.active = false;
         let mut cloud_bot = Account::cloud(
@@ -128,6 +132,7 @@ impl PageWorld {
                 "bb-muller",
             ),
             (service, "bb-bot"),
+            (repository_bot, "bb-repo-bot"),
             (left, "bb-left"),
             (
                 Account::cloud(ADA_UUID, "ada@example.com", "Ada Lovelace"),
