@@ -43,8 +43,12 @@ pub enum Credential {
 /// A proven Bitbucket identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// Data Center login name or Cloud uuid (with braces).
+    /// Data Center login name or Cloud uuid (with braces): what the page registers tokens
+    /// under.
     pub user: UserKey,
+    /// The user's other keys that webhooks match too (SPEC §1): Data Center slug, Cloud
+    /// account id.
+    pub aliases: Vec<UserKey>,
     /// A name to greet the user with.
     pub display_name: String,
 }
@@ -90,6 +94,7 @@ struct DataCenterUsers {
 #[serde(rename_all = "camelCase")]
 struct DataCenterUser {
     name: String,
+    slug: Option<String>,
     id: Option<u64>,
     display_name: Option<String>,
     #[serde(default)]
@@ -103,6 +108,7 @@ struct CloudUser {
     #[serde(rename = "type")]
     kind: Option<String>,
     uuid: Option<String>,
+    account_id: Option<String>,
     display_name: Option<String>,
     account_status: Option<String>,
 }
@@ -253,6 +259,7 @@ impl BitbucketClient {
         let user_key = UserKey::parse(&user.name)
             .ok_or_else(|| IdentityError::BadResponse("empty user name".into()))?;
         Ok(Identity {
+            aliases: aliases(&user_key, user.slug.as_deref()),
             display_name: user.display_name.unwrap_or_else(|| user.name.clone()),
             user: user_key,
         })
@@ -285,6 +292,7 @@ impl BitbucketClient {
             .and_then(UserKey::parse)
             .ok_or_else(|| IdentityError::BadResponse("the user has no uuid".into()))?;
         Ok(Identity {
+            aliases: aliases(&user_key, user.account_id.as_deref()),
             display_name: if name.is_empty() {
                 user_key.to_string()
             } else {
@@ -349,6 +357,15 @@ fn oauth<'a>(
         SourceKind::Cloud => format!("{base}/site/oauth2/{cloud}"),
     };
     Ok((endpoint, client_id, client_secret))
+}
+
+/// `other` as a further key of `user`, unless it is the same.
+fn aliases(user: &UserKey, other: Option<&str>) -> Vec<UserKey> {
+    other
+        .and_then(UserKey::parse)
+        .filter(|alias| alias != user)
+        .into_iter()
+        .collect()
 }
 
 fn not_a_user(name: &str) -> IdentityError {

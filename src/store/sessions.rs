@@ -19,8 +19,11 @@ pub enum Principal {
     User {
         /// The Bitbucket source they signed in to.
         source: SourceId,
-        /// The same key webhooks carry (SPEC §1).
+        /// The same key webhooks carry (SPEC §1); tokens added on the page use it.
         user: UserKey,
+        /// The user's other keys (Data Center slug, Cloud account id): tokens an admin
+        /// registered under one of them are the user's too.
+        aliases: Vec<UserKey>,
         /// What to call them on the page.
         display_name: String,
     },
@@ -50,6 +53,22 @@ pub fn random_token() -> String {
 
 fn session_key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
+}
+
+impl Principal {
+    /// Whether a token registered for (`source`, `user`) belongs to this principal: the
+    /// admin's are all; a user's are those under any of their keys on their source.
+    pub fn owns(&self, source: &SourceId, user: Option<&UserKey>) -> bool {
+        match self {
+            Principal::Admin { .. } => true,
+            Principal::User {
+                source: own_source,
+                user: own,
+                aliases,
+                ..
+            } => own_source == source && user.is_some_and(|u| u == own || aliases.contains(u)),
+        }
+    }
 }
 
 impl Store {
@@ -116,6 +135,7 @@ mod tests {
         Principal::User {
             source: SourceId::new("dc"),
             user: UserKey::parse("jdoe").unwrap(),
+            aliases: vec![],
             display_name: "Jane Doe".into(),
         }
     }

@@ -97,11 +97,13 @@ pub fn describe(principal: &Principal) -> String {
             source,
             user,
             display_name,
+            ..
         } if display_name.eq_ignore_ascii_case(user.as_str()) => format!("{user} on {source}"),
         Principal::User {
             source,
             user,
             display_name,
+            ..
         } => format!("{display_name} ({user}) on {source}"),
     }
 }

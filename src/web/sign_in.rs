@@ -105,6 +105,7 @@ pub async fn with_bitbucket_token(
                 Principal::User {
                     source: source.id.clone(),
                     user: identity.user,
+                    aliases: identity.aliases,
                     display_name: identity.display_name,
                 },
                 respond::redirect("/"),
@@ -248,6 +249,7 @@ pub async fn finish_oauth(
             let principal = Principal::User {
                 source: source.id.clone(),
                 user: identity.user,
+                aliases: identity.aliases,
                 display_name: identity.display_name,
             };
             let mut response = respond::html(StatusCode::OK, html::continue_page());

@@ -116,17 +116,17 @@ fn render(
     status: StatusCode,
 ) -> Result<Response<Body>, PageError> {
     let filter = match &session.principal {
-        Principal::User { source, user, .. } => TokenFilter {
+        Principal::User { source, .. } => TokenFilter {
             source: Some(source.clone()),
-            user: Some(user.clone()),
-            server: None,
+            ..TokenFilter::default()
         },
         Principal::Admin { .. } => TokenFilter {
             user: user_filter.and_then(UserKey::parse),
             ..TokenFilter::default()
         },
     };
-    let tokens = app.store.list_tokens(&filter)?;
+    let mut tokens = app.store.list_tokens(&filter)?;
+    tokens.retain(|t| may_see(&session.principal, t));
     let page = html::tokens_page(
         &app.config,
         &TokensView {
@@ -142,12 +142,7 @@ fn render(
 
 /// Whether `principal` may see and delete `token`.
 fn may_see(principal: &Principal, token: &TokenInfo) -> bool {
-    match principal {
-        Principal::Admin { .. } => true,
-        Principal::User { source, user, .. } => {
-            &token.source == source && UserKey::parse(&token.user).as_ref() == Some(user)
-        }
-    }
+    principal.owns(&token.source, UserKey::parse(&token.user).as_ref())
 }
 
 fn notice_text(key: &str) -> Option<&'static str> {

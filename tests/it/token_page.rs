@@ -839,3 +839,60 @@ async fn replacing_the_admin_token_ends_admin_sessions() {
     restarted.stop().await;
     drop(temp);
 }
+
+#[tokio::test]
+async fn tokens_registered_under_a_users_other_key_are_theirs_too() {
+    let world = PageWorld::start("").await;
+    // An admin registered tokens under the Data Center slug and the Cloud account id, which
+    // webhooks match as well (SPEC §1).
+    let muller = world
+        .app
+        .register_token("dc", "j_müller", "main", "tc-jdoe")
+        .await;
+    let ada = world
+        .app
+        .register_token("cloud", "5f0", "main", "tc-ada")
+        .await;
+
+    let mut browser = world.client();
+    browser.sign_in_dc("bb-muller").await;
+    let page = browser.get("/").await;
+    assert!(
+        page.body.contains(muller["id"].as_str().unwrap()),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains(ada["id"].as_str().unwrap()));
+    let deleted = browser
+        .post(
+            &format!("/tokens/{}/delete", muller["id"].as_str().unwrap()),
+            &[("csrf", &page.csrf())],
+        )
+        .await;
+    assert_eq!(deleted.status, 303);
+
+    let mut cloud = world.client();
+    let csrf = cloud.get("/signin").await.csrf();
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("source", "cloud"),
+        ("email", "ada@example.com"),
+        ("token", "bb-cloud-ada"),
+    ];
+    assert_eq!(cloud.post("/signin/token", &fields).await.status, 303);
+    assert!(
+        cloud
+            .get("/")
+            .await
+            .body
+            .contains(ada["id"].as_str().unwrap())
+    );
+
+    let mut jdoe = world.client();
+    jdoe.sign_in_dc("bb-jdoe").await;
+    let page = jdoe.get("/").await;
+    assert!(page.body.contains("No tokens yet."), "{}", page.body);
+    let remaining = world.api_tokens().await;
+    assert_eq!(remaining.len(), 1);
+    assert_eq!(remaining[0]["user"], "5f0");
+}
