@@ -454,19 +454,7 @@ async fn no_token_in_debug_logs_or_store_files() {
         "debug logging was on: {logged}"
     );
     assert!(!logged.contains(token), "the token is in the log");
-    let mut files = vec![store.clone()];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            let bytes = std::fs::read(&path).unwrap();
-            assert!(
-                !bytes.windows(token.len()).any(|w| w == token.as_bytes()),
-                "{} holds the token",
-                path.display()
-            );
-        }
-    }
+    crate::support::assert_no_file_holds(&store, &[token]);
 }
 
 #[tokio::test]

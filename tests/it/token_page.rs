@@ -341,17 +341,8 @@ async fn service_users_inactive_users_and_wrong_tokens_cannot_sign_in() {
 async fn cloud_users_sign_in_with_an_api_token_and_email() {
     let world = PageWorld::start("").await;
     let mut browser = world.client();
-    let csrf = browser.get("/signin").await.csrf();
     let page = browser
-        .post(
-            "/signin/token",
-            &[
-                ("csrf", &csrf),
-                ("source", "cloud"),
-                ("email", "ada@example.com"),
-                ("token", "bb-cloud-ada"),
-            ],
-        )
+        .sign_in_cloud("ada@example.com", "bb-cloud-ada")
         .await;
     assert_eq!(page.status, 303, "{}", page.body);
     assert_eq!(browser.add_token("main", "tc-ada").await.status, 303);
@@ -785,43 +776,23 @@ async fn no_credential_or_session_id_in_debug_logs_or_store_files() {
     ] {
         assert!(!logged.contains(secret), "{secret} is in the log");
     }
-    let mut files = vec![store];
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        for secret in [
+    crate::support::assert_no_file_holds(
+        &store,
+        &[
             BITBUCKET_TOKEN,
             TEAMCITY_TOKEN,
             "oauth-",
             &pasted_session,
             &oauth_session,
-        ] {
-            assert!(
-                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
-                "{} holds {secret}",
-                path.display()
-            );
-        }
-    }
+        ],
+    );
 }
 
 #[tokio::test]
 async fn replacing_the_admin_token_ends_admin_sessions() {
     let world = PageWorld::start("").await;
     let mut admin = world.client();
-    let csrf = admin.get("/signin").await.csrf();
-    let page = admin
-        .post(
-            "/signin/admin",
-            &[
-                ("csrf", &csrf),
-                ("admin_token", crate::support::ADMIN_TOKEN),
-            ],
-        )
-        .await;
+    let page = admin.sign_in_admin(crate::support::ADMIN_TOKEN).await;
     assert_eq!(page.status, 303);
     assert_eq!(admin.get("/").await.status, 200);
     let PageWorld {
@@ -872,14 +843,8 @@ async fn tokens_registered_under_a_users_other_key_are_theirs_too() {
     assert_eq!(deleted.status, 303);
 
     let mut cloud = world.client();
-    let csrf = cloud.get("/signin").await.csrf();
-    let fields = [
-        ("csrf", csrf.as_str()),
-        ("source", "cloud"),
-        ("email", "ada@example.com"),
-        ("token", "bb-cloud-ada"),
-    ];
-    assert_eq!(cloud.post("/signin/token", &fields).await.status, 303);
+    let page = cloud.sign_in_cloud("ada@example.com", "bb-cloud-ada").await;
+    assert_eq!(page.status, 303);
     assert!(
         cloud
             .get("/")

@@ -26,6 +26,25 @@ pub const DC_SECRET_2: &str = "mysecret";
 /// The secret of the published Cloud vector (`cloud-push-branch-create-signed.json`).
 pub const CLOUD_SECRET: &str = "Gkvl$k$wyNpQAF42";
 
+/// Fails if any file under `dir` contains one of `secrets`.
+pub fn assert_no_file_holds(dir: &Path, secrets: &[&str]) {
+    let mut todo = vec![dir.to_owned()];
+    while let Some(path) = todo.pop() {
+        if path.is_dir() {
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds {secret}",
+                path.display()
+            );
+        }
+    }
+}
+
 /// A fixture from `tests/fixtures/bitbucket/`, byte for byte.
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

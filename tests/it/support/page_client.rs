@@ -80,6 +80,28 @@ impl PageClient {
         assert!(self.cookies.contains_key("bb2tc_session"));
     }
 
+    /// Signs in to the Cloud source with an API token and email; returns the answer.
+    pub async fn sign_in_cloud(&mut self, email: &str, token: &str) -> Page {
+        let csrf = self.get("/signin").await.csrf();
+        let fields = [
+            ("csrf", csrf.as_str()),
+            ("source", "cloud"),
+            ("email", email),
+            ("token", token),
+        ];
+        self.post("/signin/token", &fields).await
+    }
+
+    /// Signs in with an admin token; returns the answer.
+    pub async fn sign_in_admin(&mut self, admin_token: &str) -> Page {
+        let csrf = self.get("/signin").await.csrf();
+        self.post(
+            "/signin/admin",
+            &[("csrf", &csrf), ("admin_token", admin_token)],
+        )
+        .await
+    }
+
     /// Adds a TeamCity token on the page; returns the answer.
     pub async fn add_token(&mut self, server: &str, token: &str) -> Page {
         let csrf = self.get("/").await.csrf();
