@@ -85,10 +85,7 @@ pub async fn handle(
     let result = match segments {
         [""] if get => token_page::show(app, &request),
         ["tokens"] if post => token_page::add(app, request).await,
-        ["tokens", id, "delete"] if post => {
-            let id = (*id).to_owned();
-            token_page::delete(app, request, &id).await
-        }
+        ["tokens", id, "delete"] if post => token_page::delete(app, request, id).await,
         ["signin"] if get => sign_in::page(app, &request),
         ["signin", "token"] if post => sign_in::with_bitbucket_token(app, request, peer).await,
         ["signin", "admin"] if post => sign_in::as_admin(app, request, peer).await,
