@@ -34,6 +34,9 @@ pub enum PageError {
     /// Too many sign-in attempts from this address.
     #[error("Too many sign-in attempts from your address. Wait a minute and try again.")]
     TooManyAttempts,
+    /// Too many tokens added (each checked with TeamCity) by this user.
+    #[error("You have added many tokens in a short time. Wait a minute and try again.")]
+    TooManyTokenChecks,
     /// The store did not take a write.
     #[error("{0}")]
     Unavailable(String),
@@ -53,7 +56,9 @@ impl PageError {
             PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
             PageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             PageError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            PageError::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+            PageError::TooManyAttempts | PageError::TooManyTokenChecks => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             PageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,7 +81,7 @@ impl PageError {
             _ => "Bad request",
         };
         let mut response = respond::html(self.status(), html::error_page(title, &self.to_string()));
-        if let PageError::TooManyAttempts = self {
+        if let PageError::TooManyAttempts | PageError::TooManyTokenChecks = self {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("60"));

@@ -34,13 +34,20 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 
 /// What the token page keeps between requests (besides the sessions in the store).
 pub struct WebState {
     bitbucket: BitbucketClient,
     pending: oauth::PendingSignIns,
     sign_in_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    /// Token checks per signed-in user, so the page cannot be used to flood TeamCity with
+    /// `users/current` calls (or to try tokens against it).
+    token_check_limiter: DefaultKeyedRateLimiter<String>,
 }
+
+/// Tokens a user may add (each checked with TeamCity) per minute.
+const TOKEN_CHECKS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(10).unwrap();
 
 impl WebState {
     /// The state for `config`.
@@ -51,6 +58,7 @@ impl WebState {
             sign_in_limiter: RateLimiter::keyed(Quota::per_minute(
                 config.web.sign_in_attempts_per_minute,
             )),
+            token_check_limiter: RateLimiter::keyed(Quota::per_minute(TOKEN_CHECKS_PER_MINUTE)),
         })
     }
 
@@ -58,6 +66,7 @@ impl WebState {
     /// so the limiter does not grow with every address ever seen).
     pub fn forget_quiet_addresses(&self) {
         self.sign_in_limiter.retain_recent();
+        self.token_check_limiter.retain_recent();
     }
 }
 

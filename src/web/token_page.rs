@@ -56,6 +56,14 @@ pub async fn add(app: &App, request: Request<Incoming>) -> Result<Response<Body>
                 .into(),
         ));
     };
+    if app
+        .web
+        .token_check_limiter
+        .check_key(&format!("{source}\0{user}"))
+        .is_err()
+    {
+        return Err(PageError::TooManyTokenChecks);
+    }
     let server_id = form.require("teamcity")?;
     let server = app
         .config

@@ -861,3 +861,33 @@ async fn tokens_registered_under_a_users_other_key_are_theirs_too() {
     assert_eq!(remaining.len(), 1);
     assert_eq!(remaining[0]["user"], "5f0");
 }
+
+#[tokio::test]
+async fn token_checks_are_limited_per_user_so_teamcity_is_not_flooded() {
+    let world = PageWorld::start("").await;
+    let mut jdoe = world.client();
+    jdoe.sign_in_dc("bb-jdoe").await;
+    for _ in 0..10 {
+        assert_eq!(jdoe.add_token("main", "tc-guess").await.status, 422);
+    }
+    let limited = jdoe.add_token("main", "tc-jdoe").await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.body.contains("Wait a minute"));
+    let checks = |path: &str| {
+        world
+            .teamcity
+            .requests()
+            .iter()
+            .filter(|r| r.path == path)
+            .count()
+    };
+    assert_eq!(
+        checks("/app/rest/users/current"),
+        10,
+        "the 11th never reached TeamCity"
+    );
+    // Another user is not held up.
+    let mut mallory = world.client();
+    mallory.sign_in_dc("bb-mallory").await;
+    assert_eq!(mallory.add_token("main", "tc-mallory").await.status, 303);
+}
