@@ -32,7 +32,7 @@ async fn oauth_sign_in_add_a_token_push_and_delete_it() {
             .await
             .contains("Jane Doe (jdoe) on dc")
     );
-    assert_eq!(browser.path().await, "/");
+    browser.wait_for_path("/").await;
     assert_eq!(browser.text("p.empty").await, "No tokens yet.");
 
     // Add a token by keyboard only: pick the server, type the token, press Enter.
@@ -111,7 +111,7 @@ async fn pasted_token_sign_in_keeps_users_apart_and_refuses_forgeries() {
         .unwrap()
         .to_owned();
     browser.click("header .who button").await;
-    assert_eq!(browser.path().await, "/signin");
+    browser.wait_for_path("/signin").await;
 
     // mallory sees none of it, not even in the page source.
     sign_in_with_token(&browser, app, "bb-mallory").await;
@@ -136,10 +136,11 @@ async fn pasted_token_sign_in_keeps_users_apart_and_refuses_forgeries() {
     // A service user's token does not sign anyone in.
     browser.goto(&format!("{app}/")).await;
     browser.click("header .who button").await;
+    browser.wait_for_path("/signin").await;
     sign_in_with_token(&browser, app, "bb-bot").await;
     let error = browser.text("p.error").await;
     assert!(error.contains("service users"), "{error}");
-    assert_eq!(browser.path().await, "/signin/token");
+    browser.wait_for_path("/signin/token").await;
     browser.screenshot("service-user-refused").await;
 
     // The administrator sees everyone's tokens.

@@ -105,6 +105,21 @@ impl Browser {
         self.client.current_url().await.unwrap().path().to_owned()
     }
 
+    /// Waits (up to 10 s) until the browser is at `path`: a click that submits a form returns
+    /// before the browser has followed it.
+    pub async fn wait_for_path(&self, path: &str) {
+        for _ in 0..200 {
+            if self.path().await == path {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "the browser stayed at {} instead of {path}",
+            self.path().await
+        );
+    }
+
     /// Waits for an element and returns its text.
     pub async fn text(&self, css: &str) -> String {
         self.element(css).await.text().await.unwrap()
