@@ -74,7 +74,7 @@ async fn oauth_sign_in_add_a_token_push_and_delete_it() {
     let builds = world.teamcity.wait_for_builds(1).await;
     assert_eq!(builds[0].authorization.as_deref(), Some("Bearer tc-jdoe"));
     let mut row = String::new();
-    for _ in 0..50 {
+    for _ in 0..100 {
         browser.goto(&format!("{app}/")).await;
         row = browser.text("tbody tr").await;
         if !row.contains("never") {

@@ -131,7 +131,7 @@ async fn a_developer_signs_in_with_a_pasted_token_and_manages_their_tokens() {
     let builds = world.teamcity.wait_for_builds(1).await;
     assert_eq!(builds[0].authorization.as_deref(), Some("Bearer tc-jdoe"));
     let mut stamped = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if !browser.get("/").await.body.contains("never") {
             stamped = true;
             break;
@@ -150,7 +150,7 @@ async fn a_developer_signs_in_with_a_pasted_token_and_manages_their_tokens() {
     );
     assert_eq!(world.app.dc_push(&body, "page-push-2").await.0, 202);
     let mut page = browser.get("/").await;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if page.body.contains("status invalid") {
             break;
         }
