@@ -321,15 +321,10 @@ async fn rotate_key_keeps_tokens_usable_and_a_wrong_key_fails_start_up() {
     let dir = tempfile::tempdir().unwrap();
     let tc = FakeTeamCity::start().await;
     tc.add_token("rotating-token", "jdoe");
-    let store = dir.path().join("data");
-    let config_path = dir.path().join("bb2tc.toml");
     // A key file (no configured master key) this time.
-    let config = format!(
-        "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
-        store.display().to_string(),
-        standard_config(&tc.url, "")
-    );
-    std::fs::write(&config_path, &config).unwrap();
+    let (config_path, store) =
+        crate::support::write_process_config(dir.path(), &standard_config(&tc.url, ""));
+    let config = std::fs::read_to_string(&config_path).unwrap();
     let bridge = process::Bridge::start(&config_path, "");
     let http = reqwest::Client::new();
     let response = http
@@ -399,17 +394,8 @@ async fn no_token_in_debug_logs_or_store_files() {
     let tc = FakeTeamCity::start().await;
     let token = "SENSITIVE-TOKEN-0123456789";
     tc.add_token(token, "jdoe");
-    let store = dir.path().join("data");
-    let config_path = dir.path().join("bb2tc.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            store.display().to_string(),
-            standard_config(&tc.url, "")
-        ),
-    )
-    .unwrap();
+    let (config_path, store) =
+        crate::support::write_process_config(dir.path(), &standard_config(&tc.url, ""));
     let bridge = process::Bridge::start(&config_path, "export RUST_LOG=debug");
     let http = reqwest::Client::new();
     let response = http
@@ -478,16 +464,8 @@ async fn json_logs_carry_the_request_id_and_the_flag_goes_anywhere() {
     let dir = tempfile::tempdir().unwrap();
     let tc = FakeTeamCity::start().await;
     tc.add_token("t", "jdoe");
-    let config_path = dir.path().join("bb2tc.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            dir.path().join("data").display().to_string(),
-            standard_config(&tc.url, "")
-        ),
-    )
-    .unwrap();
+    let (config_path, _) =
+        crate::support::write_process_config(dir.path(), &standard_config(&tc.url, ""));
     let bridge = process::Bridge::start(&config_path, "BB2TC_ARGS='--log-format json'");
     let http = reqwest::Client::new();
     http.post(format!("{}/api/v1/tokens", bridge.url))

@@ -734,17 +734,10 @@ async fn no_credential_or_session_id_in_debug_logs_or_store_files() {
     bitbucket.add_account(Account::datacenter("sam", 9, "Sam"), BITBUCKET_TOKEN);
     bitbucket.consent_as(Some("sam"));
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("data");
-    let config_path = dir.path().join("bb2tc.toml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{}",
-            store.display().to_string(),
-            page_config(&bitbucket.url, &teamcity.url, "")
-        ),
-    )
-    .unwrap();
+    let (config_path, store) = crate::support::write_process_config(
+        dir.path(),
+        &page_config(&bitbucket.url, &teamcity.url, ""),
+    );
     let bridge = process::Bridge::start(&config_path, "export RUST_LOG=debug");
 
     let mut browser = PageClient::new(&bridge.url);

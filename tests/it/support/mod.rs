@@ -26,6 +26,19 @@ pub const DC_SECRET_2: &str = "mysecret";
 /// The secret of the published Cloud vector (`cloud-push-branch-create-signed.json`).
 pub const CLOUD_SECRET: &str = "Gkvl$k$wyNpQAF42";
 
+/// Writes `<dir>/bb2tc.toml` for the real binary: its store in `<dir>/data` (with a generated
+/// key file), listening on 127.0.0.1:0, then `body`. Returns the config's path and the store's.
+pub fn write_process_config(dir: &Path, body: &str) -> (PathBuf, PathBuf) {
+    let store = dir.join("data");
+    let config_path = dir.join("bb2tc.toml");
+    let text = format!(
+        "[storage]\npath = {:?}\n[server]\nlisten = \"127.0.0.1:0\"\n{body}",
+        store.display().to_string()
+    );
+    std::fs::write(&config_path, text).unwrap();
+    (config_path, store)
+}
+
 /// Fails if any file under `dir` contains one of `secrets`.
 pub fn assert_no_file_holds(dir: &Path, secrets: &[&str]) {
     let mut todo = vec![dir.to_owned()];
