@@ -199,7 +199,7 @@ impl BitbucketClient {
         credential: &Credential,
     ) -> Result<Identity, IdentityError> {
         let url = format!("{base}/rest/api/latest/application-properties");
-        let response = checked(self.get(url, credential)?.send().await.map_err(transport)?).await?;
+        let response = self.get(url, credential).await?;
         let header = |name: &str| {
             response
                 .headers()
@@ -226,8 +226,7 @@ impl BitbucketClient {
         url.query_pairs_mut()
             .append_pair("filter", &name)
             .append_pair("limit", "1000");
-        let response = self.get(url.to_string(), credential)?.send().await;
-        let users: DataCenterUsers = match checked(response.map_err(transport)?).await {
+        let users: DataCenterUsers = match self.get(url.to_string(), credential).await {
             Ok(response) => json(response).await?,
             // Service users may not look up users at all; nor may a token without read scope.
             Err(IdentityError::Rejected(_)) => {
@@ -271,7 +270,7 @@ impl BitbucketClient {
         credential: &Credential,
     ) -> Result<Identity, IdentityError> {
         let url = format!("{base}/2.0/user");
-        let response = checked(self.get(url, credential)?.send().await.map_err(transport)?).await?;
+        let response = self.get(url, credential).await?;
         let user: CloudUser = json(response).await?;
         let name = user.display_name.clone().unwrap_or_default();
         if user.kind.as_deref() != Some("user") {
@@ -302,13 +301,14 @@ impl BitbucketClient {
         })
     }
 
-    fn get(
+    /// An authenticated `GET`; a non-2xx answer is an error.
+    async fn get(
         &self,
         url: String,
         credential: &Credential,
-    ) -> Result<reqwest::RequestBuilder, IdentityError> {
+    ) -> Result<reqwest::Response, IdentityError> {
         let request = self.http.get(url).header(ACCEPT, "application/json");
-        Ok(match credential {
+        let request = match credential {
             Credential::Bearer(token) => {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                     .map_err(|_| bad_characters())?;
@@ -321,7 +321,8 @@ impl BitbucketClient {
                 }
                 request.basic_auth(email, Some(token.expose()))
             }
-        })
+        };
+        checked(request.send().await.map_err(transport)?).await
     }
 }
 

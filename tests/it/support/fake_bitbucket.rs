@@ -14,9 +14,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
+use http_body_util::Full;
+use hyper::Response;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,9 +105,9 @@ impl FakeBitbucket {
             state: Arc::default(),
         };
         let server = fake.clone();
-        super::fake_server::serve_http(listener, move |req| {
+        super::fake_server::serve_http(listener, move |parts, body| {
             let fake = server.clone();
-            async move { fake.answer(req).await }
+            async move { fake.answer(parts, body).await }
         });
         fake
     }
@@ -144,13 +143,11 @@ impl FakeBitbucket {
             .map(|(_, query)| query.clone())
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+    async fn answer(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or("").to_owned();
         let params: HashMap<String, String> = form_urlencoded::parse(query.as_bytes())

@@ -3,9 +3,8 @@
 //! fail the next calls or to hang.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,9 +78,9 @@ impl FakeTeamCity {
             recorded: Arc::new(Notify::new()),
         };
         let server = fake.clone();
-        super::fake_server::serve_http(listener, move |req| {
+        super::fake_server::serve_http(listener, move |parts, body| {
             let fake = server.clone();
-            async move { fake.answer(req).await }
+            async move { fake.answer(parts, body).await }
         });
         fake
     }
@@ -175,13 +174,11 @@ impl FakeTeamCity {
         .await
     }
 
-    async fn answer(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+    async fn answer(
+        &self,
+        parts: hyper::http::request::Parts,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
         let header = |name: &str| {
             parts
                 .headers
