@@ -56,6 +56,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod ingest;
+pub mod job;
 pub mod metrics;
 pub mod queue;
 pub mod routing;

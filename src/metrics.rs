@@ -5,7 +5,7 @@
 //! they are right after a restart and cannot drift.
 
 use crate::config::Config;
-use crate::store::{JobState, Store, StoreError, TokenFilter, TokenStatus};
+use crate::store::{JobState, Store, StoreError, TokenStatus};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::prometheus_text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -72,6 +72,7 @@ pub struct Metrics {
     queue_oldest_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
     tokens: Family<StatusLabels, Gauge>,
     sign_ins: Family<SignInLabels, Counter>,
+    unreadable: Gauge,
 }
 
 /// How someone signed in to the token page (the `method` label of `bb2tc_sign_ins_total`).
@@ -147,6 +148,7 @@ impl Default for Metrics {
             queue_oldest_age: Family::default(),
             tokens: Family::default(),
             sign_ins: Family::default(),
+            unreadable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -198,6 +200,11 @@ impl Default for Metrics {
             "bb2tc_sign_ins",
             "Token-page sign-in attempts by method (oauth, bitbucket_token, admin) and result (ok, refused, limited)",
             metrics.sign_ins.clone(),
+        );
+        registry.register(
+            "bb2tc_store_unreadable_records",
+            "Stored records that could not be read and were set aside (tree \"unreadable\")",
+            metrics.unreadable.clone(),
         );
         for method in SignInMethod::ALL {
             for result in SignInResult::ALL {
@@ -309,10 +316,11 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, with the store-derived gauges refreshed.
+    /// The text exposition, with the store-derived gauges refreshed from the store's
+    /// maintained counts (no scan: the cost does not grow with the queue).
     pub fn render(&self, config: &Config, store: &Store) -> Result<String, StoreError> {
         let now = crate::clock::now_ms();
-        let stats = store.queue_stats()?;
+        let stats = store.stats();
         for server in &config.servers {
             for state in [
                 JobState::Pending,
@@ -321,6 +329,7 @@ impl Metrics {
                 JobState::Done,
             ] {
                 let count = stats
+                    .jobs
                     .get(&(server.id.clone(), state))
                     .map_or(0, |s| s.count);
                 self.queue_depth
@@ -331,7 +340,9 @@ impl Metrics {
                     .set(i64::try_from(count).unwrap_or(i64::MAX));
             }
             let oldest = stats
+                .jobs
                 .get(&(server.id.clone(), JobState::Pending))
+                .filter(|s| s.count > 0)
                 .map_or(0.0, |s| {
                     now.saturating_sub(s.oldest_created_at) as f64 / 1000.0
                 });
@@ -341,19 +352,20 @@ impl Metrics {
                 })
                 .set(oldest);
         }
-        let tokens = store.list_tokens(&TokenFilter::default())?;
         for status in [
             TokenStatus::Valid,
             TokenStatus::Invalid,
             TokenStatus::Unverified,
         ] {
-            let count = tokens.iter().filter(|t| t.status == status).count();
+            let count = stats.tokens.get(&status).copied().unwrap_or(0);
             self.tokens
                 .get_or_create(&StatusLabels {
                     status: status.as_str().into(),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        self.unreadable
+            .set(i64::try_from(stats.unreadable).unwrap_or(i64::MAX));
         let mut text = String::new();
         encode(&mut text, &self.registry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(text)

@@ -142,11 +142,14 @@ pub struct QueuedBuild {
     pub branch_name: Option<String>,
 }
 
-/// A build waiting in TeamCity's queue, as `GET /app/rest/buildQueue` lists it.
+/// A build as `GET /app/rest/builds` lists it (queued, running or finished).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct WaitingBuild {
-    /// Queued build id.
+pub struct FoundBuild {
+    /// Build id (the queued build's id stays the build's id when it starts).
     pub id: Option<u64>,
+    /// `queued`, `running` or `finished`.
+    #[serde(default)]
+    pub state: Option<String>,
     /// Branch, when not the default.
     #[serde(rename = "branchName")]
     pub branch_name: Option<String>,
@@ -156,9 +159,6 @@ pub struct WaitingBuild {
     /// The trigger comment.
     #[serde(default)]
     pub comment: Option<Comment>,
-    /// Pinned revisions.
-    #[serde(default)]
-    pub revisions: Option<Revisions>,
 }
 
 /// A build comment.
@@ -168,26 +168,14 @@ pub struct Comment {
     pub text: Option<String>,
 }
 
-/// Pinned revisions of a queued build.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Revisions {
-    /// One per VCS root.
-    #[serde(default)]
-    pub revision: Vec<Revision>,
-}
-
-/// One pinned revision.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct Revision {
-    /// The commit.
-    pub version: Option<String>,
-}
-
 #[derive(Deserialize)]
-struct BuildQueue {
+struct Builds {
     #[serde(default)]
-    build: Vec<WaitingBuild>,
+    build: Vec<FoundBuild>,
 }
+
+/// How many of a branch's latest builds recovery looks through.
+const RECOVERY_BUILDS: u32 = 100;
 
 #[derive(Deserialize)]
 struct CurrentUser {
@@ -291,25 +279,27 @@ impl TeamCityClient {
         )
     }
 
-    /// `GET /app/rest/buildQueue?locator=buildType:(id:…)`: the builds of a build type still
-    /// waiting in the queue, with branch, comment and pinned revisions.
-    pub async fn queued_builds(
+    /// `GET /app/rest/builds` with a locator for the latest builds of a build type on a
+    /// branch **in any state** — queued, running or finished (SPEC §7). Without
+    /// `defaultFilter:false` TeamCity lists only finished builds of the default branch, and
+    /// without `state:any` no queued ones.
+    pub async fn recent_builds(
         &self,
         token: &TeamCityToken,
         build_type: &BuildTypeId,
-    ) -> Result<Vec<WaitingBuild>, TeamCityError> {
-        let locator = format!("buildType:(id:{build_type})");
+        branch: &str,
+    ) -> Result<Vec<FoundBuild>, TeamCityError> {
         let url = format!(
             "{}?locator={}&fields={}",
-            self.server.endpoint("app/rest/buildQueue"),
-            utf8_percent_encode(&locator, QUERY_VALUE),
+            self.server.endpoint("app/rest/builds"),
+            utf8_percent_encode(&recent_builds_locator(build_type, branch), QUERY_VALUE),
             utf8_percent_encode(
-                "build(id,branchName,webUrl,comment(text),revisions(revision(version)))",
+                "build(id,state,branchName,webUrl,comment(text))",
                 QUERY_VALUE
             )
         );
-        let queue: BuildQueue = self.get_json(url, token).await?;
-        Ok(queue.build)
+        let builds: Builds = self.get_json(url, token).await?;
+        Ok(builds.build)
     }
 
     /// `GET /app/rest/users/current`: the TeamCity user name the token belongs to.
@@ -335,6 +325,20 @@ impl TeamCityClient {
             .map_err(transport_error)?;
         read_json(check_status(response).await?).await
     }
+}
+
+/// The locator of [`TeamCityClient::recent_builds`]. A branch name with parentheses would
+/// break the locator's syntax: then every branch is listed (the job id in the comment is
+/// what identifies the build anyway).
+pub fn recent_builds_locator(build_type: &BuildTypeId, branch: &str) -> String {
+    let branch = if branch.contains(['(', ')']) || branch.is_empty() {
+        "branch:default:any".to_owned()
+    } else {
+        format!("branch:(name:{branch})")
+    };
+    format!(
+        "buildType:(id:{build_type}),{branch},state:any,defaultFilter:false,count:{RECOVERY_BUILDS}"
+    )
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
@@ -476,6 +480,19 @@ mod tests {
         assert_eq!(
             decoded,
             "vcsRoot:(type:jetbrains.git,property:(name:url,value:ssh://git@bb.example.com:7999/proj/repo.git,matchType:equals,ignoreCase:true),count:99999),count:99999"
+        );
+    }
+
+    #[test]
+    fn recovery_asks_for_builds_in_any_state_on_the_branch() {
+        let bt = BuildTypeId::new("Proj_Build");
+        assert_eq!(
+            recent_builds_locator(&bt, "feature/foo"),
+            "buildType:(id:Proj_Build),branch:(name:feature/foo),state:any,defaultFilter:false,count:100"
+        );
+        assert_eq!(
+            recent_builds_locator(&bt, "fix(1)"),
+            "buildType:(id:Proj_Build),branch:default:any,state:any,defaultFilter:false,count:100"
         );
     }
 

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::response::{Body, empty, json};
 use crate::app::App;
-use crate::store::JobState;
+use crate::store::{JobState, Unchanged};
 use hyper::{Method, Response, StatusCode};
 use serde_json::json;
 
@@ -82,13 +82,13 @@ fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
 }
 
 async fn retry(app: &App, id: u64) -> Result<Response<Body>, ApiError> {
-    match app.store.revive_job(id)? {
-        None => Err(ApiError::NotFound(format!("no job {id}"))),
-        Some(Err(state)) => Err(ApiError::Conflict(format!(
+    match app.store.revive_job(id, crate::clock::now_ms())? {
+        Err(Unchanged::Gone) => Err(ApiError::NotFound(format!("no job {id}"))),
+        Err(Unchanged::InState(state)) => Err(ApiError::Conflict(format!(
             "job {id} is {}; only dead jobs can be retried",
             state.as_str()
         ))),
-        Some(Ok(job)) => {
+        Ok(job) => {
             // Pending in the store either way: schedule it even if the sync failed.
             let durable = app.store.commit().await;
             app.queue.schedule(&job);

@@ -116,6 +116,9 @@ async fn deliver(
         delivery,
     } = outcome
     else {
+        // The first delivery with this id may still be waiting for its fsync: "duplicate"
+        // promises its jobs are stored, so it is answered only once they are durable.
+        app.store.commit().await?;
         tracing::info!(source = %source.id, event = event_key, "duplicate delivery");
         record.result = "duplicate".into();
         note(app, &record);

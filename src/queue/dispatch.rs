@@ -6,7 +6,7 @@ use crate::config::TriggerMode;
 use crate::ids::TeamCityToken;
 use crate::metrics::Metrics;
 use crate::store::{Finish, Job, Store, TokenRef};
-use crate::teamcity::{BuildRequest, TeamCityError, WaitingBuild};
+use crate::teamcity::{BuildRequest, FoundBuild, TeamCityError};
 use std::time::Duration;
 
 /// Sends `job` and decides its fate. `jitter` is in [-1, 1].
@@ -17,46 +17,50 @@ pub async fn dispatch<T: Trigger>(
     job: &Job,
     jitter: f64,
 ) -> Finish {
-    let token = match resolve_token(store, teamcity, job) {
-        Ok(token) => token,
-        Err(reason) => {
+    let retry_or_dead = |error: String, retry_after: Option<Duration>| {
+        let schedule = &teamcity.server().retry_schedule;
+        match retry::next_delay(schedule, job.attempts, retry_after, jitter) {
+            Some(delay) => Finish::Retry { delay, error },
+            None => Finish::Dead {
+                error: format!("gave up after {} attempts: {error}", job.attempts),
+            },
+        }
+    };
+    let (token, revision) = match resolve_token(store, teamcity, job) {
+        Ok(found) => found,
+        Err(TokenProblem::Gone(reason)) => {
             let finish = Finish::Dead { error: reason };
+            record_call(job, &finish, None, metrics);
+            return finish;
+        }
+        // The store failing for a moment is no reason to give the job up.
+        Err(TokenProblem::Store(e)) => {
+            let finish = retry_or_dead(format!("cannot read the token: {e}"), None);
             record_call(job, &finish, None, metrics);
             return finish;
         }
     };
     let started = tokio::time::Instant::now();
     let result = match job.mode {
-        TriggerMode::Build => queue_build(teamcity, &token, job).await,
+        TriggerMode::Build => queue_build(teamcity, &token, job, store.id()).await,
         TriggerMode::CheckForChanges => notify_commit_hook(teamcity, &token, job).await,
     };
     let elapsed = started.elapsed();
-    if let TokenRef::User(id) = &job.token {
+    if let (TokenRef::User(id), Some(revision)) = (&job.token, revision) {
         let verdict = match &result {
             Ok(_) => Some(true),
             Err(TeamCityError::Unauthorized(_)) => Some(false),
             Err(_) => None,
         };
         if let Some(accepted) = verdict
-            && let Err(e) = store.mark_token(id, accepted)
+            && let Err(e) = store.mark_token(id, revision, accepted)
         {
             tracing::warn!(error = %e, "could not update the token's status");
         }
     }
     let finish = match result {
         Ok(finish) => finish,
-        Err(error) if error.is_retryable() => {
-            let schedule = &teamcity.server().retry_schedule;
-            match retry::next_delay(schedule, job.attempts, error.retry_after(), jitter) {
-                Some(delay) => Finish::Retry {
-                    delay,
-                    error: error.to_string(),
-                },
-                None => Finish::Dead {
-                    error: format!("gave up after {} attempts: {error}", job.attempts),
-                },
-            }
-        }
+        Err(error) if error.is_retryable() => retry_or_dead(error.to_string(), error.retry_after()),
         Err(error) => Finish::Dead {
             error: error.to_string(),
         },
@@ -65,9 +69,20 @@ pub async fn dispatch<T: Trigger>(
     finish
 }
 
-/// The build comment: who pushed what (SPEC §6); also how an interrupted job's build is
-/// recognised in TeamCity's queue.
-pub fn comment(job: &Job) -> String {
+/// The build comment: who pushed what, ending with the job's mark (SPEC §6), by which an
+/// interrupted job's build is recognised in TeamCity.
+pub fn comment(job: &Job, store_id: &str) -> String {
+    format!("{} ({})", legacy_comment(job), job_mark(job, store_id))
+}
+
+/// `bb2tc job <store id>-<job id>`: unique across bb2tc installations sharing a TeamCity.
+pub fn job_mark(job: &Job, store_id: &str) -> String {
+    format!("bb2tc job {store_id}-{}", job.id)
+}
+
+/// The comment of bb2tc up to a84aaec, without the job's mark: a job migrated from such a
+/// store that was in flight is recognised by it.
+fn legacy_comment(job: &Job) -> String {
     format!(
         "Bitbucket push by {}: {} {} {}",
         job.user,
@@ -77,25 +92,39 @@ pub fn comment(job: &Job) -> String {
     )
 }
 
+enum TokenProblem {
+    /// The token (or service token) is no longer there: the job cannot be sent.
+    Gone(String),
+    /// The store could not be read; try again later.
+    Store(crate::store::StoreError),
+}
+
+/// The token to send, and for a user's token the revision TeamCity's verdict is about.
 fn resolve_token<T: Trigger>(
     store: &Store,
     teamcity: &T,
     job: &Job,
-) -> Result<TeamCityToken, String> {
+) -> Result<(TeamCityToken, Option<u64>), TokenProblem> {
     match &job.token {
         TokenRef::User(id) => match store.token_secret(id) {
-            Ok(Some(token)) => Ok(token),
-            Ok(None) => Err(format!(
+            Ok(Some((token, revision))) => Ok((token, Some(revision))),
+            Ok(None) => Err(TokenProblem::Gone(format!(
                 "the token of {} was removed before the call",
                 job.user
+            ))),
+            Err(crate::store::StoreError::Crypto) => Err(TokenProblem::Gone(
+                "the stored token could not be decrypted".into(),
             )),
-            Err(e) => Err(format!("cannot read the token: {e}")),
+            Err(e) => Err(TokenProblem::Store(e)),
         },
         TokenRef::Service => teamcity
             .server()
             .service_token
             .clone()
-            .ok_or_else(|| "the server's service_token is no longer configured".to_string()),
+            .map(|token| (token, None))
+            .ok_or_else(|| {
+                TokenProblem::Gone("the server's service_token is no longer configured".into())
+            }),
     }
 }
 
@@ -103,33 +132,47 @@ async fn queue_build<T: Trigger>(
     teamcity: &T,
     token: &TeamCityToken,
     job: &Job,
+    store_id: &str,
 ) -> Result<Finish, TeamCityError> {
     let Some(build_type) = &job.build_type else {
         return Ok(Finish::Dead {
             error: "build job without a build type".into(),
         });
     };
-    // The call may have reached TeamCity before bb2tc stopped: if TeamCity still has the
-    // build queued, it is this job's, and posting again would double it.
+    // The call may have reached TeamCity before bb2tc stopped: if TeamCity has a build
+    // carrying this job's mark — still queued or already started — it is this job's, and
+    // posting again would double it.
+    let mut recovery_note = None;
     if job.interrupted {
-        match teamcity.queued_builds(token, build_type).await {
-            Ok(waiting) => {
-                if let Some(found) = waiting.iter().find(|b| is_this_jobs_build(b, job)) {
+        match teamcity.recent_builds(token, build_type, &job.branch).await {
+            Ok(builds) => {
+                if let Some(found) = builds.iter().find(|b| is_this_jobs_build(b, job, store_id)) {
                     tracing::info!(
                         job = job.id,
                         build_id = found.id,
-                        "interrupted job was already queued in TeamCity"
+                        state = found.state.as_deref().unwrap_or("unknown"),
+                        "interrupted job's build found in TeamCity; not posted again"
                     );
                     return Ok(Finish::Done {
                         build_id: found.id,
                         web_url: found.web_url.clone(),
-                        warning: Some("found already queued in TeamCity after a restart".into()),
+                        warning: Some(
+                            "found in TeamCity after a restart (the call had reached it)".into(),
+                        ),
                     });
                 }
             }
             Err(e) if e.is_retryable() => return Err(e),
-            // Cannot tell (e.g. no permission to view the queue): post, at least once.
-            Err(e) => tracing::debug!(job = job.id, error = %e, "cannot check TeamCity's queue"),
+            // Cannot tell (e.g. no permission to view builds): post, at least once.
+            Err(e) => {
+                tracing::warn!(
+                    job = job.id, error = %e,
+                    "cannot ask TeamCity whether the interrupted job's build exists; posting it again (at least once: it may be doubled)"
+                );
+                recovery_note = Some(format!(
+                    "posted again after a restart without knowing whether the first call reached TeamCity, which could not be asked ({e}): the build may be doubled"
+                ));
+            }
         }
     }
     let properties: Vec<(String, String)> = job.properties.clone().into_iter().collect();
@@ -138,12 +181,12 @@ async fn queue_build<T: Trigger>(
         branch: &job.branch,
         full_ref: &job.full_ref,
         sha: &job.sha,
-        comment: comment(job),
+        comment: comment(job, store_id),
         properties: &properties,
         vcs_root_id: job.vcs_root_id.as_deref(),
     };
     let queued = teamcity.queue_build(token, &request).await?;
-    let warning = queued
+    let branch_warning = queued
         .branch_name
         .as_deref()
         .filter(|answered| *answered != job.branch)
@@ -153,6 +196,10 @@ async fn queue_build<T: Trigger>(
                 job.branch, answered
             )
         });
+    let warning = match (branch_warning, recovery_note) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
     Ok(Finish::Done {
         build_id: queued.id,
         web_url: queued.web_url,
@@ -160,23 +207,14 @@ async fn queue_build<T: Trigger>(
     })
 }
 
-/// Same branch, and the same commit: pinned revision when there is one, else our comment.
-fn is_this_jobs_build(build: &WaitingBuild, job: &Job) -> bool {
-    let same_branch = build.branch_name.as_deref() == Some(job.branch.as_str());
-    let pinned: Vec<&str> = build
-        .revisions
-        .iter()
-        .flat_map(|r| r.revision.iter())
-        .filter_map(|r| r.version.as_deref())
-        .collect();
-    let same_commit = if pinned.is_empty() {
-        build.comment.as_ref().and_then(|c| c.text.as_deref()) == Some(comment(job).as_str())
-    } else {
-        pinned
-            .iter()
-            .any(|v| v.eq_ignore_ascii_case(job.sha.as_str()))
+/// The build carries this job's mark — or, for a job from a store of bb2tc up to a84aaec,
+/// that release's comment for the same push.
+fn is_this_jobs_build(build: &FoundBuild, job: &Job, store_id: &str) -> bool {
+    let Some(text) = build.comment.as_ref().and_then(|c| c.text.as_deref()) else {
+        return false;
     };
-    same_branch && same_commit
+    let mark = format!("({})", job_mark(job, store_id));
+    text.trim_end().ends_with(&mark) || text == legacy_comment(job)
 }
 
 async fn notify_commit_hook<T: Trigger>(

@@ -83,7 +83,7 @@ impl Queue {
             tasks.workers.push((task, slots, server.max_in_flight));
         }
         let queue = Self { workers };
-        let resumed = store.resume_jobs()?;
+        let resumed = store.resume_jobs(clock::now_ms())?;
         if !resumed.is_empty() {
             tracing::info!(jobs = resumed.len(), "resuming queued jobs");
         }

@@ -7,7 +7,7 @@ use crate::ids::{BuildTypeId, SourceId, TeamCityToken};
 use crate::store::jobs::ChangeJobs;
 use crate::store::test_support::temp_store;
 use crate::store::{DeliveryRecord, JobState, RecordOutcome};
-use crate::teamcity::{BuildRequest, Comment, QueuedBuild, TeamCityError, WaitingBuild};
+use crate::teamcity::{BuildRequest, Comment, FoundBuild, QueuedBuild, TeamCityError};
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use tokio::sync::Notify;
@@ -16,7 +16,9 @@ use tokio::sync::Notify;
 struct Scripted {
     server: crate::config::TeamCityServer,
     answers: Arc<Mutex<VecDeque<Result<QueuedBuild, TeamCityError>>>>,
-    waiting: Arc<Mutex<Vec<WaitingBuild>>>,
+    builds: Arc<Mutex<Vec<FoundBuild>>>,
+    /// Build-queue calls panic while set (a bug inside the call).
+    panics: Arc<std::sync::atomic::AtomicBool>,
     calls: Arc<Mutex<Vec<(Instant, String)>>>,
     called: Arc<Notify>,
 }
@@ -29,7 +31,8 @@ impl Scripted {
         Self {
             server: config.servers[0].clone(),
             answers: Arc::default(),
-            waiting: Arc::default(),
+            builds: Arc::default(),
+            panics: Arc::default(),
             calls: Arc::default(),
             called: Arc::default(),
         }
@@ -67,6 +70,9 @@ impl Trigger for Scripted {
         request: &BuildRequest<'_>,
     ) -> Result<QueuedBuild, TeamCityError> {
         self.record(format!("POST {}", request.branch));
+        if self.panics.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("a bug inside the TeamCity call");
+        }
         self.answers
             .lock()
             .unwrap()
@@ -87,13 +93,14 @@ impl Trigger for Scripted {
         Ok(true)
     }
 
-    async fn queued_builds(
+    async fn recent_builds(
         &self,
         _: &TeamCityToken,
         _: &BuildTypeId,
-    ) -> Result<Vec<WaitingBuild>, TeamCityError> {
-        self.record("GET queue".into());
-        Ok(self.waiting.lock().unwrap().clone())
+        branch: &str,
+    ) -> Result<Vec<FoundBuild>, TeamCityError> {
+        self.record(format!("GET builds {branch}"));
+        Ok(self.builds.lock().unwrap().clone())
     }
 }
 
@@ -113,10 +120,9 @@ fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
     };
     let changes: Vec<ChangeJobs> = jobs
         .into_iter()
-        .enumerate()
-        .map(|(i, job)| ChangeJobs {
+        .map(|job| ChangeJobs {
             reference: job.full_ref.clone(),
-            seen_key: format!("k{i}").into_bytes(),
+            seen_key: format!("{}\0{}", job.full_ref, job.sha.as_str()).into_bytes(),
             jobs: vec![job],
         })
         .collect();
@@ -240,49 +246,142 @@ async fn the_rate_limit_spaces_calls() {
     );
 }
 
-#[tokio::test(start_paused = true)]
-async fn an_interrupted_job_already_in_teamcitys_queue_is_not_posted_again() {
-    let (_dir, store) = temp_store();
-    let store = Arc::new(store);
-    let teamcity = Scripted::new("[1]", "");
-    let mut jobs = enqueue(&store, vec![job("main"), job("other")]);
-    // Both were in flight when bb2tc died; TeamCity queued the first before the crash.
-    for job in &jobs {
-        store.claim_job(job.id).unwrap().unwrap();
-    }
-    teamcity.waiting.lock().unwrap().push(WaitingBuild {
-        id: Some(77),
-        branch_name: Some("main".into()),
-        web_url: Some("http://tc/viewQueued.html?itemId=77".into()),
-        comment: Some(Comment {
-            text: Some(dispatch::comment(&jobs[0])),
-        }),
-        revisions: None,
-    });
-    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0);
-    let calls = teamcity.wait_for_calls(3).await;
-    let what: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
-    assert_eq!(what, vec!["GET queue", "GET queue", "POST other"]);
-    for _ in 0..100 {
-        if jobs
-            .iter()
-            .all(|j| store.job(j.id).unwrap().unwrap().state == JobState::Done)
+async fn wait_until_state(store: &Store, id: u64, state: JobState) -> Job {
+    for _ in 0..1000 {
+        if let Some(job) = store.job(id).unwrap()
+            && job.state == state
         {
-            break;
+            return job;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    jobs = jobs
-        .iter()
-        .map(|j| store.job(j.id).unwrap().unwrap())
-        .collect();
-    assert_eq!(jobs[0].build_id, Some(77));
+    panic!(
+        "job {id} never became {state:?}: {:?}",
+        store.job(id).unwrap()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_interrupted_job_whose_build_already_started_is_not_posted_again() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    let jobs = enqueue(&store, vec![job("main"), job("other")]);
+    // Both were in flight when bb2tc died; TeamCity got the first call, and its agent
+    // took the build out of the queue at once: only /app/rest/builds still shows it.
+    for job in &jobs {
+        store.claim_job(job.id).unwrap().unwrap();
+    }
+    teamcity.builds.lock().unwrap().push(FoundBuild {
+        id: Some(77),
+        state: Some("running".into()),
+        branch_name: Some("main".into()),
+        web_url: Some("http://tc/viewLog.html?buildId=77".into()),
+        comment: Some(Comment {
+            text: Some(dispatch::comment(&jobs[0], store.id())),
+        }),
+    });
+    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0);
+    let calls = teamcity.wait_for_calls(3).await;
+    let mut what: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
+    what.sort();
+    assert_eq!(
+        what,
+        vec!["GET builds main", "GET builds other", "POST other"]
+    );
+    let first = wait_until_state(&store, jobs[0].id, JobState::Done).await;
+    assert_eq!(first.build_id, Some(77));
     assert!(
-        jobs[0]
+        first
             .warning
             .as_deref()
             .unwrap()
-            .contains("already queued")
+            .contains("found in TeamCity")
     );
-    assert_eq!((jobs[1].state, jobs[1].build_id), (JobState::Done, Some(1)));
+    let second = wait_until_state(&store, jobs[1].id, JobState::Done).await;
+    assert_eq!(second.build_id, Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_build_of_another_job_or_installation_is_not_taken_for_this_one() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    let jobs = enqueue(&store, vec![job("main")]);
+    store.claim_job(jobs[0].id).unwrap().unwrap();
+    // Same push text, but the mark of another store (another bb2tc on this TeamCity).
+    let mut other = jobs[0].clone();
+    other.id += 1;
+    for text in [
+        dispatch::comment(&jobs[0], "0000beef"),
+        dispatch::comment(&other, store.id()),
+    ] {
+        teamcity.builds.lock().unwrap().push(FoundBuild {
+            id: Some(5),
+            state: Some("finished".into()),
+            branch_name: Some("main".into()),
+            web_url: None,
+            comment: Some(Comment { text: Some(text) }),
+        });
+    }
+    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0);
+    teamcity.wait_for_calls(2).await;
+    let done = wait_until_state(&store, jobs[0].id, JobState::Done).await;
+    assert_eq!(
+        done.build_id,
+        Some(1),
+        "posted: none of the builds was its own"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_inside_the_call_does_not_strand_the_job() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    teamcity
+        .panics
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
+    let job = enqueue(&store, vec![job("main")]).remove(0);
+    queue.schedule(&job);
+    teamcity.wait_for_calls(1).await;
+    // Before, the job stayed in flight until a restart. Now it is pending again, flagged
+    // so that TeamCity is asked first, and tried again.
+    let pending = wait_until_state(&store, job.id, JobState::Pending).await;
+    assert!(pending.interrupted);
+    teamcity
+        .panics
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let calls = teamcity.wait_for_calls(3).await;
+    let what: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
+    assert_eq!(what, vec!["POST main", "GET builds main", "POST main"]);
+    wait_until_state(&store, job.id, JobState::Done).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_superseded_job_whose_call_fails_is_not_built_after_the_newer_one() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    teamcity.answer(unavailable(None));
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
+    let mut older = job("main");
+    older.sha = crate::ids::Sha::parse(&"1".repeat(40)).unwrap();
+    let older = enqueue(&store, vec![older]).remove(0);
+    queue.schedule(&older);
+    teamcity.wait_for_calls(1).await;
+    // While the older call is under way (it will fail with 503), a newer push comes in.
+    let mut newer = job("main");
+    newer.sha = crate::ids::Sha::parse(&"2".repeat(40)).unwrap();
+    let newer = enqueue(&store, vec![newer]).remove(0);
+    queue.schedule(&newer);
+    let calls = teamcity.wait_for_calls(2).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(teamcity.calls.lock().unwrap().len(), 2, "{calls:?}");
+    assert!(
+        store.job(older.id).unwrap().is_none(),
+        "dropped, not retried"
+    );
+    wait_until_state(&store, newer.id, JobState::Done).await;
 }

@@ -3,7 +3,7 @@
 
 use crate::config::TeamCityServer;
 use crate::ids::{BuildTypeId, TeamCityToken};
-use crate::teamcity::{BuildRequest, QueuedBuild, TeamCityClient, TeamCityError, WaitingBuild};
+use crate::teamcity::{BuildRequest, FoundBuild, QueuedBuild, TeamCityClient, TeamCityError};
 use std::future::Future;
 
 /// What a worker needs from a TeamCity server.
@@ -25,12 +25,13 @@ pub trait Trigger: Clone + Send + Sync + 'static {
         clone_urls: &[String],
     ) -> impl Future<Output = Result<bool, TeamCityError>> + Send;
 
-    /// Builds of a build type still waiting in the queue.
-    fn queued_builds(
+    /// The latest builds of a build type on a branch, queued, running or finished.
+    fn recent_builds(
         &self,
         token: &TeamCityToken,
         build_type: &BuildTypeId,
-    ) -> impl Future<Output = Result<Vec<WaitingBuild>, TeamCityError>> + Send;
+        branch: &str,
+    ) -> impl Future<Output = Result<Vec<FoundBuild>, TeamCityError>> + Send;
 }
 
 impl Trigger for TeamCityClient {
@@ -54,11 +55,12 @@ impl Trigger for TeamCityClient {
         TeamCityClient::notify_commit_hook(self, token, clone_urls)
     }
 
-    fn queued_builds(
+    fn recent_builds(
         &self,
         token: &TeamCityToken,
         build_type: &BuildTypeId,
-    ) -> impl Future<Output = Result<Vec<WaitingBuild>, TeamCityError>> + Send {
-        TeamCityClient::queued_builds(self, token, build_type)
+        branch: &str,
+    ) -> impl Future<Output = Result<Vec<FoundBuild>, TeamCityError>> + Send {
+        TeamCityClient::recent_builds(self, token, build_type, branch)
     }
 }

@@ -11,7 +11,7 @@ use super::rate_limit::RateLimit;
 use super::trigger::Trigger;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Finish, Store};
+use crate::store::{Finish, Job, Store, StoreError};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -102,66 +102,136 @@ impl<T: Trigger> Worker<T> {
             _ = self.admit.ready() => {}
         }
         let job = match self.store.claim_job(id) {
-            Ok(Some(job)) => job,
-            Ok(None) => return true,
+            Ok(Ok(job)) => job,
+            Ok(Err(_)) => return true, // replaced, removed or no longer pending
             Err(e) => {
                 tracing::error!(job = id, error = %e, "cannot claim job; will look again");
                 self.reschedule(id, STORE_ERROR_BACKOFF);
                 return true;
             }
         };
-        let store = self.store.clone();
-        let teamcity = self.teamcity.clone();
-        let metrics = self.metrics.clone();
-        let outbox = self.outbox.clone();
-        let pace = self.pace.clone();
-        let mut shutdown = self.shutdown.clone();
-        let jitter = (self.jitter)();
+        let call = Call {
+            store: self.store.clone(),
+            teamcity: self.teamcity.clone(),
+            metrics: self.metrics.clone(),
+            outbox: self.outbox.clone(),
+            pace: self.pace.clone(),
+            shutdown: self.shutdown.clone(),
+            jitter: (self.jitter)(),
+        };
         tokio::spawn(async move {
-            // The in-flight mark must be on disk before the call, so a crash after the call
-            // is known to be one (SPEC §7, at-least-once).
-            if let Err(e) = store.commit().await {
-                tracing::error!(job = job.id, error = %e, "cannot persist in-flight mark");
-            }
-            let stopped = tokio::select! {
-                biased;
-                _ = shutdown.wait() => true,
-                _ = pace.ready() => false,
-            };
-            if stopped {
-                // Not sent: it stays pending for the next start.
-                if let Err(e) = store.release_job(job.id) {
-                    tracing::error!(job = job.id, error = %e, "cannot release the job");
-                }
-                let _ = store.commit().await;
-                drop(slot);
-                return;
-            }
-            let finish = dispatch(&store, &teamcity, &metrics, &job, jitter).await;
-            let retry_in = match &finish {
-                Finish::Retry { delay, .. } => Some(*delay),
-                _ => None,
-            };
-            match store.finish_job(job.id, finish) {
-                Ok(Some(_)) => {
-                    if let Some(delay) = retry_in {
-                        let _ = outbox.send(Scheduled {
-                            id: job.id,
-                            due: Instant::now() + delay,
-                        });
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::error!(job = job.id, error = %e, "cannot record the job's result")
-                }
-            }
-            // The result needs no fsync of its own: it reaches the disk with the next group
-            // commit, and if bb2tc dies first the job is found in flight at the next start,
-            // where TeamCity's queue is asked before it is sent again.
+            call.run(job).await;
             drop(slot);
         });
         true
+    }
+
+    fn reschedule(&self, id: u64, delay: Duration) {
+        let _ = self.outbox.send(Scheduled {
+            id,
+            due: Instant::now() + delay,
+        });
+    }
+}
+
+/// One claimed job's way through its call, in a task of its own.
+struct Call<T: Trigger> {
+    store: Arc<Store>,
+    teamcity: T,
+    metrics: Arc<Metrics>,
+    outbox: mpsc::UnboundedSender<Scheduled>,
+    pace: Arc<RateLimit>,
+    shutdown: Shutdown,
+    jitter: f64,
+}
+
+impl<T: Trigger> Call<T> {
+    async fn run(mut self, job: Job) {
+        // The in-flight mark must be on disk before the call, so that a crash after the
+        // call is known to be one (SPEC §7). Without it, no call: the job goes back.
+        if let Err(e) = self.store.commit().await {
+            tracing::error!(job = job.id, error = %e, "cannot persist the in-flight mark; the job waits");
+            self.put_back(job.id, STORE_ERROR_BACKOFF).await;
+            return;
+        }
+        let stopped = tokio::select! {
+            biased;
+            _ = self.shutdown.wait() => true,
+            _ = self.pace.ready() => false,
+        };
+        if stopped {
+            // Not sent: it stays pending for the next start.
+            self.put_back(job.id, Duration::ZERO).await;
+            let _ = self.store.commit().await;
+            return;
+        }
+        // The call runs in a task of its own, so that a panic in it cannot strand the job.
+        let dispatched = {
+            let (store, teamcity, metrics, job, jitter) = (
+                self.store.clone(),
+                self.teamcity.clone(),
+                self.metrics.clone(),
+                job.clone(),
+                self.jitter,
+            );
+            tokio::spawn(async move { dispatch(&store, &teamcity, &metrics, &job, jitter).await })
+                .await
+        };
+        let finish = match dispatched {
+            Ok(finish) => finish,
+            Err(e) => {
+                // Whether the call reached TeamCity is unknown: as after a crash, TeamCity
+                // is asked before the job is sent again.
+                tracing::error!(job = job.id, error = %e, "the TeamCity call failed inside bb2tc; the job will be checked and retried");
+                self.persist(job.id, |store, now| store.interrupt_job(job.id, now))
+                    .await;
+                self.reschedule(job.id, STORE_ERROR_BACKOFF);
+                return;
+            }
+        };
+        let retry_in = match &finish {
+            Finish::Retry { delay, .. } => Some(*delay),
+            _ => None,
+        };
+        // The result needs no fsync of its own: it reaches the disk with the next group
+        // commit, and if bb2tc dies first the job is found in flight at the next start,
+        // where TeamCity is asked before it is sent again.
+        let kept = self
+            .persist(job.id, |store, now| store.finish_job(job.id, &finish, now))
+            .await;
+        if let (Some(Ok(Some(_))), Some(delay)) = (kept, retry_in) {
+            self.reschedule(job.id, delay);
+        }
+    }
+
+    /// Puts a claimed, unsent job back to pending and schedules it after `delay`.
+    async fn put_back(&mut self, id: u64, delay: Duration) {
+        if let Some(Ok(Some(_))) = self.persist(id, |store, _| store.release_job(id)).await {
+            self.reschedule(id, delay);
+        }
+    }
+
+    /// Runs a store write until it succeeds: a job must not stay in flight because the
+    /// store failed once (a full disk heals). Gives up only on shutdown — the job is then
+    /// found in flight at the next start and recovered like after a crash.
+    async fn persist<R>(
+        &mut self,
+        id: u64,
+        write: impl Fn(&Store, u64) -> Result<R, StoreError>,
+    ) -> Option<R> {
+        loop {
+            match write(&self.store, crate::clock::now_ms()) {
+                Ok(result) => return Some(result),
+                Err(e) => {
+                    tracing::error!(job = id, error = %e, "cannot record the job's state; trying again")
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.wait() => return None,
+                _ = tokio::time::sleep(STORE_ERROR_BACKOFF) => {}
+            }
+        }
     }
 
     fn reschedule(&self, id: u64, delay: Duration) {

@@ -1,161 +1,22 @@
-//! Jobs (pending TeamCity calls) and delivery records.
+//! Jobs (pending TeamCity calls) and delivery records in sled.
 //!
 //! A job is written in the same sled transaction as its delivery record and the
 //! change-de-duplication marks, and made durable by [`Store::commit`] before the webhook is
-//! answered. Its lifecycle: `pending` → `inflight` → `done`, or back to `pending` with a later
-//! `next_attempt_at` (retry), or `dead` with the last error.
-//!
-//! Coalescing (SPEC §5.3): `pending_index` maps a coalescing key — (server, build type,
-//! branch), or (server, repository) for commit-hook jobs — to the one job still waiting for
-//! it. A newer push replaces that job; a job leaves the index when it is claimed for sending.
+//! answered. What happens to a job is decided by [`crate::job::lifecycle`]; each method here
+//! reads what a transition needs (the job, the newest job of its coalescing key from
+//! `latest_jobs`), and applies the writes it returns in one transaction.
 
-use super::{DEDUP_WINDOW_MS, Store, StoreError, decode, encode};
-use crate::clock;
-use crate::config::TriggerMode;
-use crate::ids::{BuildTypeId, ServerId, Sha, SourceId};
+use super::records::{decode, decode_mark, encode, encode_mark};
+use super::{DEDUP_WINDOW_MS, Store, StoreError};
+use crate::ids::{ServerId, SourceId};
+use crate::job::lifecycle::{self, Refused, Transition, Write};
+use crate::job::{Finish, Job, JobState};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-/// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting for its time, the rate limit or a free slot.
-    Pending,
-    /// The call to TeamCity is under way.
-    Inflight,
-    /// Failed for good; kept until an admin retries or removes it.
-    Dead,
-    /// TeamCity accepted it.
-    Done,
-}
-
-impl JobState {
-    /// The API spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Inflight => "inflight",
-            Self::Dead => "dead",
-            Self::Done => "done",
-        }
-    }
-
-    /// Parses the API spelling.
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "pending" => Some(Self::Pending),
-            "inflight" => Some(Self::Inflight),
-            "dead" => Some(Self::Dead),
-            "done" => Some(Self::Done),
-            _ => None,
-        }
-    }
-}
-
-/// Whose TeamCity token a job is sent with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenRef {
-    /// The pusher's registered token (by record id, never the token itself).
-    User(String),
-    /// The server's `service_token`.
-    Service,
-}
-
-/// One pending or finished TeamCity call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    /// Assigned by the store.
-    pub id: u64,
-    /// Lifecycle state.
-    pub state: JobState,
-    /// Bitbucket source of the push.
-    pub source: SourceId,
-    /// The delivery that made it.
-    pub delivery: String,
-    /// TeamCity server.
-    pub server: ServerId,
-    /// Build or commit-hook notification.
-    pub mode: TriggerMode,
-    /// Build configuration (build mode only).
-    pub build_type: Option<BuildTypeId>,
-    /// `PROJECT/repo` or `workspace/repo`.
-    pub repository: String,
-    /// The full ref pushed, e.g. `refs/heads/main`.
-    pub full_ref: String,
-    /// The `branchName` to send (logical or full, per route).
-    pub branch: String,
-    /// The pushed commit.
-    pub sha: Sha,
-    /// The pusher's name, for the build comment.
-    pub user: String,
-    /// Which token to send.
-    pub token: TokenRef,
-    /// Extra build parameters.
-    #[serde(default)]
-    pub properties: BTreeMap<String, String>,
-    /// VCS root to pin the revision on.
-    pub vcs_root_id: Option<String>,
-    /// Clone URLs (commit-hook mode).
-    #[serde(default)]
-    pub clone_urls: Vec<String>,
-    /// Calls made so far.
-    pub attempts: u32,
-    /// Creation time (ms).
-    pub created_at: u64,
-    /// Not before this time (ms).
-    pub next_attempt_at: u64,
-    /// The last failure, with TeamCity's text.
-    pub last_error: Option<String>,
-    /// Set when the job was in flight when bb2tc stopped.
-    #[serde(default)]
-    pub interrupted: bool,
-    /// TeamCity's queued build id.
-    pub build_id: Option<u64>,
-    /// TeamCity's link to the build.
-    pub web_url: Option<String>,
-    /// Something to know about a job that succeeded (e.g. TeamCity used another branch).
-    pub warning: Option<String>,
-    /// When it finished (done or dead), ms.
-    pub finished_at: Option<u64>,
-}
-
-impl Job {
-    /// The coalescing key: one waiting job per (server, build type, branch), or per
-    /// (server, repository) for commit-hook jobs, which check every branch anyway.
-    pub fn coalescing_key(&self) -> Vec<u8> {
-        match (&self.mode, &self.build_type) {
-            (TriggerMode::Build, Some(build_type)) => {
-                format!("{}\0build\0{}\0{}", self.server, build_type, self.branch)
-            }
-            _ => format!(
-                "{}\0hook\0{}",
-                self.server,
-                self.repository.to_ascii_lowercase()
-            ),
-        }
-        .into_bytes()
-    }
-
-    /// The job as the admin API shows it: times in RFC 3339.
-    pub fn to_api(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            for key in ["created_at", "next_attempt_at", "finished_at"] {
-                if let Some(ms) = map.get(key).and_then(|v| v.as_u64()) {
-                    map.insert(key.into(), clock::rfc3339(ms).into());
-                }
-            }
-            map.insert("id".into(), self.id.to_string().into());
-        }
-        value
-    }
-}
 
 /// A change that was not turned into a job, and why (shown in the 202 and the delivery log).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,41 +74,6 @@ pub enum RecordOutcome {
     },
 }
 
-/// How many jobs of one server are in one state, and since when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueStat {
-    /// Number of jobs.
-    pub count: usize,
-    /// Creation time (ms) of the oldest.
-    pub oldest_created_at: u64,
-}
-
-/// How a TeamCity call ended, for [`Store::finish_job`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum Finish {
-    /// TeamCity accepted the call.
-    Done {
-        /// Queued build id.
-        build_id: Option<u64>,
-        /// Link to the build.
-        web_url: Option<String>,
-        /// E.g. TeamCity used a different branch.
-        warning: Option<String>,
-    },
-    /// Try again after `delay`.
-    Retry {
-        /// Wait before the next attempt.
-        delay: std::time::Duration,
-        /// What went wrong.
-        error: String,
-    },
-    /// Give up.
-    Dead {
-        /// What went wrong.
-        error: String,
-    },
-}
-
 fn job_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
@@ -256,33 +82,86 @@ fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
 }
 
-fn read_job(tree: &TransactionalTree, id: u64) -> TxResult<Option<Job>> {
-    match tree.get(job_key(id))? {
-        Some(bytes) => decode(&bytes).map(Some).map_err(abort),
-        None => Ok(None),
+/// Keys of job records found unreadable inside a transaction, set aside after it.
+type Unreadable = RefCell<Vec<Vec<u8>>>;
+
+/// A job inside a transaction; one that cannot be decoded counts as absent and is noted.
+fn read_job(tree: &TransactionalTree, id: u64, bad: &Unreadable) -> TxResult<Option<Job>> {
+    let Some(bytes) = tree.get(job_key(id))? else {
+        return Ok(None);
+    };
+    match decode::<Job>(&bytes) {
+        Ok(job) => Ok(Some(job)),
+        Err(_) => {
+            bad.borrow_mut().push(job_key(id).to_vec());
+            Ok(None)
+        }
     }
 }
 
-fn write_job(tree: &TransactionalTree, job: &Job) -> TxResult<()> {
-    tree.insert(&job_key(job.id), encode(job).map_err(abort)?)?;
-    Ok(())
+/// The id of the newest job for `key`.
+fn latest_id(latest: &TransactionalTree, key: &[u8]) -> TxResult<Option<u64>> {
+    Ok(latest
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
 }
 
-/// Takes `id` out of the coalescing index if it is the job waiting for `key`.
-fn unindex(index: &TransactionalTree, key: &[u8], id: u64) -> TxResult<()> {
-    if index.get(key)?.as_deref() == Some(&job_key(id)[..]) {
-        index.remove(key)?;
+fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write]) -> TxResult<()> {
+    for write in writes {
+        match write {
+            Write::Put(job) => {
+                jobs.insert(&job_key(job.id), encode(job.as_ref()).map_err(abort)?)?;
+            }
+            Write::Delete(id) => {
+                jobs.remove(&job_key(*id))?;
+            }
+            Write::SetLatest { key, id } => {
+                latest.insert(key.as_slice(), &job_key(*id))?;
+            }
+            Write::ClearLatest { key } => {
+                latest.remove(key.as_slice())?;
+            }
+        }
     }
     Ok(())
 }
 
 fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
     stamp
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .is_some_and(|b| now.saturating_sub(u64::from_be_bytes(b)) < DEDUP_WINDOW_MS)
+        .as_deref()
+        .and_then(decode_mark)
+        .is_some_and(|first_seen| now.saturating_sub(first_seen) < DEDUP_WINDOW_MS)
+}
+
+/// Why a job could not be changed as asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unchanged {
+    /// There is no such job (removed, replaced, or unreadable and set aside).
+    Gone,
+    /// It is in another state than the change needs.
+    InState(JobState),
 }
 
 impl Store {
+    /// Counts the jobs a transaction wrote; `before` are the jobs it read.
+    fn count_writes(&self, before: &[&Job], writes: &[Write]) {
+        let find = |id: u64| before.iter().copied().find(|j| j.id == id);
+        for write in writes {
+            match write {
+                Write::Put(job) => self.stats.job_changed(find(job.id), Some(job)),
+                Write::Delete(id) => self.stats.job_changed(find(*id), None),
+                Write::SetLatest { .. } | Write::ClearLatest { .. } => {}
+            }
+        }
+    }
+
+    fn set_aside_jobs(&self, bad: Unreadable) {
+        for key in bad.into_inner() {
+            self.set_aside_if_unreadable::<Job>(&self.jobs, &key);
+        }
+    }
+
     /// Records a delivery and its jobs in one transaction: skips it when its id was seen
     /// (when `dedup_id`), skips changes already seen, and coalesces pending jobs.
     pub fn record_push(
@@ -292,23 +171,26 @@ impl Store {
         changes: &[ChangeJobs],
     ) -> Result<RecordOutcome, StoreError> {
         let now = delivery.received_at;
-        let outcome = (
+        let bad = Unreadable::default();
+        let result = (
             &self.deliveries,
             &self.seen_changes,
             &self.jobs,
-            &self.pending_index,
+            &self.latest,
         )
-            .transaction(|(deliveries, seen, jobs, index)| {
+            .transaction(|(deliveries, seen, jobs, latest)| {
+                bad.borrow_mut().clear();
                 if dedup_id
                     && let Some(old) = deliveries.get(delivery.id.as_bytes())?
                     && decode::<DeliveryRecord>(&old)
                         .is_ok_and(|d| now.saturating_sub(d.received_at) < DEDUP_WINDOW_MS)
                 {
-                    return Ok(RecordOutcome::Duplicate);
+                    return Ok((RecordOutcome::Duplicate, Vec::new()));
                 }
                 let mut record = delivery.clone();
                 let mut created = Vec::new();
                 let mut coalesced = Vec::new();
+                let mut transitions = Vec::new();
                 for change in changes {
                     if fresh(seen.get(change.seen_key.as_slice())?, now) {
                         record.skipped.push(Skipped {
@@ -317,35 +199,40 @@ impl Store {
                         });
                         continue;
                     }
-                    seen.insert(change.seen_key.as_slice(), &now.to_be_bytes())?;
+                    seen.insert(change.seen_key.as_slice(), &encode_mark(now))?;
                     for template in &change.jobs {
                         let mut job = template.clone();
                         job.id = jobs.generate_id()?;
-                        let key = job.coalescing_key();
-                        if let Some(old_id) = index.get(key.as_slice())? {
-                            let old_id = u64::from_be_bytes(
-                                <[u8; 8]>::try_from(old_id.as_ref()).unwrap_or_default(),
-                            );
-                            if let Some(old) = read_job(jobs, old_id)?
-                                && old.state == JobState::Pending
-                            {
-                                jobs.remove(&job_key(old_id))?;
-                                coalesced.push((old.server, old_id));
-                            }
+                        let newest = match latest_id(latest, &job.coalescing_key())? {
+                            Some(id) => read_job(jobs, id, &bad)?,
+                            None => None,
+                        };
+                        let t = lifecycle::enqueue(job.clone(), newest.as_ref());
+                        apply(jobs, latest, &t.writes)?;
+                        if let Some(old) = &t.coalesced {
+                            coalesced.push((old.server.clone(), old.id));
                         }
-                        index.insert(key.as_slice(), &job_key(job.id))?;
-                        write_job(jobs, &job)?;
                         created.push(job);
+                        transitions.push(t);
                     }
                 }
                 record.jobs = created.len();
                 deliveries.insert(delivery.id.as_bytes(), encode(&record).map_err(abort)?)?;
-                Ok(RecordOutcome::Recorded {
-                    jobs: created,
-                    coalesced,
-                    delivery: record,
-                })
-            })?;
+                Ok((
+                    RecordOutcome::Recorded {
+                        jobs: created,
+                        coalesced,
+                        delivery: record,
+                    },
+                    transitions,
+                ))
+            });
+        self.set_aside_jobs(bad);
+        let (outcome, transitions) = result?;
+        for t in &transitions {
+            let before: Vec<&Job> = t.coalesced.iter().collect();
+            self.count_writes(&before, &t.writes);
+        }
         Ok(outcome)
     }
 
@@ -357,119 +244,85 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a pending job in flight and takes it out of the coalescing index; `None` when
-    /// it is gone (coalesced, removed) or not pending.
-    pub fn claim_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        let claimed = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-            let Some(mut job) = read_job(jobs, id)? else {
-                return Ok(None);
+    /// Reads job `id` and the newest job id of its key, runs `decide`, applies its writes.
+    fn transition(
+        &self,
+        id: u64,
+        decide: impl Fn(&Job, Option<u64>, &TransactionalTree) -> TxResult<Result<Transition, Refused>>,
+    ) -> Result<Result<Transition, Unchanged>, StoreError> {
+        let bad = Unreadable::default();
+        let result = (&self.jobs, &self.latest).transaction(|(jobs, latest)| {
+            bad.borrow_mut().clear();
+            let Some(job) = read_job(jobs, id, &bad)? else {
+                return Ok(Err(Unchanged::Gone));
             };
-            if job.state != JobState::Pending {
-                return Ok(None);
+            let newest = latest_id(latest, &job.coalescing_key())?;
+            match decide(&job, newest, jobs)? {
+                Ok(t) => {
+                    apply(jobs, latest, &t.writes)?;
+                    Ok(Ok((job, t)))
+                }
+                Err(Refused::WrongState(state)) => Ok(Err(Unchanged::InState(state))),
             }
-            unindex(index, &job.coalescing_key(), id)?;
-            job.state = JobState::Inflight;
-            job.attempts += 1;
-            write_job(jobs, &job)?;
-            Ok(Some(job))
-        })?;
-        Ok(claimed)
+        });
+        self.set_aside_jobs(bad);
+        Ok(result?.map(|(before, t)| {
+            self.count_writes(&[&before], &t.writes);
+            t
+        }))
     }
 
-    /// Puts a claimed job back, unsent (on shutdown, before its call was made).
-    pub fn release_job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        let released = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-            let Some(mut job) = read_job(jobs, id)? else {
-                return Ok(None);
-            };
-            if job.state != JobState::Inflight {
-                return Ok(None);
-            }
-            let key = job.coalescing_key();
-            if index.get(key.as_slice())?.is_some() {
-                // A newer push for the same branch is waiting: it replaces this one.
-                jobs.remove(&job_key(id))?;
-                return Ok(None);
-            }
-            index.insert(key.as_slice(), &job_key(id))?;
-            job.state = JobState::Pending;
-            job.attempts = job.attempts.saturating_sub(1);
-            write_job(jobs, &job)?;
-            Ok(Some(job))
-        })?;
-        Ok(released)
+    /// Marks a pending job in flight (one more attempt); the job as claimed.
+    pub fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, _, _| Ok(lifecycle::claim(job)))?;
+        Ok(t.map(|t| t.job.expect("a claimed job is kept")))
     }
 
-    /// Stores how a call ended. A job to retry goes back to pending — unless a newer push
-    /// for the same key is already waiting, which then replaces it (returns `None`).
-    pub fn finish_job(&self, id: u64, finish: Finish) -> Result<Option<Job>, StoreError> {
-        let now = clock::now_ms();
-        let updated = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-            let Some(mut job) = read_job(jobs, id)? else {
-                return Ok(None);
-            };
-            job.interrupted = false;
-            match &finish {
-                Finish::Done {
-                    build_id,
-                    web_url,
-                    warning,
-                } => {
-                    job.state = JobState::Done;
-                    job.build_id = *build_id;
-                    job.web_url = web_url.clone();
-                    job.warning = warning.clone();
-                    job.finished_at = Some(now);
-                }
-                Finish::Dead { error } => {
-                    job.state = JobState::Dead;
-                    job.last_error = Some(error.clone());
-                    job.finished_at = Some(now);
-                }
-                Finish::Retry { delay, error } => {
-                    let key = job.coalescing_key();
-                    if index.get(key.as_slice())?.is_some() {
-                        jobs.remove(&job_key(id))?;
-                        return Ok(None);
-                    }
-                    index.insert(key.as_slice(), &job_key(id))?;
-                    job.state = JobState::Pending;
-                    job.next_attempt_at =
-                        now + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                    job.last_error = Some(error.clone());
-                }
-            }
-            write_job(jobs, &job)?;
-            Ok(Some(job))
+    /// Puts a claimed job back, unsent (on shutdown, before its call was made). `Ok(None)`
+    /// when it was dropped as superseded.
+    pub fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, newest, _| Ok(lifecycle::release(job, newest)))?;
+        Ok(t.map(|t| t.job))
+    }
+
+    /// A job whose call may have reached TeamCity (its task failed mid-call): pending again,
+    /// flagged so TeamCity is asked first. `Ok(None)` when dropped as superseded.
+    pub fn interrupt_job(
+        &self,
+        id: u64,
+        now: u64,
+    ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, newest, _| {
+            Ok(lifecycle::interrupted(job, newest, now))
         })?;
-        Ok(updated)
+        Ok(t.map(|t| t.job))
+    }
+
+    /// Stores how a call ended. `Ok(None)` when a job to retry was dropped as superseded.
+    pub fn finish_job(
+        &self,
+        id: u64,
+        finish: &Finish,
+        now: u64,
+    ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, newest, _| {
+            Ok(lifecycle::sent(job, finish, newest, now))
+        })?;
+        Ok(t.map(|t| t.job))
     }
 
     /// On start: jobs left in flight by a stopped process become pending again (flagged
-    /// `interrupted`). Returns every pending job.
-    pub fn resume_jobs(&self) -> Result<Vec<Job>, StoreError> {
+    /// `interrupted`), or are dropped when superseded. Returns every pending job.
+    pub fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
         let mut pending = Vec::new();
-        for item in self.jobs.iter() {
-            let (_, bytes) = item?;
-            let job: Job = decode(&bytes)?;
+        for item in self.records::<Job>(&self.jobs) {
+            let (_, job) = item?;
             match job.state {
                 JobState::Pending => pending.push(job),
                 JobState::Inflight => {
-                    let resumed =
-                        (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-                            let Some(mut job) = read_job(jobs, job.id)? else {
-                                return Ok(None);
-                            };
-                            job.state = JobState::Pending;
-                            job.interrupted = true;
-                            let key = job.coalescing_key();
-                            if index.get(key.as_slice())?.is_none() {
-                                index.insert(key.as_slice(), &job_key(job.id))?;
-                            }
-                            write_job(jobs, &job)?;
-                            Ok(Some(job))
-                        })?;
-                    pending.extend(resumed);
+                    if let Ok(Some(job)) = self.interrupt_job(job.id, now)? {
+                        pending.push(job);
+                    }
                 }
                 JobState::Dead | JobState::Done => {}
             }
@@ -477,60 +330,24 @@ impl Store {
         Ok(pending)
     }
 
-    /// Makes a dead job pending again, due now, with a fresh attempt count. `Ok(None)` when
-    /// there is no such job; `Err(state)` when it is not dead. A newer pending job for the
-    /// same branch takes precedence: the revived job then replaces nothing and is dropped
-    /// only if it was coalesced away later, like any other.
-    pub fn revive_job(&self, id: u64) -> Result<Option<Result<Job, JobState>>, StoreError> {
-        let now = clock::now_ms();
-        let revived = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-            let Some(mut job) = read_job(jobs, id)? else {
-                return Ok(None);
+    /// Makes a dead job pending again, due now, with a fresh attempt count.
+    pub fn revive_job(&self, id: u64, now: u64) -> Result<Result<Job, Unchanged>, StoreError> {
+        let bad = Unreadable::default();
+        let t = self.transition(id, |job, newest, jobs| {
+            let newest = match newest {
+                Some(newest) => read_job(jobs, newest, &bad)?,
+                None => None,
             };
-            if job.state != JobState::Dead {
-                return Ok(Some(Err(job.state)));
-            }
-            job.state = JobState::Pending;
-            job.attempts = 0;
-            job.next_attempt_at = now;
-            job.finished_at = None;
-            let key = job.coalescing_key();
-            if index.get(key.as_slice())?.is_none() {
-                index.insert(key.as_slice(), &job_key(id))?;
-            }
-            write_job(jobs, &job)?;
-            Ok(Some(Ok(job)))
+            Ok(lifecycle::revive(job, newest.as_ref(), now))
         })?;
-        Ok(revived)
+        self.set_aside_jobs(bad);
+        Ok(t.map(|t| t.job.expect("a revived job is kept")))
     }
 
     /// Deletes a job in any state; `false` when there was none.
     pub fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
-        let removed = (&self.jobs, &self.pending_index).transaction(|(jobs, index)| {
-            let Some(job) = read_job(jobs, id)? else {
-                return Ok(false);
-            };
-            unindex(index, &job.coalescing_key(), id)?;
-            jobs.remove(&job_key(id))?;
-            Ok(true)
-        })?;
-        Ok(removed)
-    }
-
-    /// Jobs per (server, state), with the oldest creation time of each group.
-    pub fn queue_stats(&self) -> Result<HashMap<(ServerId, JobState), QueueStat>, StoreError> {
-        let mut stats: HashMap<(ServerId, JobState), QueueStat> = HashMap::new();
-        for item in self.jobs.iter() {
-            let (_, bytes) = item?;
-            let job: Job = decode(&bytes)?;
-            let stat = stats.entry((job.server, job.state)).or_insert(QueueStat {
-                count: 0,
-                oldest_created_at: u64::MAX,
-            });
-            stat.count += 1;
-            stat.oldest_created_at = stat.oldest_created_at.min(job.created_at);
-        }
-        Ok(stats)
+        let t = self.transition(id, |job, newest, _| Ok(Ok(lifecycle::remove(job, newest))))?;
+        Ok(t.is_ok())
     }
 
     /// Whether a job is still stored (cheaper than reading it).
@@ -540,15 +357,14 @@ impl Store {
 
     /// One job.
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        self.jobs.get(job_key(id))?.map(|b| decode(&b)).transpose()
+        self.read_record(&self.jobs, &job_key(id))
     }
 
     /// Jobs, newest first, optionally of one state.
     pub fn list_jobs(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut out = Vec::new();
-        for item in self.jobs.iter().rev() {
-            let (_, bytes) = item?;
-            let job: Job = decode(&bytes)?;
+        for item in self.records_rev::<Job>(&self.jobs) {
+            let (_, job) = item?;
             if state.is_none_or(|s| s == job.state) {
                 out.push(job);
                 if out.len() >= limit {
@@ -562,52 +378,94 @@ impl Store {
     /// Recent deliveries, newest first.
     pub fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.deliveries.iter() {
-            let (_, bytes) = item?;
-            out.push(decode::<DeliveryRecord>(&bytes)?);
+        for item in self.records::<DeliveryRecord>(&self.deliveries) {
+            out.push(item?.1);
         }
         out.sort_by_key(|d| std::cmp::Reverse(d.received_at));
         out.truncate(limit);
         Ok(out)
     }
 
-    /// Drops de-duplication marks, delivery records and done jobs older than the window.
+    /// Drops de-duplication marks, delivery records and done jobs older than the window,
+    /// `PRUNE_BATCH` keys at a time. Returns how many records went.
     pub fn prune(&self, now: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
-        for item in self.seen_changes.iter() {
-            let (key, stamp) = item?;
-            if !fresh(Some(stamp), now) {
-                self.seen_changes.remove(key)?;
-                removed += 1;
-            }
-        }
-        for item in self.deliveries.iter() {
-            let (key, bytes) = item?;
-            let old = decode::<DeliveryRecord>(&bytes)
-                .map(|d| now.saturating_sub(d.received_at) >= DEDUP_WINDOW_MS)
-                .unwrap_or(true);
-            if old {
-                self.deliveries.remove(key)?;
-                removed += 1;
-            }
-        }
+        let old = |at: u64| now.saturating_sub(at) >= DEDUP_WINDOW_MS;
+        removed += prune_tree(&self.seen_changes, |_, value| {
+            decode_mark(value).is_none_or(old)
+        })?;
+        removed += prune_tree(&self.deliveries, |_, value| {
+            decode::<DeliveryRecord>(value).map_or(true, |d| old(d.received_at))
+        })?;
+        let mut done = Vec::new();
         for item in self.jobs.iter() {
-            let (key, bytes) = item?;
-            let job: Job = decode(&bytes)?;
-            if job.state == JobState::Done
-                && now.saturating_sub(job.finished_at.unwrap_or(0)) >= DEDUP_WINDOW_MS
+            let (key, value) = item?;
+            if let Ok(job) = decode::<Job>(&value)
+                && job.state == JobState::Done
+                && old(job.finished_at.unwrap_or(0))
             {
-                self.jobs.remove(key)?;
-                removed += 1;
+                done.push(job.id);
+                if done.len() >= PRUNE_BATCH {
+                    removed += self.remove_done(&mut done)?;
+                }
             }
+            drop(key);
+        }
+        removed += self.remove_done(&mut done)?;
+        Ok(removed)
+    }
+
+    fn remove_done(&self, ids: &mut Vec<u64>) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for id in ids.drain(..) {
+            removed += usize::from(self.remove_job(id)?);
         }
         Ok(removed)
     }
+
+    /// Queue depth and oldest pending job per server, tokens per status (maintained counts).
+    pub fn stats(&self) -> super::stats::StatsSnapshot {
+        self.stats.snapshot()
+    }
+}
+
+/// How many keys pruning collects before removing them.
+const PRUNE_BATCH: usize = 1000;
+
+/// Removes the entries of `tree` that `expired` says are, in batches.
+fn prune_tree(
+    tree: &sled::Tree,
+    expired: impl Fn(&[u8], &[u8]) -> bool,
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    let mut batch = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item?;
+        if expired(&key, &value) {
+            batch.push(key);
+            if batch.len() >= PRUNE_BATCH {
+                removed += remove_keys(tree, &mut batch)?;
+            }
+        }
+    }
+    removed += remove_keys(tree, &mut batch)?;
+    Ok(removed)
+}
+
+fn remove_keys(tree: &sled::Tree, keys: &mut Vec<sled::IVec>) -> Result<usize, StoreError> {
+    let mut batch = sled::Batch::default();
+    let n = keys.len();
+    for key in keys.drain(..) {
+        batch.remove(key);
+    }
+    tree.apply_batch(batch)?;
+    Ok(n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock;
     use crate::store::test_support::{job, temp_store};
 
     fn delivery(id: &str) -> DeliveryRecord {
@@ -667,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn newer_push_replaces_pending_job_but_not_inflight() {
+    fn newer_push_replaces_pending_job_and_supersedes_inflight() {
         let (_dir, store) = temp_store();
         let (first, ..) = recorded(
             store
@@ -681,7 +539,7 @@ mod tests {
         );
         assert_eq!(coalesced, vec![(ServerId::new("main"), first[0].id)]);
         assert!(store.job(first[0].id).unwrap().is_none());
-        assert!(store.claim_job(first[0].id).unwrap().is_none());
+        assert_eq!(store.claim_job(first[0].id).unwrap(), Err(Unchanged::Gone));
 
         let claimed = store.claim_job(second[0].id).unwrap().unwrap();
         assert_eq!((claimed.state, claimed.attempts), (JobState::Inflight, 1));
@@ -691,16 +549,34 @@ mod tests {
                 .unwrap(),
         );
         assert!(coalesced.is_empty(), "an in-flight job is not replaced");
-        // The in-flight job fails and would retry, but a newer one waits: it is dropped.
+        // The newer job is claimed too; the older one's call fails and would be retried:
+        // it is dropped, so the older commit is not built after the newer one.
+        store.claim_job(third[0].id).unwrap().unwrap();
         let retry = Finish::Retry {
             delay: std::time::Duration::ZERO,
             error: "503".into(),
         };
-        assert!(store.finish_job(second[0].id, retry).unwrap().is_none());
         assert_eq!(
-            store.list_jobs(Some(JobState::Pending), 10).unwrap()[0].id,
-            third[0].id
+            store.finish_job(second[0].id, &retry, now()).unwrap(),
+            Ok(None)
         );
+        assert!(store.job(second[0].id).unwrap().is_none());
+        assert_eq!(
+            store
+                .list_jobs(None, 10)
+                .unwrap()
+                .iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>(),
+            vec![third[0].id]
+        );
+        let depth = store.stats().jobs;
+        assert_eq!(depth[&(ServerId::new("main"), JobState::Inflight)].count, 1);
+        assert_eq!(depth[&(ServerId::new("main"), JobState::Pending)].count, 0);
+    }
+
+    fn now() -> u64 {
+        clock::now_ms()
     }
 
     #[test]
@@ -718,29 +594,26 @@ mod tests {
         for job in &jobs {
             store.claim_job(job.id).unwrap().unwrap();
         }
+        let retry = Finish::Retry {
+            delay: std::time::Duration::from_secs(42),
+            error: "timeout".into(),
+        };
         let retried = store
-            .finish_job(
-                jobs[0].id,
-                Finish::Retry {
-                    delay: std::time::Duration::from_secs(42),
-                    error: "timeout".into(),
-                },
-            )
+            .finish_job(jobs[0].id, &retry, 1_000)
+            .unwrap()
             .unwrap()
             .unwrap();
         assert_eq!(retried.state, JobState::Pending);
-        assert!(retried.next_attempt_at >= clock::now_ms() + 41_000);
+        assert_eq!(retried.next_attempt_at, 43_000);
         let done = Finish::Done {
             build_id: Some(7),
             web_url: None,
             warning: None,
         };
-        assert_eq!(
-            store.finish_job(jobs[1].id, done).unwrap().unwrap().state,
-            JobState::Done
-        );
+        let done = store.finish_job(jobs[1].id, &done, now()).unwrap();
+        assert_eq!(done.unwrap().unwrap().state, JobState::Done);
         // jobs[2] stays in flight, as if the process died during the call.
-        let resumed = store.resume_jobs().unwrap();
+        let resumed = store.resume_jobs(now()).unwrap();
         let ids: Vec<u64> = resumed.iter().map(|j| j.id).collect();
         assert_eq!(ids, vec![jobs[0].id, jobs[2].id]);
         assert!(resumed[1].interrupted && !resumed[0].interrupted);
@@ -748,8 +621,57 @@ mod tests {
             error: "400 bad".into(),
         };
         store.claim_job(jobs[0].id).unwrap().unwrap();
-        let dead = store.finish_job(jobs[0].id, dead).unwrap().unwrap();
+        let dead = store
+            .finish_job(jobs[0].id, &dead, now())
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(dead.last_error.as_deref(), Some("400 bad"));
         assert_eq!(store.list_jobs(Some(JobState::Dead), 10).unwrap().len(), 1);
+        let revived = store.revive_job(jobs[0].id, 5).unwrap().unwrap();
+        assert_eq!(
+            (revived.state, revived.attempts, revived.next_attempt_at),
+            (JobState::Pending, 0, 5)
+        );
+        assert_eq!(
+            store.revive_job(jobs[1].id, 5).unwrap(),
+            Err(Unchanged::InState(JobState::Done))
+        );
+        assert!(store.remove_job(jobs[1].id).unwrap());
+        assert!(!store.remove_job(jobs[1].id).unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_job_is_set_aside_and_counted_not_fatal() {
+        let (_dir, store) = temp_store();
+        let (jobs, ..) = recorded(
+            store
+                .record_push(&delivery("1"), true, &[change("a", 'a'), change("b", 'b')])
+                .unwrap(),
+        );
+        store
+            .jobs
+            .insert(job_key(jobs[0].id), &[1u8, 0xff, 0xff, 0xff][..])
+            .unwrap();
+        let listed = store.list_jobs(None, 10).unwrap();
+        assert_eq!(
+            listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![jobs[1].id]
+        );
+        assert_eq!(store.stats().unreadable, 1);
+        assert!(store.jobs.get(job_key(jobs[0].id)).unwrap().is_none());
+        let key = [b"jobs\0".as_slice(), &job_key(jobs[0].id)].concat();
+        assert_eq!(
+            store.unreadable.get(key).unwrap().as_deref(),
+            Some(&[1u8, 0xff, 0xff, 0xff][..])
+        );
+        // A record of a newer bb2tc inside a transaction: the claim treats it as gone.
+        store
+            .jobs
+            .insert(job_key(jobs[1].id), &[9u8, 1, 2][..])
+            .unwrap();
+        assert_eq!(store.claim_job(jobs[1].id).unwrap(), Err(Unchanged::Gone));
+        assert_eq!(store.stats().unreadable, 2);
+        assert!(store.resume_jobs(now()).unwrap().is_empty());
     }
 }

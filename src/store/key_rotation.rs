@@ -6,7 +6,8 @@
 //! to `master.key.new`, then rotates the store, then renames the file over `master.key`; a
 //! start that finds the store already under the new key completes that rename.
 
-use super::{Store, StoreError, TokenCipher, decode, encode, io_error, tokens::StoredToken};
+use super::records::{decode, encode};
+use super::{Store, StoreError, TokenCipher, io_error, tokens::StoredToken};
 use crate::config::StorageSettings;
 use crate::ids::Secret;
 use sled::Transactional;
@@ -160,7 +161,7 @@ mod tests {
         let store = Store::open(&settings).unwrap();
         for (id, user) in ids.iter().zip(["a", "b", "c"]) {
             assert_eq!(
-                store.token_secret(id).unwrap().unwrap().expose(),
+                store.token_secret(id).unwrap().unwrap().0.expose(),
                 format!("token-of-{user}")
             );
         }
@@ -186,7 +187,7 @@ mod tests {
         }
         let store = Store::open(&settings).unwrap();
         assert_eq!(
-            store.token_secret(&ids[0]).unwrap().unwrap().expose(),
+            store.token_secret(&ids[0]).unwrap().unwrap().0.expose(),
             "token-of-a"
         );
         assert_eq!(
@@ -221,7 +222,7 @@ mod tests {
         };
         let store = Store::open(&new).unwrap();
         assert_eq!(
-            store.token_secret(&ids[2]).unwrap().unwrap().expose(),
+            store.token_secret(&ids[2]).unwrap().unwrap().0.expose(),
             "token-of-c"
         );
     }

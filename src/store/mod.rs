@@ -3,12 +3,19 @@
 //! Trees:
 //! - `tokens`: token id → the token record (the token itself sealed, see `crypto`)
 //! - `token_index`: `source \0 user key \0 server` → token id
-//! - `jobs`: job id (u64, big-endian, so iteration is oldest first) → [`jobs::Job`]
-//! - `pending_index`: coalescing key → id of the job still waiting for that key
+//! - `jobs`: job id (u64, big-endian, so iteration is oldest first) → [`Job`]
+//! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key
 //! - `deliveries`: delivery id → [`jobs::DeliveryRecord`]
-//! - `seen_changes`: `source \0 repository \0 ref \0 sha` → first-seen time (u64 ms)
+//! - `seen_changes`: `source \0 repository \0 ref \0 sha` → de-duplication mark (first seen)
 //! - `sessions`: SHA-256 of a token-page session cookie → [`sessions::Session`]
-//! - `meta`: the master-key check value and the admin token hash
+//! - `unreadable`: `tree \0 key` → the bytes of a record that could not be read, set aside
+//! - `meta`: the store's format version, the master-key check value, the admin token hash
+//!   and the store's id
+//!
+//! Records carry a format version (`records`); a store of an older bb2tc is migrated when
+//! it opens (`migrate`). A record that cannot be read is moved to `unreadable`, counted
+//! (`bb2tc_store_unreadable_records`) and logged — never a reason to fail a start or a
+//! listing. Queue depths and token counts are kept up to date with each write (`stats`).
 //!
 //! Writes that must survive a crash go through [`Store::commit`] (flush + fsync, shared
 //! between concurrent callers; see `group_commit`).
@@ -17,16 +24,21 @@ mod crypto;
 mod group_commit;
 pub mod jobs;
 mod key_rotation;
+mod migrate;
+mod records;
 pub mod sessions;
+pub mod stats;
 pub mod tokens;
 
+pub use crate::job::{Finish, Job, JobState, TokenRef};
 pub use crypto::TokenCipher;
-pub use jobs::{DeliveryRecord, Finish, Job, JobState, RecordOutcome, Skipped, TokenRef};
+pub use jobs::{DeliveryRecord, RecordOutcome, Skipped, Unchanged};
 pub use sessions::{Principal, Session};
 pub use tokens::{TokenFilter, TokenInfo, TokenStatus};
 
 use crate::config::StorageSettings;
 use group_commit::GroupCommit;
+use sled::Transactional;
 use std::path::{Path, PathBuf};
 
 /// sled's page cache. Its default (1 GiB) would let a large backlog grow the process; jobs
@@ -89,13 +101,16 @@ pub struct Store {
     tokens: sled::Tree,
     token_index: sled::Tree,
     jobs: sled::Tree,
-    pending_index: sled::Tree,
+    latest: sled::Tree,
     deliveries: sled::Tree,
     seen_changes: sled::Tree,
     sessions: sled::Tree,
+    unreadable: sled::Tree,
     meta: sled::Tree,
     cipher: TokenCipher,
     committer: GroupCommit,
+    stats: stats::Stats,
+    id: String,
 }
 
 impl Store {
@@ -105,22 +120,139 @@ impl Store {
         std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
         let db = open_sled(&path)?;
         let meta = db.open_tree("meta")?;
+        let unreadable = db.open_tree("unreadable")?;
+        migrate::migrate(&db, &meta, &unreadable)?;
         let cipher = key_rotation::open_cipher(settings, &meta)?;
+        let id = store_id(&meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
         let store = Self {
             tokens: db.open_tree("tokens")?,
             token_index: db.open_tree("token_index")?,
             jobs: db.open_tree("jobs")?,
-            pending_index: db.open_tree("pending_index")?,
+            latest: db.open_tree("latest_jobs")?,
             deliveries: db.open_tree("deliveries")?,
             seen_changes: db.open_tree("seen_changes")?,
             sessions: db.open_tree("sessions")?,
+            unreadable,
             meta,
             path,
             cipher,
             committer,
+            stats: stats::Stats::default(),
+            id,
         };
+        store.count_all()?;
         Ok(store)
+    }
+
+    /// This store's id: random, made when it was created, kept for good. Build comments
+    /// carry it with the job id, so a job is recognised in TeamCity even when several
+    /// bb2tc installations share one TeamCity server.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Counts jobs, tokens and set-aside records once, at open.
+    fn count_all(&self) -> Result<(), StoreError> {
+        self.stats.set_aside(self.unreadable.len());
+        for item in self.records::<Job>(&self.jobs) {
+            self.stats.job_changed(None, Some(&item?.1));
+        }
+        for item in self.records::<tokens::StoredToken>(&self.tokens) {
+            self.stats.token_changed(None, Some(item?.1.status()));
+        }
+        Ok(())
+    }
+
+    /// A record by key; one that cannot be read is set aside and reads as absent.
+    fn read_record<T: records::Record>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = tree.get(key)? else {
+            return Ok(None);
+        };
+        match records::decode(&bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                self.set_aside(tree, key, &bytes, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every readable record of `tree` in key order; unreadable ones are set aside.
+    fn records<'a, T: records::Record + 'a>(
+        &'a self,
+        tree: &'a sled::Tree,
+    ) -> impl Iterator<Item = Result<(sled::IVec, T), StoreError>> + 'a {
+        tree.iter()
+            .filter_map(move |item| self.readable(tree, item))
+    }
+
+    /// [`records`](Self::records), newest key first.
+    fn records_rev<'a, T: records::Record + 'a>(
+        &'a self,
+        tree: &'a sled::Tree,
+    ) -> impl Iterator<Item = Result<(sled::IVec, T), StoreError>> + 'a {
+        tree.iter()
+            .rev()
+            .filter_map(move |item| self.readable(tree, item))
+    }
+
+    fn readable<T: records::Record>(
+        &self,
+        tree: &sled::Tree,
+        item: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Option<Result<(sled::IVec, T), StoreError>> {
+        match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((key, bytes)) => match records::decode(&bytes) {
+                Ok(record) => Some(Ok((key, record))),
+                Err(e) => {
+                    self.set_aside(tree, &key, &bytes, &e);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Sets the record at `key` aside if it (still) cannot be read as a `T`.
+    fn set_aside_if_unreadable<T: records::Record>(&self, tree: &sled::Tree, key: &[u8]) {
+        if let Ok(Some(bytes)) = tree.get(key)
+            && let Err(e) = records::decode::<T>(&bytes)
+        {
+            self.set_aside(tree, key, &bytes, &e);
+        }
+    }
+
+    /// Moves a record that cannot be read to `unreadable`, counts and logs it. Failing to
+    /// move it is logged too: the record then stays and is skipped again next time.
+    fn set_aside(&self, tree: &sled::Tree, key: &[u8], bytes: &[u8], error: &StoreError) {
+        let name = String::from_utf8_lossy(&tree.name()).into_owned();
+        let moved = (tree, &self.unreadable).transaction(|(tree, unreadable)| {
+            if tree.get(key)?.as_deref() != Some(bytes) {
+                return Ok(false); // changed meanwhile
+            }
+            unreadable.insert(unreadable_key(&name, key), bytes)?;
+            tree.remove(key)?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(true)
+        });
+        match moved {
+            Ok(true) => {
+                self.stats.set_aside(1);
+                tracing::error!(
+                    tree = %name, key = %printable(key), %error,
+                    "set aside a record that cannot be read (tree \"unreadable\")"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                tree = %name, key = %printable(key), error = %e,
+                "cannot set aside a record that cannot be read"
+            ),
+        }
     }
 
     /// The store directory.
@@ -195,14 +327,29 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     }
 }
 
-/// Records are stored as postcard, a compact binary form of the same serde types: about
-/// half the bytes of JSON, which is what every durable write pays for.
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// The key under which a record of `tree` is set aside.
+fn unreadable_key(tree: &str, key: &[u8]) -> Vec<u8> {
+    [tree.as_bytes(), b"\0", key].concat()
 }
 
-fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+/// A key for a log line: text when it is text, else hex (job ids, hashes).
+fn printable(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) if !text.chars().any(|c| c != '\0' && c.is_control()) => text.replace('\0', "/"),
+        _ => hex::encode(key),
+    }
+}
+
+const STORE_ID: &[u8] = b"store_id";
+
+fn store_id(meta: &sled::Tree) -> Result<String, StoreError> {
+    if let Some(id) = meta.get(STORE_ID)? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let id = hex::encode(rand::random::<[u8; 4]>());
+    meta.insert(STORE_ID, id.as_bytes())?;
+    meta.flush()?;
+    Ok(id)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! not hold anything a browser could present. Sessions are durable: they survive a restart
 //! and end at their expiry or at sign-out.
 
-use super::{Store, StoreError, decode, encode};
+use super::records::{decode, encode};
+use super::{Store, StoreError};
 use crate::clock;
 use crate::ids::{SourceId, UserKey};
 use base64::Engine;

@@ -3,14 +3,15 @@
 //! The token is sealed under the master key with the record id as associated data; the
 //! record's other fields are plain. [`TokenInfo`] is what the API shows: it has no token.
 
-use super::{Store, StoreError, decode, encode};
+use super::records::{decode, encode};
+use super::{Store, StoreError};
 use crate::clock;
 use crate::ids::{ServerId, SourceId, TeamCityToken, UserKey};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
 /// Whether TeamCity accepted the token the last time it was used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TokenStatus {
     /// TeamCity accepted it.
@@ -32,7 +33,7 @@ impl TokenStatus {
     }
 }
 
-/// The stored record.
+/// The stored record (format version 1, see `records`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct StoredToken {
     pub(super) id: String,
@@ -46,6 +47,50 @@ pub(super) struct StoredToken {
     last_authenticated_at: Option<u64>,
     status: TokenStatus,
     pub(super) sealed: String,
+    /// How often the token under this id was replaced: TeamCity's verdict on a call counts
+    /// only for the revision that was sent (a replacement keeps the id).
+    revision: u64,
+}
+
+/// The token record of bb2tc up to a84aaec (format version 0): no revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct StoredTokenV0 {
+    id: String,
+    source: SourceId,
+    user: String,
+    user_key: UserKey,
+    server: ServerId,
+    teamcity: String,
+    teamcity_user: Option<String>,
+    added_at: u64,
+    last_authenticated_at: Option<u64>,
+    status: TokenStatus,
+    sealed: String,
+}
+
+impl StoredToken {
+    pub(super) fn status(&self) -> TokenStatus {
+        self.status
+    }
+}
+
+impl From<StoredTokenV0> for StoredToken {
+    fn from(v0: StoredTokenV0) -> Self {
+        Self {
+            id: v0.id,
+            source: v0.source,
+            user: v0.user,
+            user_key: v0.user_key,
+            server: v0.server,
+            teamcity: v0.teamcity,
+            teamcity_user: v0.teamcity_user,
+            added_at: v0.added_at,
+            last_authenticated_at: v0.last_authenticated_at,
+            status: v0.status,
+            sealed: v0.sealed,
+            revision: 0,
+        }
+    }
 }
 
 /// A token record as the API shows it (SPEC §8); never contains the token.
@@ -133,9 +178,13 @@ impl Store {
         let key = index_key(new.source, &user_key, new.server);
         let existing = self.token_index.get(&key)?;
         let replaced = existing.is_some();
-        let id = match existing {
-            Some(id) => String::from_utf8_lossy(&id).into_owned(),
-            None => random_id(),
+        let (id, revision) = match existing {
+            Some(id) => {
+                let previous = self.stored_token(&id)?;
+                let id = String::from_utf8_lossy(&id).into_owned();
+                (id, previous.map_or(0, |p| p.revision.wrapping_add(1)))
+            }
+            None => (random_id(), 0),
         };
         let record = StoredToken {
             sealed: self
@@ -151,13 +200,17 @@ impl Store {
             added_at: clock::now_ms(),
             last_authenticated_at: None,
             status: new.status,
+            revision,
         };
         let bytes = encode(&record)?;
-        (&self.tokens, &self.token_index).transaction(|(tokens, index)| {
-            tokens.insert(id.as_bytes(), bytes.as_slice())?;
+        let previous = (&self.tokens, &self.token_index).transaction(|(tokens, index)| {
+            let previous = tokens.insert(id.as_bytes(), bytes.as_slice())?;
             index.insert(key.as_slice(), id.as_bytes())?;
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(previous)
         })?;
+        let previous = previous.and_then(|b| decode::<StoredToken>(&b).ok());
+        self.stats
+            .token_changed(previous.map(|p| p.status), Some(record.status));
         self.commit().await?;
         Ok((TokenInfo::from(&record), replaced))
     }
@@ -179,14 +232,15 @@ impl Store {
         Ok(None)
     }
 
-    /// Decrypts a token for a TeamCity call; `None` when it was removed.
-    pub fn token_secret(&self, id: &str) -> Result<Option<TeamCityToken>, StoreError> {
+    /// Decrypts a token for a TeamCity call, with the revision to report TeamCity's verdict
+    /// on; `None` when it was removed.
+    pub fn token_secret(&self, id: &str) -> Result<Option<(TeamCityToken, u64)>, StoreError> {
         let Some(record) = self.stored_token(id.as_bytes())? else {
             return Ok(None);
         };
         let plain = self.cipher.open(record.id.as_bytes(), &record.sealed)?;
         let text = String::from_utf8(plain).map_err(|_| StoreError::Crypto)?;
-        Ok(Some(TeamCityToken::new(text)))
+        Ok(Some((TeamCityToken::new(text), record.revision)))
     }
 
     /// One token's record.
@@ -200,9 +254,8 @@ impl Store {
     /// Lists tokens, oldest first.
     pub fn list_tokens(&self, filter: &TokenFilter) -> Result<Vec<TokenInfo>, StoreError> {
         let mut out = Vec::new();
-        for item in self.tokens.iter() {
-            let (_, bytes) = item?;
-            let record: StoredToken = decode(&bytes)?;
+        for item in self.records::<StoredToken>(&self.tokens) {
+            let (_, record) = item?;
             let keep = filter.source.as_ref().is_none_or(|s| s == &record.source)
                 && filter.user.as_ref().is_none_or(|u| u == &record.user_key)
                 && filter.server.as_ref().is_none_or(|s| s == &record.server);
@@ -220,40 +273,54 @@ impl Store {
             return Ok(false);
         };
         let key = index_key(&record.source, &record.user_key, &record.server);
-        (&self.tokens, &self.token_index).transaction(|(tokens, index)| {
-            tokens.remove(id.as_bytes())?;
+        let removed = (&self.tokens, &self.token_index).transaction(|(tokens, index)| {
+            let removed = tokens.remove(id.as_bytes())?;
             if index.get(key.as_slice())?.as_deref() == Some(id.as_bytes()) {
                 index.remove(key.as_slice())?;
             }
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(())
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(removed)
         })?;
+        if let Some(removed) = removed.and_then(|b| decode::<StoredToken>(&b).ok()) {
+            self.stats.token_changed(Some(removed.status), None);
+        }
         self.commit().await?;
         Ok(true)
     }
 
-    /// Records TeamCity's verdict on a token after a call: accepted (stamps *last
-    /// authenticated*) or rejected with 401.
-    pub fn mark_token(&self, id: &str, accepted: bool) -> Result<(), StoreError> {
+    /// Records TeamCity's verdict on a token after a call made with `revision` of it:
+    /// accepted (stamps *last authenticated*) or rejected with 401. A verdict on a revision
+    /// that was replaced since says nothing about the new token and is dropped.
+    pub fn mark_token(&self, id: &str, revision: u64, accepted: bool) -> Result<(), StoreError> {
         let now = clock::now_ms();
+        let mut change = None;
         self.tokens.fetch_and_update(id.as_bytes(), |old| {
             // A removed token stays removed; a record that cannot be read is left as it is.
+            change = None;
             let old = old?;
             let Ok(mut record) = decode::<StoredToken>(old) else {
                 return Some(old.to_vec());
             };
+            if record.revision != revision {
+                return Some(old.to_vec());
+            }
+            let before = record.status;
             if accepted {
                 record.status = TokenStatus::Valid;
                 record.last_authenticated_at = Some(now);
             } else {
                 record.status = TokenStatus::Invalid;
             }
+            change = Some((before, record.status));
             Some(encode(&record).unwrap_or_else(|_| old.to_vec()))
         })?;
+        if let Some((before, after)) = change {
+            self.stats.token_changed(Some(before), Some(after));
+        }
         Ok(())
     }
 
     fn stored_token(&self, id: &[u8]) -> Result<Option<StoredToken>, StoreError> {
-        self.tokens.get(id)?.map(|b| decode(&b)).transpose()
+        self.read_record(&self.tokens, id)
     }
 }
 
@@ -311,17 +378,27 @@ mod tests {
         assert!(replaced);
         assert_eq!(again.id, info.id);
         assert_eq!(
-            store.token_secret(&info.id).unwrap().unwrap().expose(),
+            store.token_secret(&info.id).unwrap().unwrap().0.expose(),
             "second-token"
         );
         assert_eq!(store.list_tokens(&TokenFilter::default()).unwrap().len(), 1);
 
-        store.mark_token(&info.id, false).unwrap();
+        // A 401 for the first token (revision 0), answered after it was replaced, says
+        // nothing about the second one.
+        store.mark_token(&info.id, 0, false).unwrap();
+        assert_eq!(
+            store.list_tokens(&TokenFilter::default()).unwrap()[0].status,
+            TokenStatus::Valid
+        );
+        let revision = store.token_secret(&info.id).unwrap().unwrap().1;
+        assert_eq!(revision, 1);
+        store.mark_token(&info.id, revision, false).unwrap();
         assert_eq!(
             store.list_tokens(&TokenFilter::default()).unwrap()[0].status,
             TokenStatus::Invalid
         );
-        store.mark_token(&info.id, true).unwrap();
+        assert_eq!(store.stats().tokens[&TokenStatus::Invalid], 1);
+        store.mark_token(&info.id, revision, true).unwrap();
         let listed = store.list_tokens(&TokenFilter::default()).unwrap();
         assert_eq!(listed[0].status, TokenStatus::Valid);
         assert!(listed[0].last_authenticated_at.is_some());

@@ -433,3 +433,20 @@ pub fn dc_payload(user: &str, repository: &str, changes: &[(&str, &str, &str)]) 
 pub fn sha(n: u32) -> String {
     format!("{:08x}", n | 0x8000_0000).repeat(5)
 }
+
+/// The text of a build request's comment before its job mark, checking that the comment
+/// ends with one (SPEC §6): `… (bb2tc job <8 hex store id>-<job id>)`.
+pub fn comment_without_mark(request: &serde_json::Value) -> String {
+    let text = request["comment"]["text"].as_str().expect("a comment");
+    let (push, mark) = text
+        .rsplit_once(" (bb2tc job ")
+        .unwrap_or_else(|| panic!("no job mark in {text:?}"));
+    let mark = mark.strip_suffix(')').expect("mark ends the comment");
+    let (store, job) = mark.split_once('-').expect("store id and job id");
+    assert!(
+        store.len() == 8 && store.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+    assert!(job.parse::<u64>().is_ok(), "{text}");
+    push.to_owned()
+}

@@ -1,0 +1,428 @@
+//! The job lifecycle as pure functions of (job, event, what the store knows, now): each
+//! returns the writes to make, and the store applies them in one transaction. Nothing here
+//! touches the store, the clock or the network, so every transition — and every race the
+//! store's indexes must settle — is a plain unit test.
+//!
+//! ```text
+//!            enqueue ──▶ pending ──claim──▶ inflight ──sent: done──▶ done
+//!     (a newer push       ▲  │                 │  │ └──sent: dead──▶ dead ──revive──▶ pending
+//!      replaces it)       │  └──coalesced      │  └─release / interrupted──▶ pending
+//!                         └────sent: retry─────┘      (unless superseded: dropped)
+//! ```
+//!
+//! **The latest job of a key.** For each coalescing key (server, build type, branch) the
+//! store keeps the id of the newest job enqueued for it. A pending job that is not the
+//! newest is replaced at once (coalescing, SPEC §5.3). A job that was in flight when a newer
+//! one arrived is *superseded*: if its call fails and would be retried, or it is put back
+//! unsent, it is dropped instead, so an older commit is never built after a newer one.
+
+use super::{Finish, Job, JobState};
+
+/// One change to make to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Store this job (new or changed).
+    Put(Box<Job>),
+    /// Delete the job with this id.
+    Delete(u64),
+    /// This job is now the newest for its coalescing key.
+    SetLatest {
+        /// The coalescing key.
+        key: Vec<u8>,
+        /// The job.
+        id: u64,
+    },
+    /// Nothing is the newest for this key any more.
+    ClearLatest {
+        /// The coalescing key.
+        key: Vec<u8>,
+    },
+}
+
+/// Why an event does not apply to a job (the caller leaves the job as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The job is not in the state the event needs; it holds the state it is in.
+    WrongState(JobState),
+}
+
+/// What an event does: the writes, and what the caller should know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The writes, in order.
+    pub writes: Vec<Write>,
+    /// The job as it is afterwards; `None` when it was dropped.
+    pub job: Option<Job>,
+    /// A pending job replaced by this one (enqueue only).
+    pub coalesced: Option<Job>,
+}
+
+impl Transition {
+    fn put(job: Job) -> Self {
+        Self {
+            writes: vec![Write::Put(Box::new(job.clone()))],
+            job: Some(job),
+            coalesced: None,
+        }
+    }
+
+    fn drop_superseded(job: &Job) -> Self {
+        // The newest job of the key is another one: the index stays as it is.
+        Self {
+            writes: vec![Write::Delete(job.id)],
+            job: None,
+            coalesced: None,
+        }
+    }
+}
+
+fn require(job: &Job, state: JobState) -> Result<(), Refused> {
+    if job.state == state {
+        Ok(())
+    } else {
+        Err(Refused::WrongState(job.state))
+    }
+}
+
+/// Whether a newer job was enqueued for `job`'s key. `latest` is the newest job id the
+/// store has for that key (`None`: none recorded, e.g. removed by an admin).
+fn superseded(job: &Job, latest: Option<u64>) -> bool {
+    latest.is_some_and(|id| id != job.id)
+}
+
+/// A new job (its id assigned) for a key whose newest job is `latest`: that one is replaced
+/// when it is still pending; one in flight or finished is left alone.
+pub fn enqueue(job: Job, latest: Option<&Job>) -> Transition {
+    let key = job.coalescing_key();
+    let mut writes = Vec::new();
+    let mut coalesced = None;
+    if let Some(old) = latest
+        && old.state == JobState::Pending
+        && old.id != job.id
+    {
+        writes.push(Write::Delete(old.id));
+        coalesced = Some(old.clone());
+    }
+    writes.push(Write::Put(Box::new(job.clone())));
+    writes.push(Write::SetLatest { key, id: job.id });
+    Transition {
+        writes,
+        job: Some(job),
+        coalesced,
+    }
+}
+
+/// The worker takes a pending job to send it: in flight, one more attempt.
+pub fn claim(job: &Job) -> Result<Transition, Refused> {
+    require(job, JobState::Pending)?;
+    let mut job = job.clone();
+    job.state = JobState::Inflight;
+    job.attempts += 1;
+    Ok(Transition::put(job))
+}
+
+/// The call ended with `finish` at `now` (ms).
+pub fn sent(
+    job: &Job,
+    finish: &Finish,
+    latest: Option<u64>,
+    now: u64,
+) -> Result<Transition, Refused> {
+    require(job, JobState::Inflight)?;
+    let mut job = job.clone();
+    job.interrupted = false;
+    match finish {
+        Finish::Done {
+            build_id,
+            web_url,
+            warning,
+        } => {
+            job.state = JobState::Done;
+            job.build_id = *build_id;
+            job.web_url = web_url.clone();
+            job.warning = warning.clone();
+            job.finished_at = Some(now);
+        }
+        Finish::Dead { error } => {
+            job.state = JobState::Dead;
+            job.last_error = Some(error.clone());
+            job.finished_at = Some(now);
+        }
+        Finish::Retry { delay, error } => {
+            if superseded(&job, latest) {
+                return Ok(Transition::drop_superseded(&job));
+            }
+            job.state = JobState::Pending;
+            job.next_attempt_at =
+                now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            job.last_error = Some(error.clone());
+        }
+    }
+    Ok(Transition::put(job))
+}
+
+/// A claimed job goes back unsent (shutdown before its call): pending again, the attempt not
+/// counted — or dropped when a newer job for its key came in meanwhile.
+pub fn release(job: &Job, latest: Option<u64>) -> Result<Transition, Refused> {
+    require(job, JobState::Inflight)?;
+    if superseded(job, latest) {
+        return Ok(Transition::drop_superseded(job));
+    }
+    let mut job = job.clone();
+    job.state = JobState::Pending;
+    job.attempts = job.attempts.saturating_sub(1);
+    Ok(Transition::put(job))
+}
+
+/// A job whose call may or may not have reached TeamCity (found in flight at start, or its
+/// task failed mid-call): pending again and flagged, so that TeamCity is asked before it is
+/// posted again — or dropped when superseded, as the newer job builds the newer commit.
+pub fn interrupted(job: &Job, latest: Option<u64>, now: u64) -> Result<Transition, Refused> {
+    require(job, JobState::Inflight)?;
+    if superseded(job, latest) {
+        return Ok(Transition::drop_superseded(job));
+    }
+    let mut job = job.clone();
+    job.state = JobState::Pending;
+    job.interrupted = true;
+    job.next_attempt_at = job.next_attempt_at.min(now);
+    Ok(Transition::put(job))
+}
+
+/// An admin retries a dead job: pending, due `now`, with a fresh attempt count. It becomes
+/// the newest of its key unless a newer job is still waiting or under way (then both run).
+pub fn revive(job: &Job, latest: Option<&Job>, now: u64) -> Result<Transition, Refused> {
+    require(job, JobState::Dead)?;
+    let mut job = job.clone();
+    job.state = JobState::Pending;
+    job.attempts = 0;
+    job.next_attempt_at = now;
+    job.finished_at = None;
+    let newer_active = latest.is_some_and(|l| {
+        l.id != job.id && matches!(l.state, JobState::Pending | JobState::Inflight)
+    });
+    let mut writes = vec![Write::Put(Box::new(job.clone()))];
+    if !newer_active {
+        writes.push(Write::SetLatest {
+            key: job.coalescing_key(),
+            id: job.id,
+        });
+    }
+    Ok(Transition {
+        writes,
+        job: Some(job),
+        coalesced: None,
+    })
+}
+
+/// An admin removes a job, or pruning drops a finished one.
+pub fn remove(job: &Job, latest: Option<u64>) -> Transition {
+    let mut writes = vec![Write::Delete(job.id)];
+    if latest == Some(job.id) {
+        writes.push(Write::ClearLatest {
+            key: job.coalescing_key(),
+        });
+    }
+    Transition {
+        writes,
+        job: None,
+        coalesced: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::job;
+    use std::time::Duration;
+
+    fn with_id(id: u64, state: JobState) -> Job {
+        let mut job = job("main", 'a');
+        job.id = id;
+        job.state = state;
+        job
+    }
+
+    fn retry(secs: u64) -> Finish {
+        Finish::Retry {
+            delay: Duration::from_secs(secs),
+            error: "TeamCity answered 503: starting".into(),
+        }
+    }
+
+    #[test]
+    fn enqueue_replaces_only_a_pending_newest_job() {
+        let old = with_id(1, JobState::Pending);
+        let new = with_id(2, JobState::Pending);
+        let t = enqueue(new.clone(), Some(&old));
+        assert_eq!(t.coalesced.as_ref().map(|j| j.id), Some(1));
+        assert_eq!(
+            t.writes,
+            vec![
+                Write::Delete(1),
+                Write::Put(Box::new(new.clone())),
+                Write::SetLatest {
+                    key: new.coalescing_key(),
+                    id: 2
+                }
+            ]
+        );
+        for state in [JobState::Inflight, JobState::Done, JobState::Dead] {
+            let t = enqueue(new.clone(), Some(&with_id(1, state)));
+            assert!(t.coalesced.is_none(), "{state:?} is not replaced");
+            assert!(!t.writes.contains(&Write::Delete(1)));
+        }
+        assert!(enqueue(new, None).coalesced.is_none());
+    }
+
+    #[test]
+    fn claim_needs_a_pending_job_and_counts_the_attempt() {
+        let t = claim(&with_id(1, JobState::Pending)).unwrap();
+        let job = t.job.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Inflight, 1));
+        for state in [JobState::Inflight, JobState::Done, JobState::Dead] {
+            assert_eq!(claim(&with_id(1, state)), Err(Refused::WrongState(state)));
+        }
+    }
+
+    #[test]
+    fn sent_done_and_dead_are_final() {
+        let inflight = with_id(1, JobState::Inflight);
+        let done = Finish::Done {
+            build_id: Some(7),
+            web_url: Some("http://tc/7".into()),
+            warning: None,
+        };
+        let job = sent(&inflight, &done, Some(1), 500).unwrap().job.unwrap();
+        assert_eq!(
+            (job.state, job.build_id, job.finished_at),
+            (JobState::Done, Some(7), Some(500))
+        );
+        let dead = Finish::Dead {
+            error: "404".into(),
+        };
+        let job = sent(&inflight, &dead, Some(1), 500).unwrap().job.unwrap();
+        assert_eq!(
+            (job.state, job.last_error.as_deref()),
+            (JobState::Dead, Some("404"))
+        );
+        // Superseded does not matter for a call that ended for good.
+        assert!(sent(&inflight, &done, Some(9), 500).unwrap().job.is_some());
+        // A job removed while its call ran (or finished twice) is left alone.
+        assert_eq!(
+            sent(&with_id(1, JobState::Done), &done, Some(1), 500),
+            Err(Refused::WrongState(JobState::Done))
+        );
+    }
+
+    #[test]
+    fn sent_retry_waits_on_its_own_clock() {
+        let mut inflight = with_id(1, JobState::Inflight);
+        inflight.interrupted = true;
+        let job = sent(&inflight, &retry(30), Some(1), 1_000)
+            .unwrap()
+            .job
+            .unwrap();
+        assert_eq!(job.state, JobState::Pending);
+        assert_eq!(job.next_attempt_at, 31_000);
+        assert!(!job.interrupted, "the call was answered");
+        // No newest job recorded (e.g. the index entry was pruned): still retried.
+        assert!(sent(&inflight, &retry(1), None, 0).unwrap().job.is_some());
+    }
+
+    /// The race of the storage issue: A in flight, B (newer) enqueued and already claimed;
+    /// A's call fails and would be retried — before, A went back to pending and the older
+    /// commit was built last.
+    #[test]
+    fn a_superseded_job_is_dropped_instead_of_retried() {
+        let a = with_id(1, JobState::Inflight);
+        let b = enqueue(with_id(2, JobState::Pending), Some(&a));
+        assert!(b.coalesced.is_none(), "in flight: not replaced");
+        let b = claim(b.job.as_ref().unwrap()).unwrap().job.unwrap();
+        assert_eq!(b.state, JobState::Inflight);
+        let t = sent(&a, &retry(1), Some(2), 0).unwrap();
+        assert_eq!(t.writes, vec![Write::Delete(1)]);
+        assert!(t.job.is_none());
+    }
+
+    #[test]
+    fn release_puts_back_unsent_unless_superseded() {
+        let mut a = with_id(1, JobState::Inflight);
+        a.attempts = 3;
+        let job = release(&a, Some(1)).unwrap().job.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Pending, 2));
+        assert_eq!(release(&a, Some(2)).unwrap().writes, vec![Write::Delete(1)]);
+        assert!(release(&with_id(1, JobState::Pending), Some(1)).is_err());
+    }
+
+    #[test]
+    fn interrupted_jobs_are_flagged_for_the_teamcity_check() {
+        let mut a = with_id(1, JobState::Inflight);
+        a.attempts = 1;
+        a.next_attempt_at = 9_000;
+        let job = interrupted(&a, Some(1), 5_000).unwrap().job.unwrap();
+        assert_eq!(
+            (
+                job.state,
+                job.interrupted,
+                job.attempts,
+                job.next_attempt_at
+            ),
+            (JobState::Pending, true, 1, 5_000)
+        );
+        assert_eq!(
+            interrupted(&a, Some(2), 0).unwrap().writes,
+            vec![Write::Delete(1)]
+        );
+        assert!(interrupted(&with_id(1, JobState::Dead), Some(1), 0).is_err());
+    }
+
+    #[test]
+    fn revive_makes_a_dead_job_pending_and_newest_unless_a_newer_one_is_active() {
+        let mut dead = with_id(1, JobState::Dead);
+        dead.attempts = 8;
+        dead.finished_at = Some(10);
+        let t = revive(&dead, Some(&with_id(2, JobState::Done)), 777).unwrap();
+        let job = t.job.clone().unwrap();
+        assert_eq!(
+            (
+                job.state,
+                job.attempts,
+                job.next_attempt_at,
+                job.finished_at
+            ),
+            (JobState::Pending, 0, 777, None)
+        );
+        assert!(t.writes.contains(&Write::SetLatest {
+            key: dead.coalescing_key(),
+            id: 1
+        }));
+        for state in [JobState::Pending, JobState::Inflight] {
+            let t = revive(&dead, Some(&with_id(2, state)), 0).unwrap();
+            assert_eq!(
+                t.writes.len(),
+                1,
+                "the newer {state:?} job stays the newest"
+            );
+        }
+        assert_eq!(
+            revive(&with_id(1, JobState::Done), None, 0),
+            Err(Refused::WrongState(JobState::Done))
+        );
+    }
+
+    #[test]
+    fn remove_clears_the_index_only_for_the_newest() {
+        let job = with_id(1, JobState::Done);
+        assert_eq!(remove(&job, Some(2)).writes, vec![Write::Delete(1)]);
+        assert_eq!(
+            remove(&job, Some(1)).writes,
+            vec![
+                Write::Delete(1),
+                Write::ClearLatest {
+                    key: job.coalescing_key()
+                }
+            ]
+        );
+    }
+}

@@ -1,0 +1,175 @@
+//! Jobs: one TeamCity call each, what they hold and where they are in their life.
+//!
+//! [`lifecycle`] decides every change of state as a pure function; the store only applies
+//! the writes it returns.
+
+pub mod lifecycle;
+
+use crate::clock;
+use crate::config::TriggerMode;
+use crate::ids::{BuildTypeId, ServerId, Sha, SourceId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for its time, the rate limit or a free slot.
+    Pending,
+    /// The call to TeamCity is under way.
+    Inflight,
+    /// Failed for good; kept until an admin retries or removes it.
+    Dead,
+    /// TeamCity accepted it.
+    Done,
+}
+
+impl JobState {
+    /// The API spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Inflight => "inflight",
+            Self::Dead => "dead",
+            Self::Done => "done",
+        }
+    }
+
+    /// Parses the API spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "pending" => Some(Self::Pending),
+            "inflight" => Some(Self::Inflight),
+            "dead" => Some(Self::Dead),
+            "done" => Some(Self::Done),
+            _ => None,
+        }
+    }
+}
+
+/// Whose TeamCity token a job is sent with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRef {
+    /// The pusher's registered token (by record id, never the token itself).
+    User(String),
+    /// The server's `service_token`.
+    Service,
+}
+
+/// One pending or finished TeamCity call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Assigned by the store.
+    pub id: u64,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// Bitbucket source of the push.
+    pub source: SourceId,
+    /// The delivery that made it.
+    pub delivery: String,
+    /// TeamCity server.
+    pub server: ServerId,
+    /// Build or commit-hook notification.
+    pub mode: TriggerMode,
+    /// Build configuration (build mode only).
+    pub build_type: Option<BuildTypeId>,
+    /// `PROJECT/repo` or `workspace/repo`.
+    pub repository: String,
+    /// The full ref pushed, e.g. `refs/heads/main`.
+    pub full_ref: String,
+    /// The `branchName` to send (logical or full, per route).
+    pub branch: String,
+    /// The pushed commit.
+    pub sha: Sha,
+    /// The pusher's name, for the build comment.
+    pub user: String,
+    /// Which token to send.
+    pub token: TokenRef,
+    /// Extra build parameters.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    /// VCS root to pin the revision on.
+    pub vcs_root_id: Option<String>,
+    /// Clone URLs (commit-hook mode).
+    #[serde(default)]
+    pub clone_urls: Vec<String>,
+    /// Calls made so far.
+    pub attempts: u32,
+    /// Creation time (ms).
+    pub created_at: u64,
+    /// Not before this time (ms).
+    pub next_attempt_at: u64,
+    /// The last failure, with TeamCity's text.
+    pub last_error: Option<String>,
+    /// Set when the job was in flight when bb2tc stopped.
+    #[serde(default)]
+    pub interrupted: bool,
+    /// TeamCity's queued build id.
+    pub build_id: Option<u64>,
+    /// TeamCity's link to the build.
+    pub web_url: Option<String>,
+    /// Something to know about a job that succeeded (e.g. TeamCity used another branch).
+    pub warning: Option<String>,
+    /// When it finished (done or dead), ms.
+    pub finished_at: Option<u64>,
+}
+
+impl Job {
+    /// The coalescing key: one waiting job per (server, build type, branch), or per
+    /// (server, repository) for commit-hook jobs, which check every branch anyway.
+    pub fn coalescing_key(&self) -> Vec<u8> {
+        match (&self.mode, &self.build_type) {
+            (TriggerMode::Build, Some(build_type)) => {
+                format!("{}\0build\0{}\0{}", self.server, build_type, self.branch)
+            }
+            _ => format!(
+                "{}\0hook\0{}",
+                self.server,
+                self.repository.to_ascii_lowercase()
+            ),
+        }
+        .into_bytes()
+    }
+
+    /// The job as the admin API shows it: times in RFC 3339.
+    pub fn to_api(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            for key in ["created_at", "next_attempt_at", "finished_at"] {
+                if let Some(ms) = map.get(key).and_then(|v| v.as_u64()) {
+                    map.insert(key.into(), clock::rfc3339(ms).into());
+                }
+            }
+            map.insert("id".into(), self.id.to_string().into());
+        }
+        value
+    }
+}
+
+/// How a TeamCity call ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    /// TeamCity accepted the call.
+    Done {
+        /// Queued build id.
+        build_id: Option<u64>,
+        /// Link to the build.
+        web_url: Option<String>,
+        /// E.g. TeamCity used a different branch.
+        warning: Option<String>,
+    },
+    /// Try again after `delay`.
+    Retry {
+        /// Wait before the next attempt.
+        delay: std::time::Duration,
+        /// What went wrong.
+        error: String,
+    },
+    /// Give up.
+    Dead {
+        /// What went wrong.
+        error: String,
+    },
+}

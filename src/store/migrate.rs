@@ -1,0 +1,176 @@
+//! The store's format version, and the one-pass migration of a store written before records
+//! carried one (bb2tc up to a84aaec).
+//!
+//! `meta` holds `format_version`; a store without it is either new (empty) or from a84aaec.
+//! The migration rewrites every record of the record trees with a version byte, in batches;
+//! each batch is one transaction with a cursor in `meta` saying how far it got, so a crash
+//! in the middle resumes where it stopped and never rewrites a record twice. A record that
+//! cannot be read is set aside (see [`Store::set_aside`]). The format version is written
+//! last, after an fsync of everything before it.
+
+use super::records::{Record, decode_unversioned, decode_unversioned_mark, encode, encode_mark};
+use super::{DeliveryRecord, Job, Session, StoreError, tokens::StoredToken};
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+/// The store format this bb2tc writes: 1 = every record starts with its version byte.
+pub const FORMAT_VERSION: u8 = 1;
+
+const FORMAT_KEY: &[u8] = b"format_version";
+const CURSOR_KEY: &[u8] = b"migration_cursor";
+const BATCH: usize = 500;
+
+/// The record trees, in the order they are migrated, with how to rewrite each value.
+/// Rewrites one stored value in the current format.
+type Rewrite = fn(&[u8]) -> Result<Vec<u8>, StoreError>;
+
+const TREES: [(&str, Rewrite); 5] = [
+    ("tokens", rewrite::<StoredToken>),
+    ("jobs", rewrite::<Job>),
+    ("deliveries", rewrite::<DeliveryRecord>),
+    ("sessions", rewrite::<Session>),
+    ("seen_changes", rewrite_mark),
+];
+
+fn rewrite<T: Record>(old: &[u8]) -> Result<Vec<u8>, StoreError> {
+    encode(&decode_unversioned::<T>(old)?)
+}
+
+fn rewrite_mark(old: &[u8]) -> Result<Vec<u8>, StoreError> {
+    decode_unversioned_mark(old)
+        .map(|ms| encode_mark(ms).to_vec())
+        .ok_or_else(|| StoreError::Corrupt("de-duplication mark is not 8 bytes".into()))
+}
+
+/// Brings the store at `db` to [`FORMAT_VERSION`]; refuses a store of a newer bb2tc (whose
+/// records this one would misread). Returns how many records were rewritten.
+pub fn migrate(
+    db: &sled::Db,
+    meta: &sled::Tree,
+    unreadable: &sled::Tree,
+) -> Result<usize, StoreError> {
+    match meta.get(FORMAT_KEY)?.as_deref() {
+        Some([FORMAT_VERSION]) => return Ok(0),
+        Some([newer]) if *newer > FORMAT_VERSION => {
+            return Err(StoreError::Corrupt(format!(
+                "the store has format version {newer}, written by a newer bb2tc; this one \
+                 reads up to {FORMAT_VERSION} (start the newer bb2tc, or restore a backup)"
+            )));
+        }
+        Some(other) => {
+            return Err(StoreError::Corrupt(format!(
+                "the store's format version {other:?} is not one bb2tc wrote"
+            )));
+        }
+        None => {}
+    }
+    // Where an interrupted migration stopped: the tree it was in and the last key it did.
+    let cursor = meta.get(CURSOR_KEY)?;
+    let (start, mut resume_after) = cursor
+        .as_deref()
+        .and_then(split_cursor)
+        .and_then(|(tree, key)| {
+            let at = TREES.iter().position(|(name, _)| name.as_bytes() == tree)?;
+            Some((at, Some(key.to_vec())))
+        })
+        .unwrap_or((0, None));
+    let mut migrated = 0;
+    for (name, rewrite) in TREES.into_iter().skip(start) {
+        let tree = db.open_tree(name)?;
+        migrated += migrate_tree(name, &tree, meta, unreadable, resume_after.take(), rewrite)?;
+    }
+    rebuild_latest(db)?;
+    db.flush()?;
+    meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
+    meta.remove(CURSOR_KEY)?;
+    db.flush()?;
+    if migrated > 0 {
+        tracing::info!(
+            records = migrated,
+            format = FORMAT_VERSION,
+            "store migrated to the current format"
+        );
+    }
+    Ok(migrated)
+}
+
+fn migrate_tree(
+    name: &str,
+    tree: &sled::Tree,
+    meta: &sled::Tree,
+    unreadable: &sled::Tree,
+    mut after: Option<Vec<u8>>,
+    rewrite: Rewrite,
+) -> Result<usize, StoreError> {
+    let mut migrated = 0;
+    loop {
+        let range = match &after {
+            Some(key) => tree.range::<&[u8], _>((
+                std::ops::Bound::Excluded(key.as_slice()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => tree.iter(),
+        };
+        let batch: Vec<(sled::IVec, sled::IVec)> = range.take(BATCH).collect::<Result<_, _>>()?;
+        let Some((last, _)) = batch.last() else {
+            return Ok(migrated);
+        };
+        let cursor = [name.as_bytes(), b"\0", last].concat();
+        type Rewritten<'a> = (&'a sled::IVec, &'a sled::IVec, Result<Vec<u8>, StoreError>);
+        let rewritten: Vec<Rewritten<'_>> = batch
+            .iter()
+            .map(|(key, value)| (key, value, rewrite(value)))
+            .collect();
+        (tree, meta, unreadable).transaction(|(tree, meta, unreadable)| {
+            for (key, old, new) in &rewritten {
+                match new {
+                    Ok(bytes) => {
+                        tree.insert(key.as_ref(), bytes.as_slice())?;
+                    }
+                    Err(_) => {
+                        unreadable.insert(super::unreadable_key(name, key), old.as_ref())?;
+                        tree.remove(key.as_ref())?;
+                    }
+                }
+            }
+            meta.insert(CURSOR_KEY, cursor.as_slice())?;
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        for (key, _, new) in &rewritten {
+            match new {
+                Ok(_) => migrated += 1,
+                Err(e) => tracing::error!(
+                    tree = name, key = %super::printable(key), error = %e,
+                    "set aside a record that cannot be read"
+                ),
+            }
+        }
+        after = Some(last.to_vec());
+    }
+}
+
+/// a84aaec kept `pending_index` (key → the pending job); now `latest_jobs` holds the newest
+/// job of every key, whatever its state. Job ids grow with time, so the newest is the
+/// largest id. Recomputed from the jobs, so running it twice does no harm.
+fn rebuild_latest(db: &sled::Db) -> Result<(), StoreError> {
+    let jobs = db.open_tree("jobs")?;
+    let latest = db.open_tree("latest_jobs")?;
+    let mut newest: std::collections::HashMap<Vec<u8>, u64> = std::collections::HashMap::new();
+    for item in jobs.iter() {
+        let (_, bytes) = item?;
+        if let Ok(job) = super::records::decode::<Job>(&bytes) {
+            let id = newest.entry(job.coalescing_key()).or_insert(job.id);
+            *id = (*id).max(job.id);
+        }
+    }
+    for (key, id) in newest {
+        latest.insert(key, &id.to_be_bytes())?;
+    }
+    db.drop_tree("pending_index")?;
+    Ok(())
+}
+
+fn split_cursor(cursor: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = cursor.iter().position(|&b| b == 0)?;
+    Some((&cursor[..at], &cursor[at + 1..]))
+}
