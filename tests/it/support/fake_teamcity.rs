@@ -1,6 +1,12 @@
 //! A fake TeamCity server that behaves as SPEC §6 describes: Bearer checks (401 in plain
 //! text), JSON on success, plain-text errors. It records every request and can be told to
 //! fail the next calls or to hang.
+//!
+//! Queued builds live as TeamCity's do: with [`FakeTeamCity::agents`] they leave the queue
+//! (start) a while after being queued and finish later; `GET /app/rest/buildQueue` lists
+//! only those still queued, and `GET /app/rest/builds` follows TeamCity's build locator —
+//! without `state:any` (or `queued`/`running`) only finished builds, and without
+//! `defaultFilter:false` only builds of the default branch (when no `branch` is given).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -38,8 +44,23 @@ impl Recorded {
     }
 }
 
+/// A build TeamCity has (queued, running or finished, by the time since it was queued).
+#[derive(Debug, Clone)]
+struct Build {
+    id: u64,
+    build_type: String,
+    branch: Option<String>,
+    comment: Option<String>,
+    queued_at: Instant,
+}
+
 #[derive(Default)]
 struct State {
+    builds: Vec<Build>,
+    /// (queued → running, running → finished); `None`: builds stay queued.
+    agents: Option<(Duration, Duration)>,
+    /// Time each build-queue POST takes to answer.
+    post_delay: Duration,
     tokens: HashMap<String, String>,
     requests: Vec<Recorded>,
     failures: VecDeque<(u16, String, Option<String>)>,
@@ -116,6 +137,34 @@ impl FakeTeamCity {
     /// Queued builds report this branch instead of the requested one.
     pub fn answer_with_branch(&self, branch: &str) {
         self.state.lock().unwrap().answer_branch = Some(branch.into());
+    }
+
+    /// Idle agents: each build starts `start` after it was queued and finishes `run` later.
+    pub fn agents(&self, start: Duration, run: Duration) {
+        self.state.lock().unwrap().agents = Some((start, run));
+    }
+
+    /// Each build-queue POST takes this long to answer.
+    pub fn post_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().post_delay = delay;
+    }
+
+    /// Builds TeamCity has (queued, running or finished), as (id, build type, branch, comment).
+    pub fn builds(&self) -> Vec<(u64, String, Option<String>, Option<String>)> {
+        self.state
+            .lock()
+            .unwrap()
+            .builds
+            .iter()
+            .map(|b| {
+                (
+                    b.id,
+                    b.build_type.clone(),
+                    b.branch.clone(),
+                    b.comment.clone(),
+                )
+            })
+            .collect()
     }
 
     /// Accept requests but never answer them.
@@ -195,16 +244,22 @@ impl FakeTeamCity {
             body: String::from_utf8_lossy(&body).into_owned(),
             at: Instant::now(),
         };
-        let hang = {
+        let (hang, post_delay) = {
             let mut state = self.state.lock().unwrap();
             state.requests.push(recorded.clone());
-            state.hang
+            (state.hang, state.post_delay)
         };
         self.recorded.notify_waiters();
         if hang {
             std::future::pending::<()>().await;
         }
-        self.respond(&recorded)
+        // TeamCity queues the build when it gets the call; the answer takes a while longer
+        // (a client that dies meanwhile never learns that its build was queued).
+        let response = self.respond(&recorded);
+        if recorded.method == "POST" && !post_delay.is_zero() {
+            tokio::time::sleep(post_delay).await;
+        }
+        response
     }
 
     fn respond(&self, r: &Recorded) -> Response<Full<Bytes>> {
@@ -238,6 +293,13 @@ impl FakeTeamCity {
                     .answer_branch
                     .clone()
                     .or_else(|| body["branchName"].as_str().map(str::to_owned));
+                state.builds.push(Build {
+                    id,
+                    build_type: build_type.to_owned(),
+                    branch: branch.clone(),
+                    comment: body["comment"]["text"].as_str().map(str::to_owned),
+                    queued_at: Instant::now(),
+                });
                 json(serde_json::json!({
                     "id": id,
                     "buildTypeId": build_type,
@@ -264,9 +326,122 @@ impl FakeTeamCity {
                     text(404, "No VCS roots are found for the provided locator", None)
                 }
             }
+            ("GET", "/app/rest/buildQueue") => {
+                let locator = r.locator().unwrap_or_default();
+                let dims = dimensions(&locator);
+                let build_type = dims.get("buildType").map(|v| unwrap_id(v));
+                let builds: Vec<serde_json::Value> = state
+                    .builds
+                    .iter()
+                    .rev()
+                    .filter(|b| state.build_state(b) == "queued")
+                    .filter(|b| build_type.as_ref().is_none_or(|t| *t == b.build_type))
+                    .map(|b| state.build_json(b, &self.url))
+                    .collect();
+                json(serde_json::json!({"count": builds.len(), "build": builds}))
+            }
+            ("GET", "/app/rest/builds") => {
+                let locator = r.locator().unwrap_or_default();
+                let dims = dimensions(&locator);
+                let build_type = dims.get("buildType").map(|v| unwrap_id(v));
+                let branch = dims.get("branch").map(|v| {
+                    let inner = v.trim_start_matches('(').trim_end_matches(')');
+                    inner.strip_prefix("name:").map(str::to_owned)
+                });
+                let wanted_state = dims.get("state").map_or("finished", String::as_str);
+                let default_filter = dims.get("defaultFilter").map(String::as_str) != Some("false");
+                let count: usize = dims
+                    .get("count")
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(100);
+                let builds: Vec<serde_json::Value> = state
+                    .builds
+                    .iter()
+                    .rev()
+                    .filter(|b| build_type.as_ref().is_none_or(|t| *t == b.build_type))
+                    .filter(|b| match &branch {
+                        Some(Some(name)) => b.branch.as_deref() == Some(name.as_str()),
+                        Some(None) => true, // branch:default:any
+                        // The default filter: the default branch only.
+                        None => !default_filter || b.branch.is_none(),
+                    })
+                    .filter(|b| wanted_state == "any" || state.build_state(b) == wanted_state)
+                    .take(count)
+                    .map(|b| state.build_json(b, &self.url))
+                    .collect();
+                json(serde_json::json!({"count": builds.len(), "build": builds}))
+            }
             _ => text(404, "Not found", None),
         }
     }
+}
+
+impl State {
+    fn build_state(&self, build: &Build) -> &'static str {
+        let Some((start, run)) = self.agents else {
+            return "queued";
+        };
+        let waited = build.queued_at.elapsed();
+        if waited < start {
+            "queued"
+        } else if waited < start + run {
+            "running"
+        } else {
+            "finished"
+        }
+    }
+
+    fn build_json(&self, build: &Build, url: &str) -> serde_json::Value {
+        let state = self.build_state(build);
+        let web_url = if state == "queued" {
+            format!("{url}/viewQueued.html?itemId={}", build.id)
+        } else {
+            format!("{url}/viewLog.html?buildId={}", build.id)
+        };
+        let mut value = serde_json::json!({
+            "id": build.id,
+            "buildTypeId": build.build_type,
+            "state": state,
+            "branchName": build.branch,
+            "webUrl": web_url,
+        });
+        if let Some(text) = &build.comment {
+            value["comment"] = serde_json::json!({"text": text});
+        }
+        value
+    }
+}
+
+/// A TeamCity locator's top-level dimensions: `a:(x:1,y:2),b:c` → {a: "(x:1,y:2)", b: "c"}.
+fn dimensions(locator: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let (mut depth, mut start) = (0i32, 0);
+    let bytes = locator.as_bytes();
+    for i in 0..=bytes.len() {
+        let at_end = i == bytes.len();
+        match if at_end { b',' } else { bytes[i] } {
+            b'(' => depth += 1,
+            b')' => depth -= 1,
+            b',' if depth == 0 => {
+                let part = &locator[start..i];
+                if let Some((name, value)) = part.split_once(':') {
+                    out.insert(name.to_owned(), value.to_owned());
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `(id:X)` → `X`.
+fn unwrap_id(value: &str) -> String {
+    value
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .trim_start_matches("id:")
+        .to_owned()
 }
 
 fn text(status: u16, body: &str, retry_after: Option<&str>) -> Response<Full<Bytes>> {

@@ -1,0 +1,194 @@
+//! A store written by an older release opens with this one, nothing lost (SPEC §7).
+//!
+//! `tests/upgrade/store-a84aaec/` was written by bb2tc at commit a84aaec, the last release
+//! whose records carried no format version (`tests/upgrade/regenerate.sh` rebuilds it from
+//! that commit). Every later format change adds its own store and test here.
+
+use crate::support::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A copy of the old store to open (bb2tc writes to it), and the session cookie it holds.
+fn old_store(dir: &Path) -> (PathBuf, String) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/store-a84aaec");
+    let to = dir.join("data");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(from.join("data")).unwrap() {
+        let entry = entry.unwrap();
+        // sled's `blobs/` is empty here (and so not in git).
+        if entry.path().is_dir() {
+            continue;
+        }
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    let session = std::fs::read_to_string(from.join("session.txt")).unwrap();
+    (to, session.trim().to_owned())
+}
+
+async fn jobs(app: &TestApp, state: &str) -> Vec<serde_json::Value> {
+    let answer: serde_json::Value = app
+        .admin(reqwest::Method::GET, &format!("/jobs?state={state}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    answer["jobs"].as_array().unwrap().clone()
+}
+
+fn branches(calls: &[fake_teamcity::Recorded]) -> Vec<String> {
+    let mut branches: Vec<String> = calls
+        .iter()
+        .map(|c| c.json()["branchName"].as_str().unwrap().to_owned())
+        .collect();
+    branches.sort();
+    branches
+}
+
+#[tokio::test]
+async fn a_store_of_a84aaec_opens_with_nothing_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, session) = old_store(dir.path());
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("tc-jdoe", "jdoe");
+    tc.add_token("tc-asmith", "asmith");
+    let app = TestApp::spawn_on(&standard_config(&tc.url, ""), &store).await;
+
+    // The two pending jobs and the one left in flight are each sent once, with jdoe's
+    // token, which still decrypts under the same master key.
+    let calls = tc.wait_for_builds(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let calls_now = tc.build_calls();
+    assert_eq!(
+        branches(&calls_now),
+        vec!["interrupted", "pending-a", "pending-b"],
+        "{calls:?}"
+    );
+    assert!(
+        calls_now
+            .iter()
+            .all(|c| c.authorization.as_deref() == Some("Bearer tc-jdoe"))
+    );
+    // The interrupted job was looked for in TeamCity before it was posted again.
+    assert!(tc.requests().iter().any(|r| {
+        r.path == "/app/rest/builds"
+            && r.locator()
+                .is_some_and(|l| l.contains("branch:(name:interrupted)"))
+    }));
+
+    // Tokens: both there, with their status and TeamCity user.
+    let tokens = app.api_tokens().await;
+    let status = |user: &str| {
+        tokens
+            .iter()
+            .find(|t| t["user"] == user)
+            .map(|t| (t["status"].clone(), t["teamcity_user"].clone()))
+    };
+    assert_eq!(
+        status("jdoe"),
+        Some((serde_json::json!("valid"), serde_json::json!("jdoe")))
+    );
+    assert_eq!(
+        status("asmith"),
+        Some((serde_json::json!("unverified"), serde_json::Value::Null))
+    );
+
+    // The dead job is there with its error and can be retried.
+    let dead = jobs(&app, "dead").await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("404"));
+    let id = dead[0]["id"].as_str().unwrap();
+    let retried = app
+        .admin(reqwest::Method::POST, &format!("/jobs/{id}/retry"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retried.status(), 202);
+    let calls = tc.wait_for_builds(4).await;
+    assert!(branches(&calls).contains(&"dead".to_owned()));
+
+    // De-duplication: the old delivery id is still a duplicate, and the old change marks
+    // still hold under a new delivery id.
+    let push = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/pending-a", &"a".repeat(40), "UPDATE")],
+    );
+    let (status, answer) = app.dc_push(&push, "old-delivery-1").await;
+    assert_eq!(
+        (status, answer["result"].as_str()),
+        (200, Some("duplicate"))
+    );
+    let (status, answer) = app.dc_push(&push, "new-delivery").await;
+    assert_eq!(
+        (status, answer["jobs"].as_u64()),
+        (202, Some(0)),
+        "{answer}"
+    );
+    assert!(
+        answer["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already seen")
+    );
+
+    // The token-page session is still signed in.
+    let mut page = PageClient::new(&app.url);
+    page.cookies.insert("bb2tc_session".into(), session);
+    let home = page.get("/").await;
+    assert_eq!(home.status, 200);
+    assert!(home.body.contains("Jane Doe (jdoe) on dc"), "{}", home.body);
+
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bb2tc_store_unreadable_records 0"),
+        "{metrics}"
+    );
+    assert_eq!(tc.build_calls().len(), 4, "nothing sent twice");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_damaged_record_is_set_aside_counted_and_the_rest_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = old_store(dir.path());
+    {
+        // A job record that is not postcard of any Job, and one token record cut short.
+        let db = sled::open(&store).unwrap();
+        let jobs = db.open_tree("jobs").unwrap();
+        jobs.insert(999u64.to_be_bytes(), &[0xff; 5][..]).unwrap();
+        let tokens = db.open_tree("tokens").unwrap();
+        let (id, bytes) = tokens.iter().next().unwrap().unwrap();
+        tokens.insert(id, &bytes[..bytes.len() / 2]).unwrap();
+        db.flush().unwrap();
+    }
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("tc-jdoe", "jdoe");
+    tc.add_token("tc-asmith", "asmith");
+    let app = TestApp::spawn_on(&standard_config(&tc.url, ""), &store).await;
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("bb2tc_store_unreadable_records 2"),
+        "{metrics}"
+    );
+    assert_eq!(app.api_tokens().await.len(), 1, "the other token is listed");
+    assert!(!jobs(&app, "dead").await.is_empty(), "listings work");
+    app.stop().await;
+}
