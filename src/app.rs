@@ -81,7 +81,7 @@ pub async fn admin_token_hash(
     if let Some(token) = configured {
         return Ok(sha256(token.expose()));
     }
-    if let Some(hash) = store.admin_token_hash()? {
+    if let Some(hash) = store.admin_token_hash().await? {
         return Ok(hash);
     }
     let token = hex::encode(rand::random::<[u8; 24]>());

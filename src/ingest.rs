@@ -19,7 +19,7 @@ pub struct Plan {
 }
 
 /// Works out the jobs for `push` from `source`, delivered as `delivery`.
-pub fn plan(
+pub async fn plan(
     config: &Config,
     store: &Store,
     source: &Source,
@@ -76,7 +76,7 @@ pub fn plan(
             let Some(server) = config.server(&route.teamcity) else {
                 continue;
             };
-            match token_for(&mut tokens, store, source, push, server, route)? {
+            match token_for(&mut tokens, store, source, push, server, route).await? {
                 Ok(token) => jobs.extend(route_jobs(&ctx, route, server, change, sha, &token)),
                 Err(reason) => plan.skipped.push(skip(reason)),
             }
@@ -100,7 +100,7 @@ pub fn plan(
 }
 
 /// The token a route's jobs use, or why there is none.
-fn token_for(
+async fn token_for(
     tokens: &mut HashMap<ServerId, Option<TokenInfo>>,
     store: &Store,
     source: &Source,
@@ -112,7 +112,11 @@ fn token_for(
         Some(found) => found.clone(),
         None => {
             let found = match &push.actor {
-                Some(actor) => store.find_token(&source.id, &actor.keys, &server.id)?,
+                Some(actor) => {
+                    store
+                        .find_token(source.id.clone(), actor.keys.clone(), server.id.clone())
+                        .await?
+                }
                 None => None,
             };
             tokens.insert(server.id.clone(), found.clone());

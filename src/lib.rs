@@ -121,7 +121,8 @@ pub async fn run(
         &clients,
         stopping.clone(),
         queue::retry::random_jitter,
-    )?;
+    )
+    .await?;
     let grace = config.http.shutdown_grace;
     let clients: HashMap<_, _> = clients
         .into_iter()
@@ -154,7 +155,7 @@ pub async fn run(
 async fn prune_periodically(app: Arc<App>, mut stop: Shutdown) {
     loop {
         app.web.forget_quiet_addresses();
-        match app.store.prune(clock::now_ms()) {
+        match app.store.prune(clock::now_ms()).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(removed = n, "pruned expired records"),
             Err(e) => tracing::warn!(error = %e, "pruning failed"),

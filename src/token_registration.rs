@@ -71,11 +71,11 @@ pub async fn register(
     let (info, replaced) = app
         .store
         .upsert_token(NewToken {
-            source: &source.id,
-            user,
-            server: &server.id,
-            teamcity: server.base_url(),
-            token,
+            source: source.id.clone(),
+            user: user.to_owned(),
+            server: server.id.clone(),
+            teamcity: server.base_url().to_owned(),
+            token: token.clone(),
             status,
             teamcity_user,
         })

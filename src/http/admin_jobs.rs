@@ -20,7 +20,7 @@ pub async fn jobs(
     rest: &[&str],
 ) -> Result<Response<Body>, ApiError> {
     match (method, rest) {
-        (&Method::GET, []) => list(app, query),
+        (&Method::GET, []) => list(app, query).await,
         (&Method::POST, [id, "retry"]) => retry(app, parse_id(id)?).await,
         (&Method::DELETE, [id]) => remove(app, parse_id(id)?).await,
         (_, [] | [_] | [_, "retry"]) => Err(ApiError::MethodNotAllowed),
@@ -29,7 +29,7 @@ pub async fn jobs(
 }
 
 /// `GET /api/v1/deliveries[?limit=]`.
-pub fn deliveries(
+pub async fn deliveries(
     app: &App,
     method: &Method,
     query: Option<&str>,
@@ -48,11 +48,11 @@ pub fn deliveries(
             }
         }
     }
-    let deliveries = app.store.list_deliveries(limit)?;
+    let deliveries = app.store.list_deliveries(limit).await?;
     Ok(json(StatusCode::OK, &json!({ "deliveries": deliveries })))
 }
 
-fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let mut state = None;
     let mut limit = DEFAULT_LIMIT;
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
@@ -74,7 +74,8 @@ fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     }
     let jobs: Vec<serde_json::Value> = app
         .store
-        .list_jobs(state, limit)?
+        .list_jobs(state, limit)
+        .await?
         .iter()
         .map(|j| j.to_api())
         .collect();
@@ -82,7 +83,7 @@ fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
 }
 
 async fn retry(app: &App, id: u64) -> Result<Response<Body>, ApiError> {
-    match app.store.revive_job(id, crate::clock::now_ms())? {
+    match app.store.revive_job(id, crate::clock::now_ms()).await? {
         Err(Unchanged::Gone) => Err(ApiError::NotFound(format!("no job {id}"))),
         Err(Unchanged::InState(state)) => Err(ApiError::Conflict(format!(
             "job {id} is {}; only dead jobs can be retried",
@@ -100,7 +101,7 @@ async fn retry(app: &App, id: u64) -> Result<Response<Body>, ApiError> {
 }
 
 async fn remove(app: &App, id: u64) -> Result<Response<Body>, ApiError> {
-    if app.store.remove_job(id)? {
+    if app.store.remove_job(id).await? {
         app.store.commit().await?;
         tracing::info!(job = id, "job removed by an admin");
         Ok(empty(StatusCode::NO_CONTENT))

@@ -38,7 +38,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, ApiError> {
     match (request.method().clone(), rest) {
         (Method::POST, []) => register(app, request).await,
-        (Method::GET, []) => list(app, request.uri().query()),
+        (Method::GET, []) => list(app, request.uri().query()).await,
         (Method::DELETE, [id]) => remove(app, id).await,
         (_, [] | [_]) => Err(ApiError::MethodNotAllowed),
         _ => Err(ApiError::NotFound("no such path".into())),
@@ -120,7 +120,7 @@ async fn register(app: &App, request: Request<Incoming>) -> Result<Response<Body
     }
 }
 
-fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
+async fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
     let mut filter = TokenFilter::default();
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         match key.as_ref() {
@@ -141,12 +141,12 @@ fn list(app: &App, query: Option<&str>) -> Result<Response<Body>, ApiError> {
             }
         }
     }
-    let tokens = app.store.list_tokens(&filter)?;
+    let tokens = app.store.list_tokens(filter).await?;
     Ok(json(StatusCode::OK, &json!({ "tokens": tokens })))
 }
 
 async fn remove(app: &App, id: &str) -> Result<Response<Body>, ApiError> {
-    if app.store.remove_token(id).await? {
+    if app.store.remove_token(id.to_owned()).await? {
         tracing::info!(token = id, "token removed");
         Ok(empty(StatusCode::NO_CONTENT))
     } else {

@@ -88,7 +88,9 @@ mod tests {
             .collect();
         let (_stop, stopping) = Shutdown::new();
         let (queue, _tasks) =
-            Queue::start(store.clone(), Arc::default(), &clients, stopping, || 0.0).unwrap();
+            Queue::start(store.clone(), Arc::default(), &clients, stopping, || 0.0)
+                .await
+                .unwrap();
         queue.abort_worker(&ServerId::new("main"));
         while queue
             .liveness()

@@ -60,7 +60,7 @@ async fn route(
                     admin_jobs::jobs(app, request.method(), request.uri().query(), rest).await
                 }
                 ["deliveries"] => {
-                    admin_jobs::deliveries(app, request.method(), request.uri().query())
+                    admin_jobs::deliveries(app, request.method(), request.uri().query()).await
                 }
                 _ => Err(ApiError::NotFound(format!("no such path {path}"))),
             }

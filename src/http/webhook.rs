@@ -98,18 +98,19 @@ async fn deliver(
             _ => format!("{event_key} is not an event bb2tc acts on"),
         };
         tracing::info!(source = %source.id, event = event_key, %reason, "ignored");
-        note(app, &record);
+        note(app, &record).await;
         let answer = json!({"result": "ignored", "reason": reason});
         return Ok((json(StatusCode::ACCEPTED, &answer), "ignored"));
     }
     let push = bitbucket::parse_push(source.kind, &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let plan = ingest::plan(&app.config, &app.store, source, &push, request_id)?;
+    let plan = ingest::plan(&app.config, &app.store, source, &push, request_id).await?;
     record.result = "accepted".into();
     record.skipped = plan.skipped;
     let outcome = app
         .store
-        .record_push(&record, bitbucket_id, &plan.changes)?;
+        .record_push(record.clone(), bitbucket_id, plan.changes)
+        .await?;
     let RecordOutcome::Recorded {
         jobs,
         coalesced,
@@ -121,7 +122,7 @@ async fn deliver(
         app.store.commit().await?;
         tracing::info!(source = %source.id, event = event_key, "duplicate delivery");
         record.result = "duplicate".into();
-        note(app, &record);
+        note(app, &record).await;
         let answer = json!({"result": "duplicate"});
         return Ok((json(StatusCode::OK, &answer), "duplicate"));
     };
@@ -161,8 +162,8 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// Keeps a record of a delivery that made no jobs, for the admin API; failures only logged.
-fn note(app: &App, record: &DeliveryRecord) {
-    if let Err(e) = app.store.record_delivery(record) {
+async fn note(app: &App, record: &DeliveryRecord) {
+    if let Err(e) = app.store.record_delivery(record.clone()).await {
         tracing::warn!(error = %e, "could not record the delivery");
     }
 }

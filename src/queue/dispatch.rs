@@ -26,7 +26,7 @@ pub async fn dispatch<T: Trigger>(
             },
         }
     };
-    let (token, revision) = match resolve_token(store, teamcity, job) {
+    let (token, revision) = match resolve_token(store, teamcity, job).await {
         Ok(found) => found,
         Err(TokenProblem::Gone(reason)) => {
             let finish = Finish::Dead { error: reason };
@@ -53,7 +53,7 @@ pub async fn dispatch<T: Trigger>(
             Err(_) => None,
         };
         if let Some(accepted) = verdict
-            && let Err(e) = store.mark_token(id, revision, accepted)
+            && let Err(e) = store.mark_token(id.clone(), revision, accepted).await
         {
             tracing::warn!(error = %e, "could not update the token's status");
         }
@@ -100,13 +100,13 @@ enum TokenProblem {
 }
 
 /// The token to send, and for a user's token the revision TeamCity's verdict is about.
-fn resolve_token<T: Trigger>(
+async fn resolve_token<T: Trigger>(
     store: &Store,
     teamcity: &T,
     job: &Job,
 ) -> Result<(TeamCityToken, Option<u64>), TokenProblem> {
     match &job.token {
-        TokenRef::User(id) => match store.token_secret(id) {
+        TokenRef::User(id) => match store.token_secret(id.clone()).await {
             Ok(Some((token, revision))) => Ok((token, Some(revision))),
             Ok(None) => Err(TokenProblem::Gone(format!(
                 "the token of {} was removed before the call",

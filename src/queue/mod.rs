@@ -42,7 +42,7 @@ pub struct QueueTasks {
 impl Queue {
     /// Starts a worker per server and hands each the jobs the store still holds for it.
     /// `jitter` gives each retry's jitter in [-1, 1] ([`retry::random_jitter`] in production).
-    pub fn start<T: Trigger>(
+    pub async fn start<T: Trigger>(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         servers: &[T],
@@ -83,7 +83,7 @@ impl Queue {
             tasks.workers.push((task, slots, server.max_in_flight));
         }
         let queue = Self { workers };
-        let resumed = store.resume_jobs(clock::now_ms())?;
+        let resumed = store.resume_jobs(clock::now_ms()).await?;
         if !resumed.is_empty() {
             tracing::info!(jobs = resumed.len(), "resuming queued jobs");
         }

@@ -108,7 +108,7 @@ fn job(branch: &str) -> Job {
     crate::store::test_support::job(branch, 'a')
 }
 
-fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
+async fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
     let delivery = DeliveryRecord {
         id: "d".into(),
         source: SourceId::new("dc"),
@@ -126,14 +126,14 @@ fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
             jobs: vec![job],
         })
         .collect();
-    match store.record_push(&delivery, false, &changes).unwrap() {
+    match store.record_push(delivery, false, changes).await.unwrap() {
         RecordOutcome::Recorded { jobs, .. } => jobs,
         RecordOutcome::Duplicate => unreachable!(),
     }
 }
 
 /// Starts the queue with one scripted server; keep the trigger and tasks alive.
-fn start(
+async fn start(
     store: &Arc<Store>,
     teamcity: &Scripted,
     jitter: fn() -> f64,
@@ -146,6 +146,7 @@ fn start(
         stopping,
         jitter,
     )
+    .await
     .unwrap();
     (stop, queue, tasks)
 }
@@ -170,8 +171,8 @@ async fn three_503s_then_200_follow_the_schedule_exactly() {
     for _ in 0..3 {
         teamcity.answer(unavailable(None));
     }
-    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
-    let job = enqueue(&store, vec![job("main")]).remove(0);
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let job = enqueue(&store, vec![job("main")]).await.remove(0);
     queue.schedule(&job);
     let calls = teamcity.wait_for_calls(4).await;
     assert_eq!(
@@ -184,12 +185,12 @@ async fn three_503s_then_200_follow_the_schedule_exactly() {
     );
     // Let the worker record the success.
     for _ in 0..100 {
-        if store.job(job.id).unwrap().unwrap().state == JobState::Done {
+        if store.job(job.id).await.unwrap().unwrap().state == JobState::Done {
             break;
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let done = store.job(job.id).unwrap().unwrap();
+    let done = store.job(job.id).await.unwrap().unwrap();
     assert_eq!((done.state, done.attempts), (JobState::Done, 4));
     tokio::time::sleep(Duration::from_secs(3600)).await;
     assert_eq!(teamcity.calls.lock().unwrap().len(), 4, "exactly one build");
@@ -203,8 +204,8 @@ async fn retry_after_and_jitter_stretch_the_wait_within_bounds() {
     teamcity.answer(unavailable(Some(15)));
     teamcity.answer(unavailable(Some(3600)));
     // Jitter +1 would be +20 %: 12 s.
-    let (_stop, queue, _tasks) = start(&store, &teamcity, || 1.0);
-    queue.schedule(&enqueue(&store, vec![job("main")])[0]);
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 1.0).await;
+    queue.schedule(&enqueue(&store, vec![job("main")]).await[0]);
     let calls = teamcity.wait_for_calls(3).await;
     // 15 s asked > 12 s jittered; 3600 s asked is capped at twice the step.
     assert_eq!(
@@ -218,8 +219,8 @@ async fn the_rate_limit_spaces_calls() {
     let (_dir, store) = temp_store();
     let store = Arc::new(store);
     let teamcity = Scripted::new("[1]", "rate_per_second = 4.0\nburst = 2");
-    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
-    for job in enqueue(&store, (0..20).map(|i| job(&format!("b{i}"))).collect()) {
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    for job in enqueue(&store, (0..20).map(|i| job(&format!("b{i}"))).collect()).await {
         queue.schedule(&job);
     }
     let calls = teamcity.wait_for_calls(20).await;
@@ -248,7 +249,7 @@ async fn the_rate_limit_spaces_calls() {
 
 async fn wait_until_state(store: &Store, id: u64, state: JobState) -> Job {
     for _ in 0..1000 {
-        if let Some(job) = store.job(id).unwrap()
+        if let Some(job) = store.job(id).await.unwrap()
             && job.state == state
         {
             return job;
@@ -257,7 +258,7 @@ async fn wait_until_state(store: &Store, id: u64, state: JobState) -> Job {
     }
     panic!(
         "job {id} never became {state:?}: {:?}",
-        store.job(id).unwrap()
+        store.job(id).await.unwrap()
     );
 }
 
@@ -266,11 +267,11 @@ async fn an_interrupted_job_whose_build_already_started_is_not_posted_again() {
     let (_dir, store) = temp_store();
     let store = Arc::new(store);
     let teamcity = Scripted::new("[1]", "");
-    let jobs = enqueue(&store, vec![job("main"), job("other")]);
+    let jobs = enqueue(&store, vec![job("main"), job("other")]).await;
     // Both were in flight when bb2tc died; TeamCity got the first call, and its agent
     // took the build out of the queue at once: only /app/rest/builds still shows it.
     for job in &jobs {
-        store.claim_job(job.id).unwrap().unwrap();
+        store.claim_job(job.id).await.unwrap().unwrap();
     }
     teamcity.builds.lock().unwrap().push(FoundBuild {
         id: Some(77),
@@ -281,7 +282,7 @@ async fn an_interrupted_job_whose_build_already_started_is_not_posted_again() {
             text: Some(dispatch::comment(&jobs[0], store.id())),
         }),
     });
-    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0);
+    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0).await;
     let calls = teamcity.wait_for_calls(3).await;
     let mut what: Vec<&str> = calls.iter().map(|(_, w)| w.as_str()).collect();
     what.sort();
@@ -307,8 +308,8 @@ async fn a_build_of_another_job_or_installation_is_not_taken_for_this_one() {
     let (_dir, store) = temp_store();
     let store = Arc::new(store);
     let teamcity = Scripted::new("[1]", "");
-    let jobs = enqueue(&store, vec![job("main")]);
-    store.claim_job(jobs[0].id).unwrap().unwrap();
+    let jobs = enqueue(&store, vec![job("main")]).await;
+    store.claim_job(jobs[0].id).await.unwrap().unwrap();
     // Same push text, but the mark of another store (another bb2tc on this TeamCity).
     let mut other = jobs[0].clone();
     other.id += 1;
@@ -324,7 +325,7 @@ async fn a_build_of_another_job_or_installation_is_not_taken_for_this_one() {
             comment: Some(Comment { text: Some(text) }),
         });
     }
-    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0);
+    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0).await;
     teamcity.wait_for_calls(2).await;
     let done = wait_until_state(&store, jobs[0].id, JobState::Done).await;
     assert_eq!(
@@ -342,8 +343,8 @@ async fn a_panic_inside_the_call_does_not_strand_the_job() {
     teamcity
         .panics
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
-    let job = enqueue(&store, vec![job("main")]).remove(0);
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let job = enqueue(&store, vec![job("main")]).await.remove(0);
     queue.schedule(&job);
     teamcity.wait_for_calls(1).await;
     // Before, the job stayed in flight until a restart. Now it is pending again, flagged
@@ -365,22 +366,22 @@ async fn a_superseded_job_whose_call_fails_is_not_built_after_the_newer_one() {
     let store = Arc::new(store);
     let teamcity = Scripted::new("[1]", "");
     teamcity.answer(unavailable(None));
-    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0);
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
     let mut older = job("main");
     older.sha = crate::ids::Sha::parse(&"1".repeat(40)).unwrap();
-    let older = enqueue(&store, vec![older]).remove(0);
+    let older = enqueue(&store, vec![older]).await.remove(0);
     queue.schedule(&older);
     teamcity.wait_for_calls(1).await;
     // While the older call is under way (it will fail with 503), a newer push comes in.
     let mut newer = job("main");
     newer.sha = crate::ids::Sha::parse(&"2".repeat(40)).unwrap();
-    let newer = enqueue(&store, vec![newer]).remove(0);
+    let newer = enqueue(&store, vec![newer]).await.remove(0);
     queue.schedule(&newer);
     let calls = teamcity.wait_for_calls(2).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(teamcity.calls.lock().unwrap().len(), 2, "{calls:?}");
     assert!(
-        store.job(older.id).unwrap().is_none(),
+        store.job(older.id).await.unwrap().is_none(),
         "dropped, not retried"
     );
     wait_until_state(&store, newer.id, JobState::Done).await;

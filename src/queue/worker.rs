@@ -79,7 +79,7 @@ impl<T: Trigger> Worker<T> {
     async fn send(&mut self, id: u64) -> bool {
         // A job replaced by a newer push (or removed) is gone from the store and must not
         // use up a slot or a call; `claim_job` checks the rest.
-        match self.store.job_exists(id) {
+        match self.store.job_exists(id).await {
             Ok(true) => {}
             Ok(false) => return true,
             Err(e) => {
@@ -101,7 +101,7 @@ impl<T: Trigger> Worker<T> {
             _ = self.shutdown.wait() => return false,
             _ = self.admit.ready() => {}
         }
-        let job = match self.store.claim_job(id) {
+        let job = match self.store.claim_job(id).await {
             Ok(Ok(job)) => job,
             Ok(Err(_)) => return true, // replaced, removed or no longer pending
             Err(e) => {
@@ -183,7 +183,7 @@ impl<T: Trigger> Call<T> {
                 // Whether the call reached TeamCity is unknown: as after a crash, TeamCity
                 // is asked before the job is sent again.
                 tracing::error!(job = job.id, error = %e, "the TeamCity call failed inside bb2tc; the job will be checked and retried");
-                self.persist(job.id, |store, now| store.interrupt_job(job.id, now))
+                self.persist(|store, now| async move { store.interrupt_job(job.id, now).await })
                     .await;
                 self.reschedule(job.id, STORE_ERROR_BACKOFF);
                 return;
@@ -197,7 +197,10 @@ impl<T: Trigger> Call<T> {
         // commit, and if bb2tc dies first the job is found in flight at the next start,
         // where TeamCity is asked before it is sent again.
         let kept = self
-            .persist(job.id, |store, now| store.finish_job(job.id, &finish, now))
+            .persist(|store, now| {
+                let finish = finish.clone();
+                async move { store.finish_job(job.id, finish, now).await }
+            })
             .await;
         if let (Some(Ok(Some(_))), Some(delay)) = (kept, retry_in) {
             self.reschedule(job.id, delay);
@@ -206,7 +209,10 @@ impl<T: Trigger> Call<T> {
 
     /// Puts a claimed, unsent job back to pending and schedules it after `delay`.
     async fn put_back(&mut self, id: u64, delay: Duration) {
-        if let Some(Ok(Some(_))) = self.persist(id, |store, _| store.release_job(id)).await {
+        if let Some(Ok(Some(_))) = self
+            .persist(|store, _| async move { store.release_job(id).await })
+            .await
+        {
             self.reschedule(id, delay);
         }
     }
@@ -214,16 +220,15 @@ impl<T: Trigger> Call<T> {
     /// Runs a store write until it succeeds: a job must not stay in flight because the
     /// store failed once (a full disk heals). Gives up only on shutdown — the job is then
     /// found in flight at the next start and recovered like after a crash.
-    async fn persist<R>(
-        &mut self,
-        id: u64,
-        write: impl Fn(&Store, u64) -> Result<R, StoreError>,
-    ) -> Option<R> {
+    async fn persist<R, F>(&mut self, write: impl Fn(Arc<Store>, u64) -> F) -> Option<R>
+    where
+        F: std::future::Future<Output = Result<R, StoreError>>,
+    {
         loop {
-            match write(&self.store, crate::clock::now_ms()) {
+            match write(self.store.clone(), crate::clock::now_ms()).await {
                 Ok(result) => return Some(result),
                 Err(e) => {
-                    tracing::error!(job = id, error = %e, "cannot record the job's state; trying again")
+                    tracing::error!(error = %e, "cannot record a job's state; trying again")
                 }
             }
             tokio::select! {

@@ -1,62 +1,46 @@
-//! The embedded sled store: tokens (encrypted), jobs, deliveries and de-duplication marks.
+//! The store boundary: everything the rest of bb2tc keeps — deliveries with their jobs and
+//! de-duplication marks, the job queue, tokens, sessions, counts — as one async interface,
+//! [`Store`], whatever the backend.
 //!
-//! Trees:
-//! - `tokens`: token id → the token record (the token itself sealed, see `crypto`)
-//! - `token_index`: `source \0 user key \0 server` → token id
-//! - `jobs`: job id (u64, big-endian, so iteration is oldest first) → [`Job`]
-//! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key
-//! - `deliveries`: delivery id → [`jobs::DeliveryRecord`]
-//! - `seen_changes`: `source \0 repository \0 ref \0 sha` → de-duplication mark (first seen)
-//! - `sessions`: SHA-256 of a token-page session cookie → [`sessions::Session`]
-//! - `unreadable`: `tree \0 key` → the bytes of a record that could not be read, set aside
-//! - `meta`: the store's format version, the master-key check value, the admin token hash
-//!   and the store's id
+//! The backend is sled ([`sled`], embedded, the default). Its calls block — sled's own work
+//! and every fsync — so [`Store`] runs each on tokio's blocking pool, never on a worker
+//! thread. A second backend (PostgreSQL, SPEC §7.1) is another variant of [`Backend`]:
+//! `http/`, `queue/` and `web/` only ever see [`Store`]. What happens to a job is decided by
+//! [`crate::job::lifecycle`], not here.
 //!
-//! Records carry a format version (`records`); a store of an older bb2tc is migrated when
-//! it opens (`migrate`). A record that cannot be read is moved to `unreadable`, counted
-//! (`bb2tc_store_unreadable_records`) and logged — never a reason to fail a start or a
-//! listing. Queue depths and token counts are kept up to date with each write (`stats`).
-//!
-//! Writes that must survive a crash go through [`Store::commit`] (flush + fsync, shared
-//! between concurrent callers; see `group_commit`).
+//! The types that cross the boundary live beside it: [`jobs`] (deliveries and their
+//! outcome), [`tokens`], [`sessions`], [`stats`]; [`TokenCipher`] seals tokens for every
+//! backend.
 
 mod crypto;
-mod group_commit;
 pub mod jobs;
-mod key_rotation;
-mod migrate;
-mod records;
 pub mod sessions;
+mod sled;
 pub mod stats;
 pub mod tokens;
 
 pub use crate::job::{Finish, Job, JobState, TokenRef};
 pub use crypto::TokenCipher;
-pub use jobs::{DeliveryRecord, RecordOutcome, Skipped, Unchanged};
+pub use jobs::{ChangeJobs, DeliveryRecord, RecordOutcome, Skipped, Unchanged};
 pub use sessions::{Principal, Session};
-pub use tokens::{TokenFilter, TokenInfo, TokenStatus};
+pub use stats::{QueueStat, StatsSnapshot};
+pub use tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
 
 use crate::config::StorageSettings;
-use group_commit::GroupCommit;
-use sled::Transactional;
-use std::path::{Path, PathBuf};
-
-/// sled's page cache. Its default (1 GiB) would let a large backlog grow the process; jobs
-/// are read once per attempt, so a small cache costs little.
-const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+use crate::ids::{Secret, ServerId, SourceId, TeamCityToken, UserKey};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 /// How long a delivery id or a (repository, ref, sha) change is remembered for de-duplication,
 /// and how long finished jobs and delivery records are kept for the admin API.
 pub const DEDUP_WINDOW_MS: u64 = 24 * 3600 * 1000;
-
-const ADMIN_HASH: &[u8] = b"admin_token_sha256";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// sled reported an error (I/O, corruption).
     #[error("store error: {0}")]
-    Sled(#[from] sled::Error),
+    Sled(#[from] ::sled::Error),
     /// A file next to the store could not be used.
     #[error("store I/O error at {path}: {message}")]
     Io {
@@ -85,271 +69,276 @@ pub enum StoreError {
     Durability(String),
 }
 
-impl From<sled::transaction::TransactionError<StoreError>> for StoreError {
-    fn from(e: sled::transaction::TransactionError<StoreError>) -> Self {
+impl From<::sled::transaction::TransactionError<StoreError>> for StoreError {
+    fn from(e: ::sled::transaction::TransactionError<StoreError>) -> Self {
         match e {
-            sled::transaction::TransactionError::Abort(inner) => inner,
-            sled::transaction::TransactionError::Storage(inner) => StoreError::Sled(inner),
+            ::sled::transaction::TransactionError::Abort(inner) => inner,
+            ::sled::transaction::TransactionError::Storage(inner) => StoreError::Sled(inner),
         }
     }
+}
+
+/// The backends.
+#[derive(Debug)]
+enum Backend {
+    Sled(Arc<sled::SledStore>),
 }
 
 /// The open store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
-    path: PathBuf,
-    tokens: sled::Tree,
-    token_index: sled::Tree,
-    jobs: sled::Tree,
-    latest: sled::Tree,
-    deliveries: sled::Tree,
-    seen_changes: sled::Tree,
-    sessions: sled::Tree,
-    unreadable: sled::Tree,
-    meta: sled::Tree,
-    cipher: TokenCipher,
-    committer: GroupCommit,
-    stats: stats::Stats,
-    id: String,
+    backend: Backend,
 }
 
 impl Store {
-    /// Opens (creating if missing) the store at `settings.path` and checks the master key.
+    /// Opens (creating if missing) the store `settings` name, migrating an older format.
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
-        let path = settings.path.clone();
-        std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
-        let db = open_sled(&path)?;
-        let meta = db.open_tree("meta")?;
-        let unreadable = db.open_tree("unreadable")?;
-        migrate::migrate(&db, &meta, &unreadable)?;
-        let cipher = key_rotation::open_cipher(settings, &meta)?;
-        let id = store_id(&meta)?;
-        let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
-        let store = Self {
-            tokens: db.open_tree("tokens")?,
-            token_index: db.open_tree("token_index")?,
-            jobs: db.open_tree("jobs")?,
-            latest: db.open_tree("latest_jobs")?,
-            deliveries: db.open_tree("deliveries")?,
-            seen_changes: db.open_tree("seen_changes")?,
-            sessions: db.open_tree("sessions")?,
-            unreadable,
-            meta,
-            path,
-            cipher,
-            committer,
-            stats: stats::Stats::default(),
-            id,
-        };
-        store.count_all()?;
-        Ok(store)
+        Ok(Self {
+            backend: Backend::Sled(Arc::new(sled::SledStore::open(settings)?)),
+        })
     }
 
-    /// This store's id: random, made when it was created, kept for good. Build comments
-    /// carry it with the job id, so a job is recognised in TeamCity even when several
-    /// bb2tc installations share one TeamCity server.
+    /// Runs `work` on the backend, on tokio's blocking pool.
+    async fn blocking<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
+    {
+        let Backend::Sled(store) = &self.backend;
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?
+    }
+
+    fn sled(&self) -> &sled::SledStore {
+        let Backend::Sled(store) = &self.backend;
+        store
+    }
+
+    /// This store's id (random, made once): build comments carry it with the job id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.sled().id()
     }
 
-    /// Counts jobs, tokens and set-aside records once, at open.
-    fn count_all(&self) -> Result<(), StoreError> {
-        self.stats.set_aside(self.unreadable.len());
-        for item in self.records::<Job>(&self.jobs) {
-            self.stats.job_changed(None, Some(&item?.1));
-        }
-        for item in self.records::<tokens::StoredToken>(&self.tokens) {
-            self.stats.token_changed(None, Some(item?.1.status()));
-        }
-        Ok(())
-    }
-
-    /// A record by key; one that cannot be read is set aside and reads as absent.
-    fn read_record<T: records::Record>(
-        &self,
-        tree: &sled::Tree,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        let Some(bytes) = tree.get(key)? else {
-            return Ok(None);
-        };
-        match records::decode(&bytes) {
-            Ok(record) => Ok(Some(record)),
-            Err(e) => {
-                self.set_aside(tree, key, &bytes, &e);
-                Ok(None)
-            }
-        }
-    }
-
-    /// Every readable record of `tree` in key order; unreadable ones are set aside.
-    fn records<'a, T: records::Record + 'a>(
-        &'a self,
-        tree: &'a sled::Tree,
-    ) -> impl Iterator<Item = Result<(sled::IVec, T), StoreError>> + 'a {
-        tree.iter()
-            .filter_map(move |item| self.readable(tree, item))
-    }
-
-    /// [`records`](Self::records), newest key first.
-    fn records_rev<'a, T: records::Record + 'a>(
-        &'a self,
-        tree: &'a sled::Tree,
-    ) -> impl Iterator<Item = Result<(sled::IVec, T), StoreError>> + 'a {
-        tree.iter()
-            .rev()
-            .filter_map(move |item| self.readable(tree, item))
-    }
-
-    fn readable<T: records::Record>(
-        &self,
-        tree: &sled::Tree,
-        item: sled::Result<(sled::IVec, sled::IVec)>,
-    ) -> Option<Result<(sled::IVec, T), StoreError>> {
-        match item {
-            Err(e) => Some(Err(e.into())),
-            Ok((key, bytes)) => match records::decode(&bytes) {
-                Ok(record) => Some(Ok((key, record))),
-                Err(e) => {
-                    self.set_aside(tree, &key, &bytes, &e);
-                    None
-                }
-            },
-        }
-    }
-
-    /// Sets the record at `key` aside if it (still) cannot be read as a `T`.
-    fn set_aside_if_unreadable<T: records::Record>(&self, tree: &sled::Tree, key: &[u8]) {
-        if let Ok(Some(bytes)) = tree.get(key)
-            && let Err(e) = records::decode::<T>(&bytes)
-        {
-            self.set_aside(tree, key, &bytes, &e);
-        }
-    }
-
-    /// Moves a record that cannot be read to `unreadable`, counts and logs it. Failing to
-    /// move it is logged too: the record then stays and is skipped again next time.
-    fn set_aside(&self, tree: &sled::Tree, key: &[u8], bytes: &[u8], error: &StoreError) {
-        let name = String::from_utf8_lossy(&tree.name()).into_owned();
-        let moved = (tree, &self.unreadable).transaction(|(tree, unreadable)| {
-            if tree.get(key)?.as_deref() != Some(bytes) {
-                return Ok(false); // changed meanwhile
-            }
-            unreadable.insert(unreadable_key(&name, key), bytes)?;
-            tree.remove(key)?;
-            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(true)
-        });
-        match moved {
-            Ok(true) => {
-                self.stats.set_aside(1);
-                tracing::error!(
-                    tree = %name, key = %printable(key), %error,
-                    "set aside a record that cannot be read (tree \"unreadable\")"
-                );
-            }
-            Ok(false) => {}
-            Err(e) => tracing::error!(
-                tree = %name, key = %printable(key), error = %e,
-                "cannot set aside a record that cannot be read"
-            ),
-        }
-    }
-
-    /// The store directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Where the store lives, for messages.
+    pub fn location(&self) -> PathBuf {
+        self.sled().path().to_owned()
     }
 
     /// Makes every write done before this call durable (flush + fsync), sharing the fsync
     /// with concurrent callers.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        self.committer
-            .commit()
-            .await
-            .map_err(StoreError::Durability)
+        self.sled().commit().await
     }
 
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.meta
-            .insert(b"probe", &crate::clock::now_ms().to_be_bytes())?;
+        self.blocking(|s| s.probe_write()).await?;
         self.commit().await
     }
 
     /// The stored SHA-256 of the generated admin token, if one was generated.
-    pub fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        Ok(self
-            .meta
-            .get(ADMIN_HASH)?
-            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
+    pub async fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        self.blocking(|s| s.admin_token_hash()).await
     }
 
     /// Stores the SHA-256 of a newly generated admin token (durably).
     pub async fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
-        self.meta.insert(ADMIN_HASH, &hash)?;
+        self.blocking(move |s| s.set_admin_token_hash(hash)).await?;
         self.commit().await
     }
-}
 
-/// How long to wait for sled's file lock: a process that is just exiting (a restart) lets go
-/// of it a moment later.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-
-fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
-    loop {
-        match sled::Config::new()
-            .path(path)
-            .cache_capacity(CACHE_BYTES)
-            .open()
-        {
-            Ok(db) => return Ok(db),
-            // sled locks its files; its message is the only sign of that.
-            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
-                if std::time::Instant::now() >= deadline {
-                    return Err(StoreError::Io {
-                        path: path.to_owned(),
-                        message: "the store is in use by another bb2tc process (run one per store)"
-                            .into(),
-                    });
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(other) => return Err(StoreError::Sled(other)),
-        }
+    /// Records a delivery and its jobs at once: `Duplicate` when its id was seen (and
+    /// `dedup_id`), changes already seen skipped, pending jobs coalesced. Not yet durable:
+    /// [`commit`](Self::commit) before answering.
+    pub async fn record_push(
+        &self,
+        delivery: DeliveryRecord,
+        dedup_id: bool,
+        changes: Vec<ChangeJobs>,
+    ) -> Result<RecordOutcome, StoreError> {
+        self.blocking(move |s| s.record_push(&delivery, dedup_id, &changes))
+            .await
     }
-}
 
-fn io_error(path: &Path, e: std::io::Error) -> StoreError {
-    StoreError::Io {
-        path: path.to_owned(),
-        message: e.to_string(),
+    /// Records a delivery that made no jobs, for the admin API (bookkeeping, not synced).
+    pub async fn record_delivery(&self, delivery: DeliveryRecord) -> Result<(), StoreError> {
+        self.blocking(move |s| s.record_delivery(&delivery)).await
     }
-}
 
-/// The key under which a record of `tree` is set aside.
-fn unreadable_key(tree: &str, key: &[u8]) -> Vec<u8> {
-    [tree.as_bytes(), b"\0", key].concat()
-}
-
-/// A key for a log line: text when it is text, else hex (job ids, hashes).
-fn printable(key: &[u8]) -> String {
-    match std::str::from_utf8(key) {
-        Ok(text) if !text.chars().any(|c| c != '\0' && c.is_control()) => text.replace('\0', "/"),
-        _ => hex::encode(key),
+    /// A pending job goes in flight (one more attempt).
+    pub async fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
+        self.blocking(move |s| s.claim_job(id)).await
     }
-}
 
-const STORE_ID: &[u8] = b"store_id";
-
-fn store_id(meta: &sled::Tree) -> Result<String, StoreError> {
-    if let Some(id) = meta.get(STORE_ID)? {
-        return Ok(String::from_utf8_lossy(&id).into_owned());
+    /// A claimed job goes back unsent; `Ok(None)` when dropped as superseded.
+    pub async fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        self.blocking(move |s| s.release_job(id)).await
     }
-    let id = hex::encode(rand::random::<[u8; 4]>());
-    meta.insert(STORE_ID, id.as_bytes())?;
-    meta.flush()?;
-    Ok(id)
+
+    /// A job whose call may have reached TeamCity goes back, flagged for the check first.
+    pub async fn interrupt_job(
+        &self,
+        id: u64,
+        now: u64,
+    ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        self.blocking(move |s| s.interrupt_job(id, now)).await
+    }
+
+    /// How a call ended; `Ok(None)` when a job to retry was dropped as superseded.
+    pub async fn finish_job(
+        &self,
+        id: u64,
+        finish: Finish,
+        now: u64,
+    ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        self.blocking(move |s| s.finish_job(id, &finish, now)).await
+    }
+
+    /// At start: jobs left in flight become pending (flagged); every pending job.
+    pub async fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
+        self.blocking(move |s| s.resume_jobs(now)).await
+    }
+
+    /// A dead job becomes pending again, due `now`.
+    pub async fn revive_job(
+        &self,
+        id: u64,
+        now: u64,
+    ) -> Result<Result<Job, Unchanged>, StoreError> {
+        self.blocking(move |s| s.revive_job(id, now)).await
+    }
+
+    /// Deletes a job in any state; `false` when there was none.
+    pub async fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.remove_job(id)).await
+    }
+
+    /// Whether a job is still stored.
+    pub async fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
+        self.blocking(move |s| s.job_exists(id)).await
+    }
+
+    /// One job.
+    pub async fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        self.blocking(move |s| s.job(id)).await
+    }
+
+    /// Jobs, newest first, optionally of one state.
+    pub async fn list_jobs(
+        &self,
+        state: Option<JobState>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.blocking(move |s| s.list_jobs(state, limit)).await
+    }
+
+    /// Recent deliveries, newest first.
+    pub async fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        self.blocking(move |s| s.list_deliveries(limit)).await
+    }
+
+    /// Drops expired de-duplication marks, delivery records, done jobs and sessions, in
+    /// batches; how many records went.
+    pub async fn prune(&self, now: u64) -> Result<usize, StoreError> {
+        self.blocking(move |s| Ok(s.prune(now)? + s.purge_expired_sessions(now)?))
+            .await
+    }
+
+    /// Queue depths, oldest pending job, tokens per status, records set aside: maintained
+    /// counts, so this costs the same whatever the queue holds.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.sled().stats()
+    }
+
+    /// Registers a token, replacing (and keeping the id of) the one for the same source,
+    /// user and server. Returns the record and whether it replaced one. Durable.
+    pub async fn upsert_token(&self, new: NewToken) -> Result<(TokenInfo, bool), StoreError> {
+        let result = self.blocking(move |s| s.upsert_token(&new)).await?;
+        self.commit().await?;
+        Ok(result)
+    }
+
+    /// The token a pusher registered for `server`, trying each of their keys in order.
+    pub async fn find_token(
+        &self,
+        source: SourceId,
+        keys: Vec<UserKey>,
+        server: ServerId,
+    ) -> Result<Option<TokenInfo>, StoreError> {
+        self.blocking(move |s| s.find_token(&source, &keys, &server))
+            .await
+    }
+
+    /// Decrypts a token for a call, with the revision TeamCity's verdict will be about.
+    pub async fn token_secret(
+        &self,
+        id: String,
+    ) -> Result<Option<(TeamCityToken, u64)>, StoreError> {
+        self.blocking(move |s| s.token_secret(&id)).await
+    }
+
+    /// One token's record.
+    pub async fn token(&self, id: String) -> Result<Option<TokenInfo>, StoreError> {
+        self.blocking(move |s| s.token(&id)).await
+    }
+
+    /// Lists tokens, oldest first.
+    pub async fn list_tokens(&self, filter: TokenFilter) -> Result<Vec<TokenInfo>, StoreError> {
+        self.blocking(move |s| s.list_tokens(&filter)).await
+    }
+
+    /// Forgets a token; `false` when there was none. Durable.
+    pub async fn remove_token(&self, id: String) -> Result<bool, StoreError> {
+        let removed = self.blocking(move |s| s.remove_token(&id)).await?;
+        self.commit().await?;
+        Ok(removed)
+    }
+
+    /// TeamCity's verdict on `revision` of a token after a call.
+    pub async fn mark_token(
+        &self,
+        id: String,
+        revision: u64,
+        accepted: bool,
+    ) -> Result<(), StoreError> {
+        self.blocking(move |s| s.mark_token(&id, revision, accepted))
+            .await
+    }
+
+    /// Starts a session; the cookie value and the session. Durable.
+    pub async fn create_session(
+        &self,
+        principal: Principal,
+        ttl_ms: u64,
+    ) -> Result<(String, Session), StoreError> {
+        let created = self
+            .blocking(move |s| s.create_session(principal, ttl_ms))
+            .await?;
+        self.commit().await?;
+        Ok(created)
+    }
+
+    /// The live session behind a cookie value.
+    pub async fn session(&self, id: String) -> Result<Option<Session>, StoreError> {
+        self.blocking(move |s| s.session(&id)).await
+    }
+
+    /// Ends a session (sign-out). Durable.
+    pub async fn end_session(&self, id: String) -> Result<(), StoreError> {
+        self.blocking(move |s| s.end_session(&id)).await?;
+        self.commit().await
+    }
+
+    /// Re-seals every token under `new_key` (`bb2tc rotate-key`, bridge stopped).
+    pub async fn rotate_master_key(
+        &self,
+        new_key: &Secret,
+        uses_key_file: bool,
+    ) -> Result<usize, StoreError> {
+        self.sled().rotate_master_key(new_key, uses_key_file).await
+    }
 }
 
 #[cfg(test)]
@@ -358,6 +347,8 @@ pub(crate) mod test_support {
     use crate::config::TriggerMode;
     use crate::ids::{BuildTypeId, ServerId, Sha, SourceId};
     use std::collections::BTreeMap;
+
+    pub use super::sled::test_support::temp_sled;
 
     /// A store in a fresh temp dir (kept alive by the returned guard).
     pub fn temp_store() -> (tempfile::TempDir, Store) {
@@ -398,57 +389,6 @@ pub(crate) mod test_support {
             web_url: None,
             warning: None,
             finished_at: None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ids::Secret;
-
-    #[tokio::test]
-    async fn wrong_master_key_fails_clearly() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("data");
-        let first = StorageSettings {
-            path: path.clone(),
-            master_key: Some(Secret::new(TokenCipher::generate_key())),
-        };
-        drop(Store::open(&first).unwrap());
-        let second = StorageSettings {
-            path,
-            master_key: Some(Secret::new(TokenCipher::generate_key())),
-        };
-        let err = Store::open(&second).unwrap_err();
-        assert!(matches!(err, StoreError::WrongMasterKey(_)), "{err}");
-        assert!(err.to_string().contains("master key does not match"));
-    }
-
-    #[tokio::test]
-    async fn a_store_in_use_is_refused_clearly() {
-        let (dir, store) = test_support::temp_store();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-        };
-        let err = Store::open(&settings).unwrap_err().to_string();
-        assert!(err.contains("in use by another bb2tc process"), "{err}");
-        drop(store);
-        assert!(Store::open(&settings).is_ok());
-    }
-
-    #[tokio::test]
-    async fn commit_is_shared_and_succeeds() {
-        let (_dir, store) = test_support::temp_store();
-        let store = std::sync::Arc::new(store);
-        let mut waits = Vec::new();
-        for _ in 0..50 {
-            let store = store.clone();
-            waits.push(tokio::spawn(async move { store.probe_write().await }));
-        }
-        for wait in waits {
-            wait.await.unwrap().unwrap();
         }
     }
 }

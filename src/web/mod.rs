@@ -92,10 +92,10 @@ pub async fn handle(
     let get = matches!(*request.method(), Method::GET | Method::HEAD);
     let post = request.method() == Method::POST;
     let result = match segments {
-        [""] if get => token_page::show(app, &request),
+        [""] if get => token_page::show(app, &request).await,
         ["tokens"] if post => token_page::add(app, request).await,
         ["tokens", id, "delete"] if post => token_page::delete(app, request, id).await,
-        ["signin"] if get => sign_in::page(app, &request),
+        ["signin"] if get => sign_in::page(app, &request).await,
         ["signin", "token"] if post => sign_in::with_bitbucket_token(app, request, peer).await,
         ["signin", "admin"] if post => sign_in::as_admin(app, request, peer).await,
         ["signin", "oauth", source] if get => sign_in::start_oauth(app, peer, source),
@@ -118,20 +118,26 @@ pub async fn handle(
 
 /// The live session behind the request's cookie, with the cookie's value. An admin session
 /// of an admin token that has since been replaced counts as none.
-fn session(app: &App, headers: &HeaderMap) -> Result<Option<(String, Session)>, PageError> {
+async fn session(app: &App, headers: &HeaderMap) -> Result<Option<(String, Session)>, PageError> {
     let Some(id) = cookies::get(headers, cookies::SESSION) else {
         return Ok(None);
     };
-    let session = app.store.session(id)?.filter(|s| match &s.principal {
-        Principal::Admin { token_fingerprint } => {
-            *token_fingerprint == app.admin_token_fingerprint()
-        }
-        Principal::User { .. } => true,
-    });
+    let session = app
+        .store
+        .session(id.to_owned())
+        .await?
+        .filter(|s| match &s.principal {
+            Principal::Admin { token_fingerprint } => {
+                *token_fingerprint == app.admin_token_fingerprint()
+            }
+            Principal::User { .. } => true,
+        });
     Ok(session.map(|s| (id.to_owned(), s)))
 }
 
 /// The session, or [`PageError::SignInRequired`].
-fn require_session(app: &App, headers: &HeaderMap) -> Result<(String, Session), PageError> {
-    session(app, headers)?.ok_or(PageError::SignInRequired)
+async fn require_session(app: &App, headers: &HeaderMap) -> Result<(String, Session), PageError> {
+    session(app, headers)
+        .await?
+        .ok_or(PageError::SignInRequired)
 }

@@ -35,8 +35,8 @@ const CALLBACK_PATH: &str = "/oauth/callback";
 const SIGN_IN_COOKIE_SECS: u64 = 3600;
 
 /// `GET /signin`: the sign-in page (or the token page, for someone already signed in).
-pub fn page(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, PageError> {
-    if session(app, request.headers())?.is_some() {
+pub async fn page(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, PageError> {
+    if session(app, request.headers()).await?.is_some() {
         return Ok(respond::redirect("/"));
     }
     sign_in_form(app, request.headers(), None)
@@ -274,9 +274,9 @@ pub async fn finish_oauth(
 pub async fn sign_out(app: &App, request: Request<Incoming>) -> Result<Response<Body>, PageError> {
     let (headers, form) = Form::read(request, app.config.http.read_timeout).await?;
     let mut response = respond::redirect("/signin");
-    if let Some((id, session)) = session(app, &headers)? {
+    if let Some((id, session)) = session(app, &headers).await? {
         form.check_csrf(&session.csrf)?;
-        app.store.end_session(&id).await?;
+        app.store.end_session(id).await?;
     }
     response.headers_mut().append(
         SET_COOKIE,

@@ -22,8 +22,8 @@ use hyper::{Request, Response, StatusCode};
 const MAX_TOKEN_CHARS: usize = 4096;
 
 /// `GET /`: the token list.
-pub fn show(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, PageError> {
-    let (_, session) = require_session(app, request.headers())?;
+pub async fn show(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, PageError> {
+    let (_, session) = require_session(app, request.headers()).await?;
     let mut notice = None;
     let mut user_filter = None;
     for (key, value) in form_urlencoded::parse(request.uri().query().unwrap_or("").as_bytes()) {
@@ -42,11 +42,12 @@ pub fn show(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, Pa
         banner.as_ref(),
         StatusCode::OK,
     )
+    .await
 }
 
 /// `POST /tokens`: check the pasted token with TeamCity and keep it.
 pub async fn add(app: &App, request: Request<Incoming>) -> Result<Response<Body>, PageError> {
-    let (_, session) = require_session(app, request.headers())?;
+    let (_, session) = require_session(app, request.headers()).await?;
     let (_, form) = Form::read(request, app.config.http.read_timeout).await?;
     form.check_csrf(&session.csrf)?;
     let Principal::User { source, user, .. } = &session.principal else {
@@ -90,7 +91,7 @@ pub async fn add(app: &App, request: Request<Incoming>) -> Result<Response<Body>
         Err(RegistrationError::Store(e)) => Err(e.into()),
         Err(e) => {
             let (status, text) = refusal(&e);
-            render(app, &session, None, Some(&Banner::Error(text)), status)
+            render(app, &session, None, Some(&Banner::Error(text)), status).await
         }
     }
 }
@@ -101,22 +102,23 @@ pub async fn delete(
     request: Request<Incoming>,
     id: &str,
 ) -> Result<Response<Body>, PageError> {
-    let (_, session) = require_session(app, request.headers())?;
+    let (_, session) = require_session(app, request.headers()).await?;
     let (_, form) = Form::read(request, app.config.http.read_timeout).await?;
     form.check_csrf(&session.csrf)?;
     let token = app
         .store
-        .token(id)?
+        .token(id.to_owned())
+        .await?
         .filter(|t| may_see(&session.principal, t))
         .ok_or_else(|| {
             PageError::NotFound("There is no such token (it may already be deleted).".into())
         })?;
-    app.store.remove_token(&token.id).await?;
+    app.store.remove_token(token.id.clone()).await?;
     tracing::info!(token = %token.id, by = %html::describe(&session.principal), "token deleted on the token page");
     Ok(respond::redirect("/?notice=deleted"))
 }
 
-fn render(
+async fn render(
     app: &App,
     session: &Session,
     user_filter: Option<&str>,
@@ -133,7 +135,7 @@ fn render(
             ..TokenFilter::default()
         },
     };
-    let mut tokens = app.store.list_tokens(&filter)?;
+    let mut tokens = app.store.list_tokens(filter).await?;
     tokens.retain(|t| may_see(&session.principal, t));
     let page = html::tokens_page(
         &app.config,

@@ -288,7 +288,18 @@ build_types = ["Stuck"]
         1,
         "max_in_flight = 1 on the hung server"
     );
-    assert_eq!(jobs(&app, "?state=inflight").await.len(), 1);
+    // The healthy server's jobs finish (their results are written just after the calls);
+    // the hung server's one stays in flight.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let inflight = jobs(&app, "?state=inflight").await;
+        if inflight.len() == 1 {
+            assert_eq!(inflight[0]["server"], "hung");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{inflight:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

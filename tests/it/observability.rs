@@ -90,10 +90,12 @@ async fn metrics_follow_deliveries_calls_and_failures() {
     tc.wait_for_builds(3).await;
     let text = loop {
         let text = metrics(&app).await;
+        // The call's outcome is counted when it ends; the job's state is written just after.
         if value(
             &text,
             r#"bb2tc_triggers_total{server="main",outcome="dead"}"#,
         ) == Some(1.0)
+            && value(&text, r#"bb2tc_queue_depth{server="main",state="dead"}"#) == Some(1.0)
         {
             break text;
         }

@@ -9,7 +9,9 @@
 //! last, after an fsync of everything before it.
 
 use super::records::{Record, decode_unversioned, decode_unversioned_mark, encode, encode_mark};
-use super::{DeliveryRecord, Job, Session, StoreError, tokens::StoredToken};
+use super::tokens::StoredToken;
+use crate::job::Job;
+use crate::store::{DeliveryRecord, Session, StoreError};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 

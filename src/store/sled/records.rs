@@ -19,11 +19,9 @@
 //! | token | 1 | [`StoredToken`]: `revision` counts replacements |
 //! | de-duplication mark | 0 | 8 bytes, big-endian ms; 1: the same after the version byte |
 
-use super::StoreError;
-use super::jobs::DeliveryRecord;
-use super::sessions::Session;
 use super::tokens::{StoredToken, StoredTokenV0};
 use crate::job::Job;
+use crate::store::{DeliveryRecord, Session, StoreError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

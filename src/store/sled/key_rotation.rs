@@ -7,9 +7,10 @@
 //! start that finds the store already under the new key completes that rename.
 
 use super::records::{decode, encode};
-use super::{Store, StoreError, TokenCipher, io_error, tokens::StoredToken};
+use super::{SledStore, io_error, tokens::StoredToken};
 use crate::config::StorageSettings;
 use crate::ids::Secret;
+use crate::store::{StoreError, TokenCipher};
 use sled::Transactional;
 
 const KEY_CHECK: &[u8] = b"key_check";
@@ -67,7 +68,7 @@ fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
         .map_err(|e| io_error(dir, e))
 }
 
-impl Store {
+impl SledStore {
     /// Re-seals every token under `new_key` (base64 of 32 bytes). With a configured key the
     /// caller must then configure `new_key`; with a key file, `master.key` is replaced.
     /// Returns how many tokens were re-sealed. Run with the bridge stopped (sled's lock
@@ -118,21 +119,20 @@ mod tests {
     use crate::store::tokens::{NewToken, TokenStatus};
 
     async fn with_tokens(settings: &StorageSettings) -> Vec<String> {
-        let store = Store::open(settings).unwrap();
+        let store = SledStore::open(settings).unwrap();
         let mut ids = Vec::new();
         for user in ["a", "b", "c"] {
             let token = TeamCityToken::new(format!("token-of-{user}"));
             let (info, _) = store
-                .upsert_token(NewToken {
-                    source: &SourceId::new("dc"),
-                    user,
-                    server: &ServerId::new("main"),
-                    teamcity: "https://tc",
-                    token: &token,
+                .upsert_token(&NewToken {
+                    source: SourceId::new("dc"),
+                    user: user.to_owned(),
+                    server: ServerId::new("main"),
+                    teamcity: "https://tc".into(),
+                    token,
                     status: TokenStatus::Valid,
                     teamcity_user: None,
                 })
-                .await
                 .unwrap();
             ids.push(info.id);
         }
@@ -149,7 +149,7 @@ mod tests {
         let ids = with_tokens(&settings).await;
         let old_key = std::fs::read_to_string(settings.path.join("master.key")).unwrap();
         {
-            let store = Store::open(&settings).unwrap();
+            let store = SledStore::open(&settings).unwrap();
             let new_key = Secret::new(TokenCipher::generate_key());
             assert_eq!(store.rotate_master_key(&new_key, true).await.unwrap(), 3);
         }
@@ -158,7 +158,7 @@ mod tests {
             old_key
         );
         assert!(!settings.path.join("master.key.new").exists());
-        let store = Store::open(&settings).unwrap();
+        let store = SledStore::open(&settings).unwrap();
         for (id, user) in ids.iter().zip(["a", "b", "c"]) {
             assert_eq!(
                 store.token_secret(id).unwrap().unwrap().0.expose(),
@@ -178,14 +178,14 @@ mod tests {
         let new_key = TokenCipher::generate_key();
         {
             // Rotate the store, but "crash" before the key file is renamed.
-            let store = Store::open(&settings).unwrap();
+            let store = SledStore::open(&settings).unwrap();
             store
                 .rotate_master_key(&Secret::new(new_key.clone()), false)
                 .await
                 .unwrap();
             TokenCipher::write_key_file(&settings.path.join("master.key.new"), &new_key).unwrap();
         }
-        let store = Store::open(&settings).unwrap();
+        let store = SledStore::open(&settings).unwrap();
         assert_eq!(
             store.token_secret(&ids[0]).unwrap().unwrap().0.expose(),
             "token-of-a"
@@ -207,20 +207,20 @@ mod tests {
         };
         let ids = with_tokens(&old).await;
         let new_key = Secret::new(TokenCipher::generate_key());
-        Store::open(&old)
+        SledStore::open(&old)
             .unwrap()
             .rotate_master_key(&new_key, false)
             .await
             .unwrap();
         assert!(matches!(
-            Store::open(&old).unwrap_err(),
+            SledStore::open(&old).unwrap_err(),
             StoreError::WrongMasterKey(_)
         ));
         let new = StorageSettings {
             path: old.path.clone(),
             master_key: Some(new_key),
         };
-        let store = Store::open(&new).unwrap();
+        let store = SledStore::open(&new).unwrap();
         assert_eq!(
             store.token_secret(&ids[2]).unwrap().unwrap().0.expose(),
             "token-of-c"

@@ -1,0 +1,605 @@
+//! Jobs and deliveries in sled: `jobs` (id, big-endian → job), `latest_jobs` (coalescing key
+//! → newest job id), `deliveries` and `seen_changes`. What happens to a job is decided by
+//! [`crate::job::lifecycle`]; each method here reads what a transition needs and applies the
+//! writes it returns in one transaction.
+
+use super::SledStore;
+use super::records::{decode, decode_mark, encode, encode_mark};
+use crate::job::lifecycle::{self, Refused, Transition, Write};
+use crate::job::{Finish, Job, JobState};
+use crate::store::jobs::{ChangeJobs, DeliveryRecord, RecordOutcome, Skipped, Unchanged};
+use crate::store::{DEDUP_WINDOW_MS, StoreError};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use std::cell::RefCell;
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+fn job_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
+    ConflictableTransactionError::Abort(e)
+}
+
+/// Keys of job records found unreadable inside a transaction, set aside after it.
+type Unreadable = RefCell<Vec<Vec<u8>>>;
+
+/// A job inside a transaction; one that cannot be decoded counts as absent and is noted.
+fn read_job(tree: &TransactionalTree, id: u64, bad: &Unreadable) -> TxResult<Option<Job>> {
+    let Some(bytes) = tree.get(job_key(id))? else {
+        return Ok(None);
+    };
+    match decode::<Job>(&bytes) {
+        Ok(job) => Ok(Some(job)),
+        Err(_) => {
+            bad.borrow_mut().push(job_key(id).to_vec());
+            Ok(None)
+        }
+    }
+}
+
+/// The id of the newest job for `key`.
+fn latest_id(latest: &TransactionalTree, key: &[u8]) -> TxResult<Option<u64>> {
+    Ok(latest
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes))
+}
+
+fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write]) -> TxResult<()> {
+    for write in writes {
+        match write {
+            Write::Put(job) => {
+                jobs.insert(&job_key(job.id), encode(job.as_ref()).map_err(abort)?)?;
+            }
+            Write::Delete(id) => {
+                jobs.remove(&job_key(*id))?;
+            }
+            Write::SetLatest { key, id } => {
+                latest.insert(key.as_slice(), &job_key(*id))?;
+            }
+            Write::ClearLatest { key } => {
+                latest.remove(key.as_slice())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
+    stamp
+        .as_deref()
+        .and_then(decode_mark)
+        .is_some_and(|first_seen| now.saturating_sub(first_seen) < DEDUP_WINDOW_MS)
+}
+
+impl SledStore {
+    /// Counts the jobs a transaction wrote; `before` are the jobs it read.
+    fn count_writes(&self, before: &[&Job], writes: &[Write]) {
+        let find = |id: u64| before.iter().copied().find(|j| j.id == id);
+        for write in writes {
+            match write {
+                Write::Put(job) => self.stats.job_changed(find(job.id), Some(job)),
+                Write::Delete(id) => self.stats.job_changed(find(*id), None),
+                Write::SetLatest { .. } | Write::ClearLatest { .. } => {}
+            }
+        }
+    }
+
+    fn set_aside_jobs(&self, bad: Unreadable) {
+        for key in bad.into_inner() {
+            self.set_aside_if_unreadable::<Job>(&self.jobs, &key);
+        }
+    }
+
+    /// Records a delivery and its jobs in one transaction: skips it when its id was seen
+    /// (when `dedup_id`), skips changes already seen, and coalesces pending jobs.
+    pub fn record_push(
+        &self,
+        delivery: &DeliveryRecord,
+        dedup_id: bool,
+        changes: &[ChangeJobs],
+    ) -> Result<RecordOutcome, StoreError> {
+        let now = delivery.received_at;
+        let bad = Unreadable::default();
+        let result = (
+            &self.deliveries,
+            &self.seen_changes,
+            &self.jobs,
+            &self.latest,
+        )
+            .transaction(|(deliveries, seen, jobs, latest)| {
+                bad.borrow_mut().clear();
+                if dedup_id
+                    && let Some(old) = deliveries.get(delivery.id.as_bytes())?
+                    && decode::<DeliveryRecord>(&old)
+                        .is_ok_and(|d| now.saturating_sub(d.received_at) < DEDUP_WINDOW_MS)
+                {
+                    return Ok((RecordOutcome::Duplicate, Vec::new()));
+                }
+                let mut record = delivery.clone();
+                let mut created = Vec::new();
+                let mut coalesced = Vec::new();
+                let mut transitions = Vec::new();
+                for change in changes {
+                    if fresh(seen.get(change.seen_key.as_slice())?, now) {
+                        record.skipped.push(Skipped {
+                            reference: change.reference.clone(),
+                            reason: "already seen: same ref and commit within 24 h".into(),
+                        });
+                        continue;
+                    }
+                    seen.insert(change.seen_key.as_slice(), &encode_mark(now))?;
+                    for template in &change.jobs {
+                        let mut job = template.clone();
+                        job.id = jobs.generate_id()?;
+                        let newest = match latest_id(latest, &job.coalescing_key())? {
+                            Some(id) => read_job(jobs, id, &bad)?,
+                            None => None,
+                        };
+                        let t = lifecycle::enqueue(job.clone(), newest.as_ref());
+                        apply(jobs, latest, &t.writes)?;
+                        if let Some(old) = &t.coalesced {
+                            coalesced.push((old.server.clone(), old.id));
+                        }
+                        created.push(job);
+                        transitions.push(t);
+                    }
+                }
+                record.jobs = created.len();
+                deliveries.insert(delivery.id.as_bytes(), encode(&record).map_err(abort)?)?;
+                Ok((
+                    RecordOutcome::Recorded {
+                        jobs: created,
+                        coalesced,
+                        delivery: record,
+                    },
+                    transitions,
+                ))
+            });
+        self.set_aside_jobs(bad);
+        let (outcome, transitions) = result?;
+        for t in &transitions {
+            let before: Vec<&Job> = t.coalesced.iter().collect();
+            self.count_writes(&before, &t.writes);
+        }
+        Ok(outcome)
+    }
+
+    /// Records a delivery that made no jobs (ignored, rejected, duplicate), for the admin
+    /// API. Not made durable on its own: it is bookkeeping, not a promise.
+    pub fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
+        let key = format!("{}#{}", delivery.id, delivery.result);
+        self.deliveries.insert(key.as_bytes(), encode(delivery)?)?;
+        Ok(())
+    }
+
+    /// Reads job `id` and the newest job id of its key, runs `decide`, applies its writes.
+    fn transition(
+        &self,
+        id: u64,
+        decide: impl Fn(&Job, Option<u64>, &TransactionalTree) -> TxResult<Result<Transition, Refused>>,
+    ) -> Result<Result<Transition, Unchanged>, StoreError> {
+        let bad = Unreadable::default();
+        let result = (&self.jobs, &self.latest).transaction(|(jobs, latest)| {
+            bad.borrow_mut().clear();
+            let Some(job) = read_job(jobs, id, &bad)? else {
+                return Ok(Err(Unchanged::Gone));
+            };
+            let newest = latest_id(latest, &job.coalescing_key())?;
+            match decide(&job, newest, jobs)? {
+                Ok(t) => {
+                    apply(jobs, latest, &t.writes)?;
+                    Ok(Ok((job, t)))
+                }
+                Err(Refused::WrongState(state)) => Ok(Err(Unchanged::InState(state))),
+            }
+        });
+        self.set_aside_jobs(bad);
+        Ok(result?.map(|(before, t)| {
+            self.count_writes(&[&before], &t.writes);
+            t
+        }))
+    }
+
+    /// Marks a pending job in flight (one more attempt); the job as claimed.
+    pub fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, _, _| Ok(lifecycle::claim(job)))?;
+        Ok(t.map(|t| t.job.expect("a claimed job is kept")))
+    }
+
+    /// Puts a claimed job back, unsent (on shutdown, before its call was made). `Ok(None)`
+    /// when it was dropped as superseded.
+    pub fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, newest, _| Ok(lifecycle::release(job, newest)))?;
+        Ok(t.map(|t| t.job))
+    }
+
+    /// A job whose call may have reached TeamCity (its task failed mid-call): pending again,
+    /// flagged so TeamCity is asked first. `Ok(None)` when dropped as superseded.
+    pub fn interrupt_job(
+        &self,
+        id: u64,
+        now: u64,
+    ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, newest, _| {
+            Ok(lifecycle::interrupted(job, newest, now))
+        })?;
+        Ok(t.map(|t| t.job))
+    }
+
+    /// Stores how a call ended. `Ok(None)` when a job to retry was dropped as superseded.
+    pub fn finish_job(
+        &self,
+        id: u64,
+        finish: &Finish,
+        now: u64,
+    ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, newest, _| {
+            Ok(lifecycle::sent(job, finish, newest, now))
+        })?;
+        Ok(t.map(|t| t.job))
+    }
+
+    /// On start: jobs left in flight by a stopped process become pending again (flagged
+    /// `interrupted`), or are dropped when superseded. Returns every pending job.
+    pub fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
+        let mut pending = Vec::new();
+        for item in self.records::<Job>(&self.jobs) {
+            let (_, job) = item?;
+            match job.state {
+                JobState::Pending => pending.push(job),
+                JobState::Inflight => {
+                    if let Ok(Some(job)) = self.interrupt_job(job.id, now)? {
+                        pending.push(job);
+                    }
+                }
+                JobState::Dead | JobState::Done => {}
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Makes a dead job pending again, due now, with a fresh attempt count.
+    pub fn revive_job(&self, id: u64, now: u64) -> Result<Result<Job, Unchanged>, StoreError> {
+        let bad = Unreadable::default();
+        let t = self.transition(id, |job, newest, jobs| {
+            let newest = match newest {
+                Some(newest) => read_job(jobs, newest, &bad)?,
+                None => None,
+            };
+            Ok(lifecycle::revive(job, newest.as_ref(), now))
+        })?;
+        self.set_aside_jobs(bad);
+        Ok(t.map(|t| t.job.expect("a revived job is kept")))
+    }
+
+    /// Deletes a job in any state; `false` when there was none.
+    pub fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
+        let t = self.transition(id, |job, newest, _| Ok(Ok(lifecycle::remove(job, newest))))?;
+        Ok(t.is_ok())
+    }
+
+    /// Whether a job is still stored (cheaper than reading it).
+    pub fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
+        Ok(self.jobs.contains_key(job_key(id))?)
+    }
+
+    /// One job.
+    pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        self.read_record(&self.jobs, &job_key(id))
+    }
+
+    /// Jobs, newest first, optionally of one state.
+    pub fn list_jobs(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.records_rev::<Job>(&self.jobs) {
+            let (_, job) = item?;
+            if state.is_none_or(|s| s == job.state) {
+                out.push(job);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recent deliveries, newest first.
+    pub fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.records::<DeliveryRecord>(&self.deliveries) {
+            out.push(item?.1);
+        }
+        out.sort_by_key(|d| std::cmp::Reverse(d.received_at));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Drops de-duplication marks, delivery records and done jobs older than the window,
+    /// `PRUNE_BATCH` keys at a time. Returns how many records went.
+    pub fn prune(&self, now: u64) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        let old = |at: u64| now.saturating_sub(at) >= DEDUP_WINDOW_MS;
+        removed += prune_tree(&self.seen_changes, |_, value| {
+            decode_mark(value).is_none_or(old)
+        })?;
+        removed += prune_tree(&self.deliveries, |_, value| {
+            decode::<DeliveryRecord>(value).map_or(true, |d| old(d.received_at))
+        })?;
+        let mut done = Vec::new();
+        for item in self.jobs.iter() {
+            let (key, value) = item?;
+            if let Ok(job) = decode::<Job>(&value)
+                && job.state == JobState::Done
+                && old(job.finished_at.unwrap_or(0))
+            {
+                done.push(job.id);
+                if done.len() >= PRUNE_BATCH {
+                    removed += self.remove_done(&mut done)?;
+                }
+            }
+            drop(key);
+        }
+        removed += self.remove_done(&mut done)?;
+        Ok(removed)
+    }
+
+    fn remove_done(&self, ids: &mut Vec<u64>) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for id in ids.drain(..) {
+            removed += usize::from(self.remove_job(id)?);
+        }
+        Ok(removed)
+    }
+}
+
+/// How many keys pruning collects before removing them.
+const PRUNE_BATCH: usize = 1000;
+
+/// Removes the entries of `tree` that `expired` says are, in batches.
+pub(super) fn prune_tree(
+    tree: &sled::Tree,
+    expired: impl Fn(&[u8], &[u8]) -> bool,
+) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    let mut batch = Vec::new();
+    for item in tree.iter() {
+        let (key, value) = item?;
+        if expired(&key, &value) {
+            batch.push(key);
+            if batch.len() >= PRUNE_BATCH {
+                removed += remove_keys(tree, &mut batch)?;
+            }
+        }
+    }
+    removed += remove_keys(tree, &mut batch)?;
+    Ok(removed)
+}
+
+fn remove_keys(tree: &sled::Tree, keys: &mut Vec<sled::IVec>) -> Result<usize, StoreError> {
+    let mut batch = sled::Batch::default();
+    let n = keys.len();
+    for key in keys.drain(..) {
+        batch.remove(key);
+    }
+    tree.apply_batch(batch)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock;
+    use crate::ids::{ServerId, SourceId};
+    use crate::store::test_support::{job, temp_sled};
+
+    fn delivery(id: &str) -> DeliveryRecord {
+        DeliveryRecord {
+            id: id.into(),
+            source: SourceId::new("dc"),
+            event: "repo:refs_changed".into(),
+            result: "accepted".into(),
+            jobs: 0,
+            skipped: vec![],
+            received_at: clock::now_ms(),
+        }
+    }
+
+    fn change(branch: &str, sha: char) -> ChangeJobs {
+        ChangeJobs {
+            reference: format!("refs/heads/{branch}"),
+            seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
+            jobs: vec![job(branch, sha)],
+        }
+    }
+
+    fn recorded(outcome: RecordOutcome) -> (Vec<Job>, Vec<(ServerId, u64)>, DeliveryRecord) {
+        match outcome {
+            RecordOutcome::Recorded {
+                jobs,
+                coalesced,
+                delivery,
+            } => (jobs, coalesced, delivery),
+            RecordOutcome::Duplicate => panic!("unexpected duplicate"),
+        }
+    }
+
+    #[test]
+    fn duplicate_delivery_and_change_are_skipped() {
+        let (_dir, store) = temp_sled();
+        let (jobs, _, record) = recorded(
+            store
+                .record_push(&delivery("a"), true, &[change("main", 'a')])
+                .unwrap(),
+        );
+        assert_eq!((jobs.len(), record.jobs), (1, 1));
+        assert_eq!(
+            store
+                .record_push(&delivery("a"), true, &[change("main", 'a')])
+                .unwrap(),
+            RecordOutcome::Duplicate
+        );
+        let (jobs, _, record) = recorded(
+            store
+                .record_push(&delivery("b"), true, &[change("main", 'a')])
+                .unwrap(),
+        );
+        assert!(jobs.is_empty());
+        assert_eq!(record.skipped[0].reference, "refs/heads/main");
+        assert_eq!(store.list_jobs(None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn newer_push_replaces_pending_job_and_supersedes_inflight() {
+        let (_dir, store) = temp_sled();
+        let (first, ..) = recorded(
+            store
+                .record_push(&delivery("1"), true, &[change("main", 'a')])
+                .unwrap(),
+        );
+        let (second, coalesced, _) = recorded(
+            store
+                .record_push(&delivery("2"), true, &[change("main", 'b')])
+                .unwrap(),
+        );
+        assert_eq!(coalesced, vec![(ServerId::new("main"), first[0].id)]);
+        assert!(store.job(first[0].id).unwrap().is_none());
+        assert_eq!(store.claim_job(first[0].id).unwrap(), Err(Unchanged::Gone));
+
+        let claimed = store.claim_job(second[0].id).unwrap().unwrap();
+        assert_eq!((claimed.state, claimed.attempts), (JobState::Inflight, 1));
+        let (third, coalesced, _) = recorded(
+            store
+                .record_push(&delivery("3"), true, &[change("main", 'c')])
+                .unwrap(),
+        );
+        assert!(coalesced.is_empty(), "an in-flight job is not replaced");
+        // The newer job is claimed too; the older one's call fails and would be retried:
+        // it is dropped, so the older commit is not built after the newer one.
+        store.claim_job(third[0].id).unwrap().unwrap();
+        let retry = Finish::Retry {
+            delay: std::time::Duration::ZERO,
+            error: "503".into(),
+        };
+        assert_eq!(
+            store.finish_job(second[0].id, &retry, now()).unwrap(),
+            Ok(None)
+        );
+        assert!(store.job(second[0].id).unwrap().is_none());
+        assert_eq!(
+            store
+                .list_jobs(None, 10)
+                .unwrap()
+                .iter()
+                .map(|j| j.id)
+                .collect::<Vec<_>>(),
+            vec![third[0].id]
+        );
+        let depth = store.stats().jobs;
+        assert_eq!(depth[&(ServerId::new("main"), JobState::Inflight)].count, 1);
+        assert_eq!(depth[&(ServerId::new("main"), JobState::Pending)].count, 0);
+    }
+
+    fn now() -> u64 {
+        clock::now_ms()
+    }
+
+    #[test]
+    fn retry_done_dead_and_resume() {
+        let (_dir, store) = temp_sled();
+        let (jobs, ..) = recorded(
+            store
+                .record_push(
+                    &delivery("1"),
+                    true,
+                    &[change("a", 'a'), change("b", 'b'), change("c", 'c')],
+                )
+                .unwrap(),
+        );
+        for job in &jobs {
+            store.claim_job(job.id).unwrap().unwrap();
+        }
+        let retry = Finish::Retry {
+            delay: std::time::Duration::from_secs(42),
+            error: "timeout".into(),
+        };
+        let retried = store
+            .finish_job(jobs[0].id, &retry, 1_000)
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(retried.state, JobState::Pending);
+        assert_eq!(retried.next_attempt_at, 43_000);
+        let done = Finish::Done {
+            build_id: Some(7),
+            web_url: None,
+            warning: None,
+        };
+        let done = store.finish_job(jobs[1].id, &done, now()).unwrap();
+        assert_eq!(done.unwrap().unwrap().state, JobState::Done);
+        // jobs[2] stays in flight, as if the process died during the call.
+        let resumed = store.resume_jobs(now()).unwrap();
+        let ids: Vec<u64> = resumed.iter().map(|j| j.id).collect();
+        assert_eq!(ids, vec![jobs[0].id, jobs[2].id]);
+        assert!(resumed[1].interrupted && !resumed[0].interrupted);
+        let dead = Finish::Dead {
+            error: "400 bad".into(),
+        };
+        store.claim_job(jobs[0].id).unwrap().unwrap();
+        let dead = store
+            .finish_job(jobs[0].id, &dead, now())
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(dead.last_error.as_deref(), Some("400 bad"));
+        assert_eq!(store.list_jobs(Some(JobState::Dead), 10).unwrap().len(), 1);
+        let revived = store.revive_job(jobs[0].id, 5).unwrap().unwrap();
+        assert_eq!(
+            (revived.state, revived.attempts, revived.next_attempt_at),
+            (JobState::Pending, 0, 5)
+        );
+        assert_eq!(
+            store.revive_job(jobs[1].id, 5).unwrap(),
+            Err(Unchanged::InState(JobState::Done))
+        );
+        assert!(store.remove_job(jobs[1].id).unwrap());
+        assert!(!store.remove_job(jobs[1].id).unwrap());
+    }
+
+    #[test]
+    fn an_unreadable_job_is_set_aside_and_counted_not_fatal() {
+        let (_dir, store) = temp_sled();
+        let (jobs, ..) = recorded(
+            store
+                .record_push(&delivery("1"), true, &[change("a", 'a'), change("b", 'b')])
+                .unwrap(),
+        );
+        store
+            .jobs
+            .insert(job_key(jobs[0].id), &[1u8, 0xff, 0xff, 0xff][..])
+            .unwrap();
+        let listed = store.list_jobs(None, 10).unwrap();
+        assert_eq!(
+            listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+            vec![jobs[1].id]
+        );
+        assert_eq!(store.stats().unreadable, 1);
+        assert!(store.jobs.get(job_key(jobs[0].id)).unwrap().is_none());
+        let key = [b"jobs\0".as_slice(), &job_key(jobs[0].id)].concat();
+        assert_eq!(
+            store.unreadable.get(key).unwrap().as_deref(),
+            Some(&[1u8, 0xff, 0xff, 0xff][..])
+        );
+        // A record of a newer bb2tc inside a transaction: the claim treats it as gone.
+        store
+            .jobs
+            .insert(job_key(jobs[1].id), &[9u8, 1, 2][..])
+            .unwrap();
+        assert_eq!(store.claim_job(jobs[1].id).unwrap(), Err(Unchanged::Gone));
+        assert_eq!(store.stats().unreadable, 2);
+        assert!(store.resume_jobs(now()).unwrap().is_empty());
+    }
+}

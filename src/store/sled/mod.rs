@@ -1,0 +1,380 @@
+//! The embedded sled backend: one process per store directory.
+//!
+//! Trees:
+//! - `tokens`: token id → the token record (the token itself sealed, see `crypto`)
+//! - `token_index`: `source \0 user key \0 server` → token id
+//! - `jobs`: job id (u64, big-endian, so iteration is oldest first) → [`Job`]
+//! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key
+//! - `deliveries`: delivery id → [`DeliveryRecord`](crate::store::DeliveryRecord)
+//! - `seen_changes`: `source \0 repository \0 ref \0 sha` → de-duplication mark (first seen)
+//! - `sessions`: SHA-256 of a token-page session cookie → [`Session`](crate::store::Session)
+//! - `unreadable`: `tree \0 key` → the bytes of a record that could not be read, set aside
+//! - `meta`: the store's format version, the master-key check value, the admin token hash
+//!   and the store's id
+//!
+//! Records carry a format version (`records`); a store of an older bb2tc is migrated when
+//! it opens (`migrate`). A record that cannot be read is moved to `unreadable`, counted
+//! (`bb2tc_store_unreadable_records`) and logged — never a reason to fail a start or a
+//! listing. Queue depths and token counts are kept up to date with each write
+//! ([`Stats`]).
+//!
+//! Writes that must survive a crash are followed by [`SledStore::commit`] (flush + fsync,
+//! shared between concurrent callers; see `group_commit`).
+
+mod group_commit;
+mod jobs;
+mod key_rotation;
+mod migrate;
+mod records;
+mod sessions;
+mod tokens;
+
+use crate::config::StorageSettings;
+use crate::job::Job;
+use crate::store::StoreError;
+use crate::store::crypto::TokenCipher;
+use crate::store::stats::Stats;
+use group_commit::GroupCommit;
+use sled::Transactional;
+use std::path::{Path, PathBuf};
+
+/// sled's page cache. Its default (1 GiB) would let a large backlog grow the process; jobs
+/// are read once per attempt, so a small cache costs little.
+const CACHE_BYTES: u64 = 16 * 1024 * 1024;
+
+const ADMIN_HASH: &[u8] = b"admin_token_sha256";
+
+/// The open sled store. Its methods block (sled calls, fsyncs): the [`crate::store::Store`]
+/// boundary runs them off tokio's worker threads.
+#[derive(Debug)]
+pub struct SledStore {
+    path: PathBuf,
+    tokens: sled::Tree,
+    token_index: sled::Tree,
+    jobs: sled::Tree,
+    latest: sled::Tree,
+    deliveries: sled::Tree,
+    seen_changes: sled::Tree,
+    sessions: sled::Tree,
+    unreadable: sled::Tree,
+    meta: sled::Tree,
+    cipher: TokenCipher,
+    committer: GroupCommit,
+    stats: Stats,
+    id: String,
+}
+
+impl SledStore {
+    /// Opens (creating if missing) the store at `settings.path` and checks the master key.
+    pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
+        let path = settings.path.clone();
+        std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
+        let db = open_sled(&path)?;
+        let meta = db.open_tree("meta")?;
+        let unreadable = db.open_tree("unreadable")?;
+        migrate::migrate(&db, &meta, &unreadable)?;
+        let cipher = key_rotation::open_cipher(settings, &meta)?;
+        let id = store_id(&meta)?;
+        let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
+        let store = Self {
+            tokens: db.open_tree("tokens")?,
+            token_index: db.open_tree("token_index")?,
+            jobs: db.open_tree("jobs")?,
+            latest: db.open_tree("latest_jobs")?,
+            deliveries: db.open_tree("deliveries")?,
+            seen_changes: db.open_tree("seen_changes")?,
+            sessions: db.open_tree("sessions")?,
+            unreadable,
+            meta,
+            path,
+            cipher,
+            committer,
+            stats: Stats::default(),
+            id,
+        };
+        store.count_all()?;
+        Ok(store)
+    }
+
+    /// This store's id: random, made when it was created, kept for good. Build comments
+    /// carry it with the job id, so a job is recognised in TeamCity even when several
+    /// bb2tc installations share one TeamCity server.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Counts jobs, tokens and set-aside records once, at open.
+    fn count_all(&self) -> Result<(), StoreError> {
+        self.stats.set_aside(self.unreadable.len());
+        for item in self.records::<Job>(&self.jobs) {
+            self.stats.job_changed(None, Some(&item?.1));
+        }
+        for item in self.records::<tokens::StoredToken>(&self.tokens) {
+            self.stats.token_changed(None, Some(item?.1.status()));
+        }
+        Ok(())
+    }
+
+    /// A record by key; one that cannot be read is set aside and reads as absent.
+    fn read_record<T: records::Record>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = tree.get(key)? else {
+            return Ok(None);
+        };
+        match records::decode(&bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(e) => {
+                self.set_aside(tree, key, &bytes, &e);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Every readable record of `tree` in key order; unreadable ones are set aside.
+    fn records<'a, T: records::Record + 'a>(
+        &'a self,
+        tree: &'a sled::Tree,
+    ) -> impl Iterator<Item = Result<(sled::IVec, T), StoreError>> + 'a {
+        tree.iter()
+            .filter_map(move |item| self.readable(tree, item))
+    }
+
+    /// [`records`](Self::records), newest key first.
+    fn records_rev<'a, T: records::Record + 'a>(
+        &'a self,
+        tree: &'a sled::Tree,
+    ) -> impl Iterator<Item = Result<(sled::IVec, T), StoreError>> + 'a {
+        tree.iter()
+            .rev()
+            .filter_map(move |item| self.readable(tree, item))
+    }
+
+    fn readable<T: records::Record>(
+        &self,
+        tree: &sled::Tree,
+        item: sled::Result<(sled::IVec, sled::IVec)>,
+    ) -> Option<Result<(sled::IVec, T), StoreError>> {
+        match item {
+            Err(e) => Some(Err(e.into())),
+            Ok((key, bytes)) => match records::decode(&bytes) {
+                Ok(record) => Some(Ok((key, record))),
+                Err(e) => {
+                    self.set_aside(tree, &key, &bytes, &e);
+                    None
+                }
+            },
+        }
+    }
+
+    /// Sets the record at `key` aside if it (still) cannot be read as a `T`.
+    fn set_aside_if_unreadable<T: records::Record>(&self, tree: &sled::Tree, key: &[u8]) {
+        if let Ok(Some(bytes)) = tree.get(key)
+            && let Err(e) = records::decode::<T>(&bytes)
+        {
+            self.set_aside(tree, key, &bytes, &e);
+        }
+    }
+
+    /// Moves a record that cannot be read to `unreadable`, counts and logs it. Failing to
+    /// move it is logged too: the record then stays and is skipped again next time.
+    fn set_aside(&self, tree: &sled::Tree, key: &[u8], bytes: &[u8], error: &StoreError) {
+        let name = String::from_utf8_lossy(&tree.name()).into_owned();
+        let moved = (tree, &self.unreadable).transaction(|(tree, unreadable)| {
+            if tree.get(key)?.as_deref() != Some(bytes) {
+                return Ok(false); // changed meanwhile
+            }
+            unreadable.insert(unreadable_key(&name, key), bytes)?;
+            tree.remove(key)?;
+            Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(true)
+        });
+        match moved {
+            Ok(true) => {
+                self.stats.set_aside(1);
+                tracing::error!(
+                    tree = %name, key = %printable(key), %error,
+                    "set aside a record that cannot be read (tree \"unreadable\")"
+                );
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                tree = %name, key = %printable(key), error = %e,
+                "cannot set aside a record that cannot be read"
+            ),
+        }
+    }
+
+    /// The store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Makes every write done before this call durable (flush + fsync), sharing the fsync
+    /// with concurrent callers.
+    pub async fn commit(&self) -> Result<(), StoreError> {
+        self.committer
+            .commit()
+            .await
+            .map_err(StoreError::Durability)
+    }
+
+    /// The maintained counts.
+    pub fn stats(&self) -> crate::store::StatsSnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Writes a probe value (synced by the caller): whether the store takes writes.
+    pub fn probe_write(&self) -> Result<(), StoreError> {
+        self.meta
+            .insert(b"probe", &crate::clock::now_ms().to_be_bytes())?;
+        Ok(())
+    }
+
+    /// The stored SHA-256 of the generated admin token, if one was generated.
+    pub fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        Ok(self
+            .meta
+            .get(ADMIN_HASH)?
+            .and_then(|v| <[u8; 32]>::try_from(v.as_ref()).ok()))
+    }
+
+    /// Stores the SHA-256 of a newly generated admin token (synced by the caller).
+    pub fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
+        self.meta.insert(ADMIN_HASH, &hash)?;
+        Ok(())
+    }
+}
+
+/// How long to wait for sled's file lock: a process that is just exiting (a restart) lets go
+/// of it a moment later.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            // sled locks its files; its message is the only sign of that.
+            Err(sled::Error::Io(io)) if io.to_string().contains("could not acquire lock") => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(StoreError::Io {
+                        path: path.to_owned(),
+                        message: "the store is in use by another bb2tc process (run one per store)"
+                            .into(),
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(other) => return Err(StoreError::Sled(other)),
+        }
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
+}
+
+/// The key under which a record of `tree` is set aside.
+fn unreadable_key(tree: &str, key: &[u8]) -> Vec<u8> {
+    [tree.as_bytes(), b"\0", key].concat()
+}
+
+/// A key for a log line: text when it is text, else hex (job ids, hashes).
+fn printable(key: &[u8]) -> String {
+    match std::str::from_utf8(key) {
+        Ok(text) if !text.chars().any(|c| c != '\0' && c.is_control()) => text.replace('\0', "/"),
+        _ => hex::encode(key),
+    }
+}
+
+const STORE_ID: &[u8] = b"store_id";
+
+fn store_id(meta: &sled::Tree) -> Result<String, StoreError> {
+    if let Some(id) = meta.get(STORE_ID)? {
+        return Ok(String::from_utf8_lossy(&id).into_owned());
+    }
+    let id = hex::encode(rand::random::<[u8; 4]>());
+    meta.insert(STORE_ID, id.as_bytes())?;
+    meta.flush()?;
+    Ok(id)
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+
+    /// A sled store in a fresh temp dir (kept alive by the returned guard).
+    pub fn temp_sled() -> (tempfile::TempDir, SledStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StorageSettings {
+            path: dir.path().join("data"),
+            master_key: None,
+        };
+        let store = SledStore::open(&settings).unwrap();
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Secret;
+    use crate::store::test_support::temp_sled;
+
+    #[tokio::test]
+    async fn wrong_master_key_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let first = StorageSettings {
+            path: path.clone(),
+            master_key: Some(Secret::new(TokenCipher::generate_key())),
+        };
+        drop(SledStore::open(&first).unwrap());
+        let second = StorageSettings {
+            path,
+            master_key: Some(Secret::new(TokenCipher::generate_key())),
+        };
+        let err = SledStore::open(&second).unwrap_err();
+        assert!(matches!(err, StoreError::WrongMasterKey(_)), "{err}");
+        assert!(err.to_string().contains("master key does not match"));
+    }
+
+    #[tokio::test]
+    async fn a_store_in_use_is_refused_clearly() {
+        let (dir, store) = temp_sled();
+        let settings = StorageSettings {
+            path: dir.path().join("data"),
+            master_key: None,
+        };
+        let err = SledStore::open(&settings).unwrap_err().to_string();
+        assert!(err.contains("in use by another bb2tc process"), "{err}");
+        drop(store);
+        assert!(SledStore::open(&settings).is_ok());
+    }
+
+    #[tokio::test]
+    async fn commit_is_shared_and_succeeds() {
+        let (_dir, store) = temp_sled();
+        let store = std::sync::Arc::new(store);
+        let mut waits = Vec::new();
+        for _ in 0..50 {
+            let store = store.clone();
+            waits.push(tokio::spawn(async move {
+                store.probe_write().unwrap();
+                store.commit().await
+            }));
+        }
+        for wait in waits {
+            wait.await.unwrap().unwrap();
+        }
+    }
+}
