@@ -1,6 +1,6 @@
 //! Scale and idle: start-up time and idle memory; 100 000 jobs queued while TeamCity is down
-//! (store size, resident memory); restart to ready and to the first dispatched call; drain rate
-//! with the limit off.
+//! (store size, resident memory, the time `/metrics` and `/readyz` take); restart to ready and
+//! to the first dispatched call; drain rate with the limit off.
 //!
 //! `cargo bench --bench scale` (BB2TC_BENCH_JOBS, default 100000)
 
@@ -85,6 +85,12 @@ async fn run(jobs: usize) {
         "| {jobs} queued | store on disk | {:.1} MiB |",
         disk_usage(&store) as f64 / 1048576.0
     );
+    for path in ["/metrics", "/readyz"] {
+        let (p50, max) = time_requests(&http, &format!("{}{path}", bridge.url), 200).await;
+        println!(
+            "| {jobs} queued | `GET {path}`, 200 requests | p50 {p50:.2} ms, max {max:.2} ms |"
+        );
+    }
     bridge.terminate();
 
     // TeamCity comes up; bb2tc restarts with the limit off.
@@ -128,4 +134,18 @@ async fn run(jobs: usize) {
         rss_mib(bridge.pid())
     );
     bridge.terminate();
+}
+
+/// `n` sequential GETs of `url` (each must answer 200): median and largest time in ms.
+async fn time_requests(http: &reqwest::Client, url: &str, n: usize) -> (f64, f64) {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let response = http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        response.bytes().await.unwrap();
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    times.sort_by(f64::total_cmp);
+    (times[n / 2], times[n - 1])
 }

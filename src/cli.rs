@@ -163,8 +163,17 @@ pub fn main() -> std::process::ExitCode {
     }
 }
 
+/// Threads of tokio's blocking pool: the store's calls and fsync waits.
+const STORE_THREADS: usize = 4;
+
 fn execute(command: Command) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // The store's calls run on the blocking pool. A few threads keep up with sled (its
+        // work is CPU-bound and shares locks); hundreds would each grow an allocator arena.
+        .max_blocking_threads(STORE_THREADS)
+        .build()
+        .context("cannot start the runtime")?;
     match command {
         Command::Serve(ConfigArg { config }) => {
             let config = Config::load(&config)?;

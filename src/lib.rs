@@ -17,9 +17,9 @@
 //!    (Developers register those tokens themselves on the token page, [`web`], after signing
 //!    in with Bitbucket; admins can through the API.)
 //! 4. The [`store`] writes the delivery, the jobs and the de-duplication marks in one sled
-//!    transaction (coalescing older pending jobs for the same branch), then flushes and
-//!    fsyncs them — one fsync shared by all concurrent deliveries — and only then is the 202
-//!    sent.
+//!    transaction (coalescing older pending jobs for the same branch, as [`job::lifecycle`]
+//!    decides), then flushes and fsyncs them — one fsync shared by all concurrent deliveries —
+//!    and only then is the 202 sent.
 //! 5. The [`queue`] worker of each TeamCity server takes due jobs through its token bucket
 //!    and in-flight limit, and [`teamcity`] makes the `buildQueue` (or commit-hook) call with
 //!    `Authorization: Bearer <pusher's token>`. The answer decides: done, retry later, or dead.
@@ -32,7 +32,9 @@
 //! - [`bitbucket`] — signature, event keys, Data Center and Cloud payloads → [`bitbucket::Push`].
 //! - [`routing`] — globs and which routes a change matches.
 //! - [`ingest`] — from a push to jobs and skip reasons.
-//! - [`store`] — sled trees: tokens (encrypted), jobs, deliveries; group commit.
+//! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now).
+//! - [`store`] — the async store boundary (deliveries, jobs, tokens, sessions, counts) and the
+//!   sled backend behind it: versioned records, migration, group commit, encryption.
 //! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
@@ -106,7 +108,12 @@ pub async fn run(
     if let Ok(bound) = listener.local_addr() {
         config.http.follow_bound_address(bound);
     }
-    let store = Arc::new(Store::open(&config.storage)?);
+    // Opening reads (and at an upgrade rewrites) the store: off the runtime's threads.
+    let settings = config.storage.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&settings))
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("opening the store failed: {e}")))??;
+    let store = Arc::new(store);
     let admin_hash = app::admin_token_hash(config.admin_token.as_ref(), &store).await?;
     let clients = config
         .servers

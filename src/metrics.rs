@@ -1,8 +1,9 @@
 //! Prometheus metrics (SPEC §10; the names are the contract).
 //!
 //! Counters and the call-duration histogram are updated where things happen; queue depth,
-//! the oldest pending job's age and the token counts are read from the store when scraped, so
-//! they are right after a restart and cannot drift.
+//! the oldest pending job's age, the token counts and the records set aside come from the
+//! store's maintained counts when scraped (counted from the store at start, changed with each
+//! write), so they are right after a restart and a scrape costs the same at any queue length.
 
 use crate::config::Config;
 use crate::store::{JobState, Store, StoreError, TokenStatus};

@@ -167,3 +167,86 @@ async fn note(app: &App, record: &DeliveryRecord) {
         tracing::warn!(error = %e, "could not record the delivery");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::sled::group_commit::hold;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// The race of the storage issue: a redelivery answered "duplicate" while the first
+    /// delivery of the same id still waited for its fsync. Bitbucket then has an answer that
+    /// says "stored" for jobs that a crash would lose.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_duplicate_is_answered_only_once_the_first_delivery_is_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("data");
+        let text = format!(
+            r#"
+[storage]
+path = {store:?}
+[admin]
+token = "admin"
+[[bitbucket]]
+id = "dc"
+kind = "datacenter"
+secrets = ["s"]
+[[teamcity]]
+id = "main"
+url = "http://127.0.0.1:1"
+service_token = "svc"
+fallback_to_service_token = true
+retry_schedule_secs = [3600]
+[[route]]
+repository = "*"
+teamcity = "main"
+build_types = ["Bt"]
+"#
+        );
+        let config = crate::config::Config::from_toml_str(&text, &|_| None).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let bridge = tokio::spawn(crate::run(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        let body: &[u8] =
+            include_bytes!("../../tests/fixtures/bitbucket/dc-refs_changed-branch-update.json");
+        let signature = crate::bitbucket::signature::sign(b"s", body);
+        let http = reqwest::Client::new();
+        let deliver = move || {
+            http.post(format!("{url}/hooks/bitbucket/dc"))
+                .header("X-Event-Key", "repo:refs_changed")
+                .header("X-Hub-Signature", &signature)
+                .header("X-Request-Id", "the-same-delivery")
+                .body(body)
+                .send()
+        };
+        let held = hold::hold(&store);
+        let first = tokio::spawn(deliver());
+        // Give the first delivery time to be recorded and to wait for its fsync, then send
+        // the same delivery again.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let released = Arc::new(AtomicBool::new(false));
+        let second = {
+            let released = released.clone();
+            let request = deliver();
+            tokio::spawn(async move {
+                let response = request.await.unwrap();
+                (response.status().as_u16(), released.load(Ordering::SeqCst))
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        released.store(true, Ordering::SeqCst);
+        drop(held);
+        assert_eq!(first.await.unwrap().unwrap().status(), 202);
+        let (status, after_release) = second.await.unwrap();
+        assert_eq!(status, 200, "duplicate");
+        assert!(
+            after_release,
+            "answered before the first delivery was durable"
+        );
+        let _ = stop.send(());
+        bridge.await.unwrap().unwrap();
+    }
+}

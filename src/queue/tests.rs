@@ -386,3 +386,34 @@ async fn a_superseded_job_whose_call_fails_is_not_built_after_the_newer_one() {
     );
     wait_until_state(&store, newer.id, JobState::Done).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn no_call_without_a_durable_in_flight_mark() {
+    let (dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let job = enqueue(&store, vec![job("main")]).await.remove(0);
+    // The disk is full: the in-flight mark cannot be made durable. Before, the call was made
+    // anyway (a crash after it would then not know it happened); now the job goes back.
+    let failing = crate::store::sled::group_commit::hold::fail(&dir.path().join("data"));
+    queue.schedule(&job);
+    let pending = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = store.job(job.id).await.unwrap().unwrap();
+        if now.state == JobState::Pending && now.attempts == 0 {
+            break now;
+        }
+    };
+    assert!(
+        teamcity.calls.lock().unwrap().is_empty(),
+        "no call was made"
+    );
+    assert!(!pending.interrupted);
+    // Space is freed: the job is tried again and sent once.
+    drop(failing);
+    teamcity.wait_for_calls(1).await;
+    wait_until_state(&store, job.id, JobState::Done).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(teamcity.calls.lock().unwrap().len(), 1);
+}

@@ -15,7 +15,7 @@
 mod crypto;
 pub mod jobs;
 pub mod sessions;
-mod sled;
+pub(crate) mod sled;
 pub mod stats;
 pub mod tokens;
 
@@ -119,11 +119,6 @@ impl Store {
     /// This store's id (random, made once): build comments carry it with the job id.
     pub fn id(&self) -> &str {
         self.sled().id()
-    }
-
-    /// Where the store lives, for messages.
-    pub fn location(&self) -> PathBuf {
-        self.sled().path().to_owned()
     }
 
     /// Makes every write done before this call durable (flush + fsync), sharing the fsync

@@ -29,6 +29,8 @@ impl GroupCommit {
     /// Starts the committer for `db`, whose log file is `<dir>/db`.
     pub fn start(db: sled::Db, dir: &Path) -> std::io::Result<Self> {
         let log = File::open(dir.join("db"))?;
+        #[cfg(test)]
+        let held_dir = dir.to_owned();
         // The directory entry of a newly created store must be durable too.
         File::open(dir)?.sync_all()?;
         let (requests, mut rx) = mpsc::unbounded_channel::<Reply>();
@@ -40,11 +42,15 @@ impl GroupCommit {
                     while let Ok(next) = rx.try_recv() {
                         group.push(next);
                     }
+                    #[cfg(test)]
+                    hold::wait_while_held(&held_dir);
                     let result = db
                         .flush()
                         .map(|_| ())
                         .map_err(|e| e.to_string())
                         .and_then(|()| log.sync_data().map_err(|e| e.to_string()));
+                    #[cfg(test)]
+                    let result = result.and_then(|()| hold::failure(&held_dir));
                     if let Err(e) = &result {
                         tracing::error!(error = %e, "durable write failed");
                     }
@@ -77,6 +83,64 @@ impl Drop for GroupCommit {
         drop(self.requests.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+    }
+}
+
+/// Test-only: holds back the commits of one store directory, so that a test can see what
+/// waits for a delivery to be durable.
+#[cfg(test)]
+pub(crate) mod hold {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Condvar, Mutex};
+
+    static HELD: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    static RELEASED: Condvar = Condvar::new();
+    static FAILING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    /// Commits of the store at `dir` fail (as on a full disk) until the guard is dropped.
+    pub fn fail(dir: &Path) -> Failing {
+        FAILING.lock().unwrap().push(dir.to_owned());
+        Failing(dir.to_owned())
+    }
+
+    /// Lets commits succeed again on drop.
+    pub struct Failing(PathBuf);
+
+    impl Drop for Failing {
+        fn drop(&mut self) {
+            FAILING.lock().unwrap().retain(|d| d != &self.0);
+        }
+    }
+
+    pub(super) fn failure(dir: &Path) -> Result<(), String> {
+        if FAILING.lock().unwrap().iter().any(|d| d == dir) {
+            Err("No space left on device (os error 28)".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Commits of the store at `dir` wait until the returned guard is dropped.
+    pub fn hold(dir: &Path) -> Held {
+        HELD.lock().unwrap().push(dir.to_owned());
+        Held(dir.to_owned())
+    }
+
+    /// Releases the commits on drop.
+    pub struct Held(PathBuf);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            HELD.lock().unwrap().retain(|d| d != &self.0);
+            RELEASED.notify_all();
+        }
+    }
+
+    pub(super) fn wait_while_held(dir: &Path) {
+        let mut held = HELD.lock().unwrap();
+        while held.iter().any(|d| d == dir) {
+            held = RELEASED.wait(held).unwrap();
         }
     }
 }

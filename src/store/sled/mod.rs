@@ -21,7 +21,7 @@
 //! Writes that must survive a crash are followed by [`SledStore::commit`] (flush + fsync,
 //! shared between concurrent callers; see `group_commit`).
 
-mod group_commit;
+pub(crate) mod group_commit;
 mod jobs;
 mod key_rotation;
 mod migrate;
