@@ -29,22 +29,12 @@ async fn push(app: &TestApp, id: &str, branch: &str, n: u32) -> Value {
     answer
 }
 
-async fn jobs(app: &TestApp, query: &str) -> Vec<Value> {
-    let response = app
-        .admin(Method::GET, &format!("/jobs{query}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: Value = response.json().await.unwrap();
-    body["jobs"].as_array().unwrap().clone()
-}
-
 /// Waits (by polling the API between yields) until a job reaches `state`.
 async fn wait_for_state(app: &TestApp, state: &str) -> Value {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
-        if let Some(job) = jobs(app, &format!("?state={state}"))
+        if let Some(job) = app
+            .api_jobs(&format!("?state={state}"))
             .await
             .into_iter()
             .next()
@@ -54,7 +44,7 @@ async fn wait_for_state(app: &TestApp, state: &str) -> Value {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no job reached {state}: {:#?}",
-            jobs(app, "").await
+            app.api_jobs("").await
         );
         tokio::task::yield_now().await;
     }
@@ -149,7 +139,7 @@ async fn exhausted_schedule_is_dead_and_admin_can_retry_or_remove() {
         .await
         .unwrap();
     assert_eq!(response.status(), 204);
-    assert!(jobs(&app, "").await.is_empty());
+    assert!(app.api_jobs("").await.is_empty());
     for (method, path) in [
         (Method::DELETE, format!("/jobs/{id}")),
         (Method::POST, "/jobs/999999/retry".into()),
@@ -214,7 +204,8 @@ async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
         let answer = push(&app, &format!("quick-{n}"), "main", n).await;
         assert_eq!(answer["jobs"], 1);
     }
-    let pending: Vec<Value> = jobs(&app, "?state=pending")
+    let pending: Vec<Value> = app
+        .api_jobs("?state=pending")
         .await
         .into_iter()
         .filter(|j| j["branch"] == "main")
@@ -234,7 +225,7 @@ async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
     assert_eq!(branches, vec!["first", "blocker", "main"]);
     assert!(comment_without_mark(&calls[2].json()).ends_with(&sha(5)[..7]));
     wait_for_state(&app, "done").await;
-    let done = jobs(&app, "?state=done").await;
+    let done = app.api_jobs("?state=done").await;
     assert_eq!(done.len(), 3);
     assert_eq!(tc.build_calls().len(), 3);
     let metrics = app
@@ -292,7 +283,7 @@ build_types = ["Stuck"]
     // the hung server's one stays in flight.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let inflight = jobs(&app, "?state=inflight").await;
+        let inflight = app.api_jobs("?state=inflight").await;
         if inflight.len() == 1 {
             assert_eq!(inflight[0]["server"], "hung");
             break;

@@ -3,23 +3,6 @@
 
 use crate::support::*;
 
-async fn metrics(app: &TestApp) -> String {
-    let response = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    response.text().await.unwrap()
-}
-
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
@@ -36,7 +19,7 @@ async fn metrics_follow_deliveries_calls_and_failures() {
     let app = TestApp::spawn(&config).await;
     app.register_token("dc", "jdoe", "main", "t").await;
 
-    let before = metrics(&app).await;
+    let before = app.metrics().await;
     // Every configured source and server has its series from the start.
     assert_eq!(
         value(&before, r#"bb2tc_signature_failures_total{source="cloud"}"#),
@@ -89,7 +72,7 @@ async fn metrics_follow_deliveries_calls_and_failures() {
     .await;
     tc.wait_for_builds(3).await;
     let text = loop {
-        let text = metrics(&app).await;
+        let text = app.metrics().await;
         // The call's outcome is counted when it ends; the job's state is written just after.
         if value(
             &text,

@@ -25,18 +25,6 @@ fn old_store(dir: &Path) -> (PathBuf, String) {
     (to, session.trim().to_owned())
 }
 
-async fn jobs(app: &TestApp, state: &str) -> Vec<serde_json::Value> {
-    let answer: serde_json::Value = app
-        .admin(reqwest::Method::GET, &format!("/jobs?state={state}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    answer["jobs"].as_array().unwrap().clone()
-}
-
 fn branches(calls: &[fake_teamcity::Recorded]) -> Vec<String> {
     let mut branches: Vec<String> = calls
         .iter()
@@ -95,7 +83,7 @@ async fn a_store_of_a84aaec_opens_with_nothing_lost() {
     );
 
     // The dead job is there with its error and can be retried.
-    let dead = jobs(&app, "dead").await;
+    let dead = app.api_jobs("?state=dead").await;
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(dead[0]["last_error"].as_str().unwrap().contains("404"));
     let id = dead[0]["id"].as_str().unwrap();
@@ -140,15 +128,7 @@ async fn a_store_of_a84aaec_opens_with_nothing_lost() {
     assert_eq!(home.status, 200);
     assert!(home.body.contains("Jane Doe (jdoe) on dc"), "{}", home.body);
 
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("bb2tc_store_unreadable_records 0"),
         "{metrics}"
@@ -175,20 +155,15 @@ async fn a_damaged_record_is_set_aside_counted_and_the_rest_opens() {
     tc.add_token("tc-jdoe", "jdoe");
     tc.add_token("tc-asmith", "asmith");
     let app = TestApp::spawn_on(&standard_config(&tc.url, ""), &store).await;
-    let metrics = app
-        .http
-        .get(format!("{}/metrics", app.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("bb2tc_store_unreadable_records 2"),
         "{metrics}"
     );
     assert_eq!(app.api_tokens().await.len(), 1, "the other token is listed");
-    assert!(!jobs(&app, "dead").await.is_empty(), "listings work");
+    assert!(
+        !app.api_jobs("?state=dead").await.is_empty(),
+        "listings work"
+    );
     app.stop().await;
 }

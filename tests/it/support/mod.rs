@@ -364,6 +364,36 @@ impl TestApp {
         answer["tokens"].as_array().unwrap().clone()
     }
 
+    /// The jobs the admin API lists for `query` (e.g. `?state=dead`).
+    pub async fn api_jobs(&self, query: &str) -> Vec<serde_json::Value> {
+        let response = self
+            .admin(reqwest::Method::GET, &format!("/jobs{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["jobs"].as_array().unwrap().clone()
+    }
+
+    /// `GET /metrics`: checks the status and the Prometheus content type; the text.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        response.text().await.unwrap()
+    }
+
     /// Registers a token through the admin API (verified unless `verify` is false).
     pub async fn register_token(
         &self,
