@@ -248,13 +248,14 @@ async fn the_rate_limit_spaces_calls() {
 }
 
 async fn wait_until_state(store: &Store, id: u64, state: JobState) -> Job {
-    for _ in 0..1000 {
+    // Up to 60 s of the paused clock: past the 5 s back-off after a store error.
+    for _ in 0..3000 {
         if let Some(job) = store.job(id).await.unwrap()
             && job.state == state
         {
             return job;
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     panic!(
         "job {id} never became {state:?}: {:?}",
@@ -415,5 +416,54 @@ async fn no_call_without_a_durable_in_flight_mark() {
     teamcity.wait_for_calls(1).await;
     wait_until_state(&store, job.id, JobState::Done).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(teamcity.calls.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_write_of_the_result_is_retried_not_left_in_flight() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let job = enqueue(&store, vec![job("main")]).await.remove(0);
+    // The call succeeds, but recording that fails twice (a full disk, say). Before, the
+    // error was only logged and the job stayed in flight until a restart.
+    store.fail_next("finish_job", 2);
+    queue.schedule(&job);
+    let done = wait_until_state(&store, job.id, JobState::Done).await;
+    assert_eq!(done.build_id, Some(1));
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(teamcity.calls.lock().unwrap().len(), 1, "sent once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_error_reading_the_token_retries_the_job() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1, 1]", "");
+    let (token, _) = store
+        .upsert_token(crate::store::NewToken {
+            source: SourceId::new("dc"),
+            user: "jdoe".into(),
+            server: crate::ids::ServerId::new("main"),
+            teamcity: "http://127.0.0.1:1".into(),
+            token: TeamCityToken::new("tc-jdoe"),
+            status: crate::store::TokenStatus::Valid,
+            teamcity_user: None,
+        })
+        .await
+        .unwrap();
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let mut with_token = job("main");
+    with_token.token = crate::store::TokenRef::User(token.id);
+    let job = enqueue(&store, vec![with_token]).await.remove(0);
+    // Before, a store error here killed the job ("cannot read the token").
+    store.fail_next("token_secret", 1);
+    queue.schedule(&job);
+    let done = wait_until_state(&store, job.id, JobState::Done).await;
+    assert_eq!(
+        done.attempts, 2,
+        "the first attempt could not read the token"
+    );
     assert_eq!(teamcity.calls.lock().unwrap().len(), 1);
 }

@@ -111,6 +111,12 @@ impl Store {
             .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?
     }
 
+    /// Test-only: the next `times` calls of a backend operation fail.
+    #[cfg(test)]
+    pub(crate) fn fail_next(&self, operation: &'static str, times: usize) {
+        self.sled().faults.fail(operation, times);
+    }
+
     fn sled(&self) -> &sled::SledStore {
         let Backend::Sled(store) = &self.backend;
         store

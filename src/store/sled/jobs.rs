@@ -237,6 +237,8 @@ impl SledStore {
         finish: &Finish,
         now: u64,
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
+        #[cfg(test)]
+        self.faults.check("finish_job")?;
         let t = self.transition(id, |job, newest, _| {
             Ok(lifecycle::sent(job, finish, newest, now))
         })?;

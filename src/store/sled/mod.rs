@@ -62,6 +62,9 @@ pub struct SledStore {
     committer: GroupCommit,
     stats: Stats,
     id: String,
+    /// Test-only: operations made to fail, to test what heals after a store error.
+    #[cfg(test)]
+    pub(crate) faults: test_support::Faults,
 }
 
 impl SledStore {
@@ -91,6 +94,8 @@ impl SledStore {
             committer,
             stats: Stats::default(),
             id,
+            #[cfg(test)]
+            faults: Default::default(),
         };
         store.count_all()?;
         Ok(store)
@@ -311,6 +316,34 @@ fn store_id(meta: &sled::Tree) -> Result<String, StoreError> {
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// How many times each named operation still fails.
+    #[derive(Debug, Default)]
+    pub struct Faults(Mutex<HashMap<&'static str, usize>>);
+
+    impl Faults {
+        /// The next `times` calls of `operation` fail with an I/O error.
+        pub fn fail(&self, operation: &'static str, times: usize) {
+            self.0.lock().unwrap().insert(operation, times);
+        }
+
+        /// An error if `operation` is to fail now.
+        pub(in crate::store::sled) fn check(&self, operation: &str) -> Result<(), StoreError> {
+            let mut faults = self.0.lock().unwrap();
+            match faults.get_mut(operation) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    Err(StoreError::Io {
+                        path: PathBuf::from("(test)"),
+                        message: format!("{operation}: injected failure"),
+                    })
+                }
+                _ => Ok(()),
+            }
+        }
+    }
 
     /// A sled store in a fresh temp dir (kept alive by the returned guard).
     pub fn temp_sled() -> (tempfile::TempDir, SledStore) {

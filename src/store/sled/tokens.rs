@@ -159,6 +159,8 @@ impl SledStore {
     /// Decrypts a token for a TeamCity call, with the revision to report TeamCity's verdict
     /// on; `None` when it was removed.
     pub fn token_secret(&self, id: &str) -> Result<Option<(TeamCityToken, u64)>, StoreError> {
+        #[cfg(test)]
+        self.faults.check("token_secret")?;
         let Some(record) = self.stored_token(id.as_bytes())? else {
             return Ok(None);
         };
