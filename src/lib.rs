@@ -108,6 +108,9 @@ pub async fn run(
     if let Ok(bound) = listener.local_addr() {
         config.http.follow_bound_address(bound);
     }
+    for warning in config.warnings() {
+        tracing::warn!("config: {warning}");
+    }
     // Opening reads (and at an upgrade rewrites) the store: off the runtime's threads.
     let settings = config.storage.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&settings))

@@ -18,6 +18,10 @@ const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Largest TeamCity answer read (TeamCity's own are a few KiB); a larger one is a fault of
+/// that call, retried.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// Longest TeamCity error text kept in a job's `last_error`.
 const MAX_ERROR_TEXT: usize = 500;
 
@@ -51,9 +55,11 @@ pub enum TeamCityError {
     /// Could not connect or the connection broke.
     #[error("cannot reach TeamCity: {0}")]
     Connection(String),
-    /// A 2xx answer that is not what TeamCity sends.
-    #[error("unexpected answer from TeamCity: {0}")]
-    BadResponse(String),
+    /// A 2xx answer that could not be read: cut off, too slow, larger than
+    /// [`MAX_ANSWER_BYTES`], or not the JSON TeamCity sends. TeamCity may have done what was
+    /// asked.
+    #[error("TeamCity answered, but the answer could not be read: {0}")]
+    AnswerUnread(String),
     /// The client could not be built (bad CA file).
     #[error("TeamCity client setup failed: {0}")]
     Setup(String),
@@ -68,6 +74,7 @@ impl TeamCityError {
             TeamCityError::Unavailable { .. }
                 | TeamCityError::Timeout
                 | TeamCityError::Connection(_)
+                | TeamCityError::AnswerUnread(_)
         )
     }
 
@@ -344,10 +351,29 @@ pub fn recent_builds_locator(build_type: &BuildTypeId, branch: &str) -> String {
 async fn read_json<T: serde::de::DeserializeOwned>(
     response: reqwest::Response,
 ) -> Result<T, TeamCityError> {
-    response
-        .json()
+    let body = read_limited(response)
         .await
-        .map_err(|e| TeamCityError::BadResponse(e.to_string()))
+        .map_err(TeamCityError::AnswerUnread)?;
+    serde_json::from_slice(&body)
+        .map_err(|e| TeamCityError::AnswerUnread(format!("not TeamCity's JSON: {e}")))
+}
+
+/// The body, at most [`MAX_ANSWER_BYTES`]; a slow body ends at the client's timeout.
+async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                    return Err(format!("larger than {MAX_ANSWER_BYTES} bytes"));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => return Err("it did not arrive in time".into()),
+            Err(e) => return Err(format!("the connection broke: {}", e.without_url())),
+        }
+    }
 }
 
 fn bearer(token: &TeamCityToken) -> Result<HeaderValue, TeamCityError> {
@@ -381,8 +407,8 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, 
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let text = response.text().await.unwrap_or_default();
-    let text = truncate(text.trim(), MAX_ERROR_TEXT);
+    let body = read_limited(response).await.unwrap_or_default();
+    let text = truncate(String::from_utf8_lossy(&body).trim(), MAX_ERROR_TEXT);
     Err(match status.as_u16() {
         401 => TeamCityError::Unauthorized(text),
         409 | 429 | 500..=599 => TeamCityError::Unavailable {

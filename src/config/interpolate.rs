@@ -15,6 +15,12 @@ pub enum InterpolateError {
     /// `${}` or a name with characters other than letters, digits and `_`.
     #[error("invalid variable name {0:?}")]
     BadName(String),
+    /// `${A:-${B}}`: a default is plain text; nesting is not supported (it would silently
+    /// become the text `${B}`, e.g. a guessable secret).
+    #[error(
+        "a ${{…}} inside the default of ${{{0}:-…}} is not supported; the default is plain text (write $${{ for a literal ${{)"
+    )]
+    Nested(String),
 }
 
 /// Replaces every `${VAR}` and `${VAR:-default}` in `input`, looking variables up with `env`.
@@ -37,6 +43,9 @@ pub fn interpolate(
                 Some((name, default)) => (name, Some(default)),
                 None => (body, None),
             };
+            if default.is_some_and(|d| d.contains("${") && !d.contains("$${")) {
+                return Err(InterpolateError::Nested(name.to_owned()));
+            }
             let valid_name =
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid_name {
@@ -67,6 +76,20 @@ mod tests {
             "EMPTY" => Some(String::new()),
             _ => None,
         }
+    }
+
+    #[test]
+    fn a_variable_inside_a_default_is_refused_not_taken_literally() {
+        assert_eq!(
+            interpolate("${NOPE:-${HOME_DIR}}", &env),
+            Err(InterpolateError::Nested("NOPE".into()))
+        );
+        assert!(
+            interpolate("${NOPE:-${HOME_DIR}}", &env)
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
     }
 
     #[test]

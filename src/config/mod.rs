@@ -331,6 +331,16 @@ fn interpolate_all(
     }
 }
 
+/// Largest values the numeric keys take (far beyond any real use, well within what the
+/// runtime can hold).
+const MAX_BODY_BYTES: u64 = 1 << 30;
+const MAX_TIMEOUT_SECS: u64 = 24 * 3600;
+const MAX_SESSION_SECS: u64 = 366 * 24 * 3600;
+const MAX_CONNECTIONS: u64 = 1_000_000;
+const MAX_IN_FLIGHT: u64 = 10_000;
+const MAX_BURST: u64 = 1_000_000;
+const MAX_RATE: f64 = 1_000_000.0;
+
 /// Collects every problem instead of stopping at the first, so an operator fixes them in one go.
 #[derive(Default)]
 struct Validator {
@@ -350,18 +360,40 @@ impl Validator {
                 None
             }
         };
-        if raw.server.max_body_bytes == 0 {
-            self.problem("server.max_body_bytes", "must be at least 1");
-        }
-        if raw.server.read_timeout_secs == 0 {
-            self.problem("server.read_timeout_secs", "must be at least 1");
-        }
-        if raw.server.max_connections == 0 {
-            self.problem("server.max_connections", "must be at least 1");
-        }
+        self.within(
+            "server.max_body_bytes",
+            raw.server.max_body_bytes,
+            1,
+            MAX_BODY_BYTES,
+        );
+        self.within(
+            "server.read_timeout_secs",
+            raw.server.read_timeout_secs,
+            1,
+            MAX_TIMEOUT_SECS,
+        );
+        self.within(
+            "server.max_connections",
+            raw.server.max_connections as u64,
+            1,
+            MAX_CONNECTIONS,
+        );
+        self.within(
+            "server.shutdown_grace_secs",
+            raw.server.shutdown_grace_secs,
+            0,
+            MAX_TIMEOUT_SECS,
+        );
         let public_url = match (&listen, raw.server.public_url.trim()) {
             (_, url) if !url.is_empty() => {
-                self.http_url("server.public_url", url);
+                if let Some(parsed) = self.http_url("server.public_url", url)
+                    && (parsed.query().is_some() || parsed.fragment().is_some())
+                {
+                    self.problem(
+                        "server.public_url",
+                        "must not have a query or fragment (webhook and sign-in URLs are built on it)",
+                    );
+                }
                 url.trim_end_matches('/').to_owned()
             }
             (Some(addr), _) => format!("http://{addr}"),
@@ -371,9 +403,12 @@ impl Validator {
         if sign_in_attempts_per_minute.is_none() {
             self.problem("web.sign_in_attempts_per_minute", "must be at least 1");
         }
-        if raw.web.session_ttl_secs == 0 {
-            self.problem("web.session_ttl_secs", "must be at least 1");
-        }
+        self.within(
+            "web.session_ttl_secs",
+            raw.web.session_ttl_secs,
+            1,
+            MAX_SESSION_SECS,
+        );
         if raw.storage.path.trim().is_empty() {
             self.problem("storage.path", "must not be empty");
         }
@@ -432,8 +467,33 @@ impl Validator {
         }
     }
 
+    /// A number within `min..=max`, else a problem naming the key and the range: values the
+    /// runtime cannot hold (a semaphore of 2^62 permits, an `Instant` 2^63 s away) would
+    /// panic later instead.
+    fn within(&mut self, key: &str, value: u64, min: u64, max: u64) {
+        if value < min {
+            self.problem(key, format!("must be at least {min}"));
+        } else if value > max {
+            self.problem(key, format!("{value} is too large: must be at most {max}"));
+        }
+    }
+
     fn http_url(&mut self, key: &str, text: &str) -> Option<Url> {
         match Url::parse(text) {
+            // The credential is not repeated in the message.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                let mut shown = url.clone();
+                let _ = shown.set_username("");
+                let _ = shown.set_password(None);
+                self.problem(
+                    key,
+                    format!(
+                        "{:?} must not hold a user name or password: bb2tc authenticates each call itself (for TeamCity with the pusher's own token), and a credential in the URL would be sent instead and shown wherever the URL is",
+                        shown.as_str()
+                    ),
+                );
+                None
+            }
             Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
             Ok(_) => {
                 self.problem(key, format!("{text:?} must be an http or https URL"));
@@ -531,15 +591,30 @@ impl Validator {
         if !(raw.rate_per_second.is_finite() && raw.rate_per_second > 0.0) {
             self.problem(format!("{table}.rate_per_second"), "must be greater than 0");
         }
-        if raw.burst < 1 {
-            self.problem(format!("{table}.burst"), "must be at least 1");
+        if raw.rate_per_second > MAX_RATE {
+            self.problem(
+                format!("{table}.rate_per_second"),
+                format!("must be at most {MAX_RATE}"),
+            );
         }
-        if raw.max_in_flight < 1 {
-            self.problem(format!("{table}.max_in_flight"), "must be at least 1");
-        }
-        if raw.timeout_secs < 1 {
-            self.problem(format!("{table}.timeout_secs"), "must be at least 1");
-        }
+        self.within(
+            &format!("{table}.burst"),
+            u64::from(raw.burst),
+            1,
+            MAX_BURST,
+        );
+        self.within(
+            &format!("{table}.max_in_flight"),
+            raw.max_in_flight as u64,
+            1,
+            MAX_IN_FLIGHT,
+        );
+        self.within(
+            &format!("{table}.timeout_secs"),
+            raw.timeout_secs,
+            1,
+            MAX_TIMEOUT_SECS,
+        );
         // Seconds; fractions are allowed (tests and fast local setups use them).
         let mut retry_schedule = Vec::with_capacity(raw.retry_schedule_secs.len());
         for (n, secs) in raw.retry_schedule_secs.iter().enumerate() {
@@ -704,6 +779,83 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    fn problems_of(text: &str) -> String {
+        match Config::from_toml_str(text, &no_env) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted: {text}"),
+        }
+    }
+
+    const MINIMAL: &str = "[[bitbucket]]\nid = \"dc\"\nkind = \"datacenter\"\nsecrets = [\"s\"]\n";
+
+    #[test]
+    fn credentials_in_urls_are_refused_without_being_repeated() {
+        let text = format!(
+            "[server]\npublic_url = \"https://ops:hunter2@bb2tc.example.com\"\n{MINIMAL}url = \"https://svc:bbpass@bitbucket.example.com\"\n[[teamcity]]\nid = \"main\"\nurl = \"https://admin:tcpass@tc.example.com\"\n"
+        );
+        let problems = problems_of(&text);
+        for key in [
+            "server.public_url",
+            "bitbucket[0] (id \"dc\").url",
+            "teamcity[0] (id \"main\").url",
+        ] {
+            assert!(
+                problems.contains(&format!("{key}: "))
+                    && problems.contains("must not hold a user name or password"),
+                "{key}: {problems}"
+            );
+        }
+        for secret in ["hunter2", "bbpass", "tcpass", "ops", "svc", "admin:"] {
+            assert!(!problems.contains(secret), "{secret} in {problems}");
+        }
+    }
+
+    #[test]
+    fn a_public_url_with_query_or_fragment_is_refused() {
+        for url in [
+            "https://bb2tc.example.com/?x=1",
+            "https://bb2tc.example.com/#top",
+        ] {
+            let problems = problems_of(&format!("[server]\npublic_url = \"{url}\"\n{MINIMAL}"));
+            assert!(
+                problems.contains("must not have a query or fragment"),
+                "{problems}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_the_runtime_cannot_hold_are_refused_naming_the_key() {
+        let huge = "9223372036854775807";
+        let text = format!(
+            "[server]\nmax_connections = {huge}\nread_timeout_secs = {huge}\nmax_body_bytes = {huge}\nshutdown_grace_secs = {huge}\n[web]\nsession_ttl_secs = {huge}\n{MINIMAL}[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com\"\nmax_in_flight = {huge}\ntimeout_secs = {huge}\nburst = 4294967295\nrate_per_second = 1e300\n"
+        );
+        let problems = problems_of(&text);
+        for key in [
+            "server.max_connections",
+            "server.read_timeout_secs",
+            "server.max_body_bytes",
+            "server.shutdown_grace_secs",
+            "web.session_ttl_secs",
+            "teamcity[0] (id \"main\").max_in_flight",
+            "teamcity[0] (id \"main\").timeout_secs",
+            "teamcity[0] (id \"main\").burst",
+            "teamcity[0] (id \"main\").rate_per_second",
+        ] {
+            assert!(problems.contains(&format!("{key}: ")), "{key}: {problems}");
+        }
+    }
+
+    #[test]
+    fn a_variable_nested_in_a_default_is_a_config_error() {
+        let text = MINIMAL.replace("[\"s\"]", "[\"${SECRET:-${OTHER}}\"]");
+        let problems = problems_of(&text);
+        assert!(
+            problems.contains("bitbucket[0].secrets[0]") && problems.contains("not supported"),
+            "{problems}"
+        );
     }
 
     #[test]

@@ -3,7 +3,45 @@
 use super::{BranchNaming, Config, TriggerMode};
 use std::fmt::Write;
 
+/// The secret the shipped config falls back to: public, so anyone could sign webhooks.
+const SHIPPED_SECRET: &str = "change-me";
+
 impl Config {
+    /// What is allowed but probably a mistake: shown by `check-config` and logged at start.
+    /// Never holds a secret.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.web.cookie_secure && plain_http_beyond_loopback(&self.http.public_url) {
+            out.push(
+                "public_url is plain HTTP beyond loopback; browsers drop Secure cookies there, \
+                 so nobody can sign in. Serve bb2tc over HTTPS (e.g. a reverse proxy) or set \
+                 [web] cookie_secure = false."
+                    .to_string(),
+            );
+        }
+        for source in &self.sources {
+            if source.secrets.iter().any(|s| s.expose() == SHIPPED_SECRET) {
+                out.push(format!(
+                    "bitbucket source {:?} uses the shipped webhook secret {SHIPPED_SECRET:?}, \
+                     which anyone can read: set BB2TC_WEBHOOK_SECRET (or secrets) to a random value",
+                    source.id.as_str()
+                ));
+            }
+        }
+        if self.storage.master_key.is_none() {
+            let key_file = self.storage.path.join("master.key");
+            if let Some(mode) = file_mode(&key_file)
+                && mode & 0o077 != 0
+            {
+                out.push(format!(
+                    "{} is readable by others (mode {mode:o}): chmod 600 it",
+                    key_file.display()
+                ));
+            }
+        }
+        out
+    }
+
     /// Sources, servers and routes, one line each, saying which repositories and branches
     /// go where.
     pub fn summary(&self) -> String {
@@ -48,13 +86,8 @@ impl Config {
                 "NOT Secure (plain HTTP)"
             }
         );
-        if self.web.cookie_secure && plain_http_beyond_loopback(&self.http.public_url) {
-            let _ = writeln!(
-                out,
-                "  warning: public_url is plain HTTP beyond loopback; browsers drop Secure \
-                 cookies there, so nobody can sign in. Serve bb2tc over HTTPS (e.g. a reverse \
-                 proxy) or set [web] cookie_secure = false."
-            );
+        for warning in self.warnings() {
+            let _ = writeln!(out, "  warning: {warning}");
         }
         let _ = writeln!(out, "teamcity servers:");
         for t in &self.servers {
@@ -131,6 +164,22 @@ fn plain_http_beyond_loopback(url: &str) -> bool {
     url.scheme() == "http" && !loopback
 }
 
+/// The permission bits of a file, where the platform has them.
+fn file_mode(path: &std::path::Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
@@ -142,6 +191,33 @@ mod tests {
              [[bitbucket]]\nid = \"cloud\"\nkind = \"cloud\"\nsecrets = [\"s\"]\n"
         );
         Config::from_toml_str(&text, &|_| None).unwrap().summary()
+    }
+
+    #[test]
+    fn warns_about_the_shipped_secret_and_a_key_file_others_can_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[storage]\npath = {:?}\n[[bitbucket]]\nid = \"dc\"\nkind = \"datacenter\"\nsecrets = [\"change-me\"]\n",
+            dir.path().display().to_string()
+        );
+        let config = Config::from_toml_str(&text, &|_| None).unwrap();
+        let warnings = config.warnings().join("\n");
+        assert!(warnings.contains("shipped webhook secret"), "{warnings}");
+        assert!(!warnings.contains("readable by others"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = dir.path().join("master.key");
+            std::fs::write(&key, "k").unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let warnings = config.warnings().join("\n");
+            assert!(
+                warnings.contains("readable by others (mode 644)"),
+                "{warnings}"
+            );
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            assert!(!config.warnings().join("\n").contains("readable by others"));
+        }
     }
 
     #[test]

@@ -148,10 +148,15 @@ pub fn sent(
             job.last_error = Some(error.clone());
             job.finished_at = Some(now);
         }
-        Finish::Retry { delay, error } => {
+        Finish::Retry {
+            delay,
+            error,
+            check_first,
+        } => {
             if superseded(&job, latest) {
                 return Ok(Transition::drop_superseded(&job));
             }
+            job.interrupted = *check_first;
             job.state = JobState::Pending;
             job.next_attempt_at =
                 now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
@@ -247,6 +252,7 @@ mod tests {
         Finish::Retry {
             delay: Duration::from_secs(secs),
             error: "TeamCity answered 503: starting".into(),
+            check_first: false,
         }
     }
 
@@ -326,6 +332,13 @@ mod tests {
         assert_eq!(job.state, JobState::Pending);
         assert_eq!(job.next_attempt_at, 31_000);
         assert!(!job.interrupted, "the call was answered");
+        let unread = Finish::Retry {
+            delay: Duration::from_secs(1),
+            error: "TeamCity answered 200 but the answer could not be read".into(),
+            check_first: true,
+        };
+        let job = sent(&inflight, &unread, Some(1), 0).unwrap().job.unwrap();
+        assert!(job.interrupted, "the next attempt asks TeamCity first");
         // No newest job recorded (e.g. the index entry was pruned): still retried.
         assert!(sent(&inflight, &retry(1), None, 0).unwrap().job.is_some());
     }

@@ -166,6 +166,9 @@ pub enum Finish {
         delay: std::time::Duration,
         /// What went wrong.
         error: String,
+        /// The call may have reached TeamCity (it answered 2xx but the answer could not be
+        /// read): the next attempt asks TeamCity for the build first, as after a crash.
+        check_first: bool,
     },
     /// Give up.
     Dead {

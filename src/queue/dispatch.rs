@@ -17,10 +17,14 @@ pub async fn dispatch<T: Trigger>(
     job: &Job,
     jitter: f64,
 ) -> Finish {
-    let retry_or_dead = |error: String, retry_after: Option<Duration>| {
+    let retry_or_dead = |error: String, retry_after: Option<Duration>, check_first: bool| {
         let schedule = &teamcity.server().retry_schedule;
         match retry::next_delay(schedule, job.attempts, retry_after, jitter) {
-            Some(delay) => Finish::Retry { delay, error },
+            Some(delay) => Finish::Retry {
+                delay,
+                error,
+                check_first,
+            },
             None => Finish::Dead {
                 error: format!("gave up after {} attempts: {error}", job.attempts),
             },
@@ -35,7 +39,7 @@ pub async fn dispatch<T: Trigger>(
         }
         // The store failing for a moment is no reason to give the job up.
         Err(TokenProblem::Store(e)) => {
-            let finish = retry_or_dead(format!("cannot read the token: {e}"), None);
+            let finish = retry_or_dead(format!("cannot read the token: {e}"), None, false);
             record_call(job, &finish, None, metrics);
             return finish;
         }
@@ -60,7 +64,12 @@ pub async fn dispatch<T: Trigger>(
     }
     let finish = match result {
         Ok(finish) => finish,
-        Err(error) if error.is_retryable() => retry_or_dead(error.to_string(), error.retry_after()),
+        Err(error) if error.is_retryable() => {
+            // A build call TeamCity answered 2xx may have queued the build.
+            let check_first =
+                job.mode == TriggerMode::Build && matches!(error, TeamCityError::AnswerUnread(_));
+            retry_or_dead(error.to_string(), error.retry_after(), check_first)
+        }
         Err(error) => Finish::Dead {
             error: error.to_string(),
         },
@@ -267,7 +276,7 @@ fn record_call(job: &Job, finish: &Finish, elapsed: Option<Duration>, metrics: &
             branch = %job.branch, outcome = "queued", build_id, warning, duration_ms = ms,
             "TeamCity call"
         ),
-        Finish::Retry { error, delay } => tracing::warn!(
+        Finish::Retry { error, delay, .. } => tracing::warn!(
             delivery = %job.delivery, job = job.id, server = %job.server, build_type,
             branch = %job.branch, outcome = "retry", attempts = job.attempts, error,
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),

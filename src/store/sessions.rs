@@ -33,7 +33,7 @@ pub enum Principal {
 }
 
 /// A signed-in session.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Session {
     /// Who is signed in.
     pub principal: Principal,
@@ -41,6 +41,17 @@ pub struct Session {
     pub csrf: String,
     /// Milliseconds since the epoch.
     pub expires_at: u64,
+}
+
+/// The CSRF value is a secret of the session: redacted.
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("principal", &self.principal)
+            .field("csrf", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// A fresh random value for a cookie, a CSRF token or an OAuth `state`: 32 bytes, base64url.

@@ -14,9 +14,18 @@ use subtle::ConstantTimeEq;
 const MAX_FORM_BYTES: u64 = 16 * 1024;
 
 /// A posted form's fields (the first value of each name).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Form {
     fields: HashMap<String, String>,
+}
+
+/// Field names only: forms carry tokens (TeamCity, Bitbucket, admin) and CSRF values.
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        write!(f, "Form({names:?}, values redacted)")
+    }
 }
 
 impl Form {
@@ -82,5 +91,30 @@ impl Form {
                     .into(),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_names_fields_but_never_their_values() {
+        let form = Form {
+            fields: HashMap::from([
+                ("token".to_string(), "eyJ0eXAi.SECRET-TOKEN".to_string()),
+                ("csrf".to_string(), "csrf-value".to_string()),
+            ]),
+        };
+        let text = format!("{form:?}");
+        assert_eq!(text, r#"Form(["csrf", "token"], values redacted)"#);
+        let session = crate::store::Session {
+            principal: crate::store::Principal::Admin {
+                token_fingerprint: "f".into(),
+            },
+            csrf: "csrf-value".into(),
+            expires_at: 1,
+        };
+        assert!(!format!("{session:?}").contains("csrf-value"));
     }
 }

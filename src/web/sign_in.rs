@@ -159,9 +159,14 @@ pub fn start_oauth(app: &App, peer: IpAddr, source_id: &str) -> Result<Response<
                 "Signing in with Bitbucket is not set up for {source_id:?}."
             ))
         })?;
-    let started = app.web.pending.start(source.id.clone()).ok_or_else(|| {
-        PageError::Unavailable("Too many sign-ins are under way; try again in a minute.".into())
-    })?;
+    let client = super::oauth::client_key(peer);
+    let started = app
+        .web
+        .pending
+        .start(source.id.clone(), client)
+        .ok_or_else(|| {
+            PageError::Unavailable("Too many sign-ins are under way; try again in a minute.".into())
+        })?;
     let url = BitbucketClient::authorize_url(
         source,
         &redirect_uri(app),
@@ -329,7 +334,12 @@ async fn sign_in_post(
 
 /// Counts an attempt against the client address's limit.
 fn limit(app: &App, peer: IpAddr, method: SignInMethod) -> Result<(), PageError> {
-    if app.web.sign_in_limiter.check_key(&peer).is_ok() {
+    if app
+        .web
+        .sign_in_limiter
+        .check_key(&super::oauth::client_key(peer))
+        .is_ok()
+    {
         return Ok(());
     }
     app.metrics.sign_in(method, SignInResult::Limited);

@@ -343,3 +343,24 @@ async fn deliveries_are_listed_with_their_outcome() {
         400
     );
 }
+
+#[tokio::test]
+async fn an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted_twice() {
+    let (tc, app) = app_with("").await;
+    // TeamCity queues the build, but the answer is 2 MiB (bb2tc reads at most 1 MiB).
+    tc.pad_next_answer(2 * 1024 * 1024);
+    push(&app, "padded", "main", 1).await;
+    let done = wait_for_state(&app, "done").await;
+    // The retry asked TeamCity first and found the build by its job mark.
+    let asked = tc.wait_for(1, |r| r.path == "/app/rest/builds").await;
+    assert!(asked[0].locator().unwrap().contains("state:any"));
+    assert_eq!(tc.build_calls().len(), 1, "posted once");
+    assert_eq!(done["build_id"].as_u64(), Some(101));
+    assert!(
+        done["warning"]
+            .as_str()
+            .unwrap()
+            .contains("found in TeamCity"),
+        "{done}"
+    );
+}

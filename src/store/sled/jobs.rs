@@ -485,6 +485,7 @@ mod tests {
         let retry = Finish::Retry {
             delay: std::time::Duration::ZERO,
             error: "503".into(),
+            check_first: false,
         };
         assert_eq!(
             store.finish_job(second[0].id, &retry, now()).unwrap(),
@@ -527,6 +528,7 @@ mod tests {
         let retry = Finish::Retry {
             delay: std::time::Duration::from_secs(42),
             error: "timeout".into(),
+            check_first: false,
         };
         let retried = store
             .finish_job(jobs[0].id, &retry, 1_000)

@@ -73,6 +73,7 @@ impl SledStore {
         let path = settings.path.clone();
         std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
         let db = open_sled(&path)?;
+        restrict_permissions(&path)?;
         let meta = db.open_tree("meta")?;
         let unreadable = db.open_tree("unreadable")?;
         migrate::migrate(&db, &meta, &unreadable)?;
@@ -281,6 +282,27 @@ fn open_sled(path: &Path) -> Result<sled::Db, StoreError> {
     }
 }
 
+/// The store is bb2tc's alone: the directory 0700, its files 0600 (sled creates them with
+/// the umask's mode; files it adds later sit inside the closed directory).
+fn restrict_permissions(dir: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_error(path, e))
+        };
+        set(dir, 0o700)?;
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+            let path = entry.map_err(|e| io_error(dir, e))?.path();
+            set(&path, if path.is_dir() { 0o700 } else { 0o600 })?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.to_owned(),
@@ -379,6 +401,20 @@ mod tests {
         let err = SledStore::open(&second).unwrap_err();
         assert!(matches!(err, StoreError::WrongMasterKey(_)), "{err}");
         assert!(err.to_string().contains("master key does not match"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_store_directory_and_files_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = temp_sled();
+        drop(store);
+        let data = dir.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        for name in ["db", "conf", "master.key"] {
+            assert_eq!(mode(&data.join(name)), 0o600, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -61,6 +61,8 @@ struct State {
     agents: Option<(Duration, Duration)>,
     /// Time each build-queue POST takes to answer.
     post_delay: Duration,
+    /// Bytes of padding in the next build-queue answer (a misbehaving proxy, say).
+    pad_next_answer: usize,
     tokens: HashMap<String, String>,
     requests: Vec<Recorded>,
     failures: VecDeque<(u16, String, Option<String>)>,
@@ -142,6 +144,11 @@ impl FakeTeamCity {
     /// Idle agents: each build starts `start` after it was queued and finishes `run` later.
     pub fn agents(&self, start: Duration, run: Duration) {
         self.state.lock().unwrap().agents = Some((start, run));
+    }
+
+    /// The next build is queued, but its answer carries `bytes` of padding.
+    pub fn pad_next_answer(&self, bytes: usize) {
+        self.state.lock().unwrap().pad_next_answer = bytes;
     }
 
     /// Each build-queue POST takes this long to answer.
@@ -300,6 +307,7 @@ impl FakeTeamCity {
                     comment: body["comment"]["text"].as_str().map(str::to_owned),
                     queued_at: Instant::now(),
                 });
+                let padding = "x".repeat(std::mem::take(&mut state.pad_next_answer));
                 json(serde_json::json!({
                     "id": id,
                     "buildTypeId": build_type,
@@ -307,6 +315,7 @@ impl FakeTeamCity {
                     "branchName": branch,
                     "href": format!("/app/rest/buildQueue/id:{id}"),
                     "webUrl": format!("{}/viewQueued.html?itemId={id}", self.url),
+                    "padding": padding,
                 }))
             }
             ("POST", "/app/rest/vcs-root-instances/commitHookNotification") => {
