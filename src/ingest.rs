@@ -16,6 +16,9 @@ pub struct Plan {
     pub changes: Vec<ChangeJobs>,
     /// What was deliberately not turned into a job, and why.
     pub skipped: Vec<Skipped>,
+    /// Set (to how many it would make) when the delivery asks for more jobs than
+    /// `server.max_jobs_per_delivery`: then `changes` is empty.
+    pub too_many_jobs: Option<usize>,
 }
 
 /// Works out the jobs for `push` from `source`, delivered as `delivery`.
@@ -41,6 +44,7 @@ pub async fn plan(
             reason: "Bitbucket did not list the changes (mirror ref limit exceeded)".into(),
         });
     }
+    let mut planned = 0;
     for change in &push.changes {
         let skip = |reason: String| Skipped {
             reference: change.full_ref.clone(),
@@ -81,6 +85,12 @@ pub async fn plan(
                 Err(reason) => plan.skipped.push(skip(reason)),
             }
         }
+        planned += jobs.len();
+        if planned > config.http.max_jobs_per_delivery {
+            // Over the limit: count on, but keep no more jobs (memory stays bounded).
+            plan.changes.clear();
+            continue;
+        }
         if !jobs.is_empty() {
             plan.changes.push(ChangeJobs {
                 reference: change.full_ref.clone(),
@@ -95,6 +105,16 @@ pub async fn plan(
                 jobs,
             });
         }
+    }
+    if planned > config.http.max_jobs_per_delivery {
+        plan.too_many_jobs = Some(planned);
+        plan.skipped.push(Skipped {
+            reference: "*".into(),
+            reason: format!(
+                "this delivery would make {planned} jobs, more than server.max_jobs_per_delivery = {}; nothing was queued",
+                config.http.max_jobs_per_delivery
+            ),
+        });
     }
     Ok(plan)
 }

@@ -74,6 +74,7 @@ pub struct Metrics {
     tokens: Family<StatusLabels, Gauge>,
     sign_ins: Family<SignInLabels, Counter>,
     unreadable: Gauge,
+    too_large: Family<SourceLabels, Counter>,
 }
 
 /// How someone signed in to the token page (the `method` label of `bb2tc_sign_ins_total`).
@@ -150,6 +151,7 @@ impl Default for Metrics {
             tokens: Family::default(),
             sign_ins: Family::default(),
             unreadable: Gauge::default(),
+            too_large: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -207,6 +209,11 @@ impl Default for Metrics {
             "Stored records that could not be read and were set aside (tree \"unreadable\")",
             metrics.unreadable.clone(),
         );
+        registry.register(
+            "bb2tc_deliveries_too_large",
+            "Deliveries that would have made more jobs than server.max_jobs_per_delivery (nothing queued)",
+            metrics.too_large.clone(),
+        );
         for method in SignInMethod::ALL {
             for result in SignInResult::ALL {
                 drop(metrics.sign_ins.get_or_create(&SignInLabels {
@@ -233,6 +240,7 @@ impl Metrics {
                 source: source.id.to_string(),
             };
             drop(metrics.signature_failures.get_or_create(&source));
+            drop(metrics.too_large.get_or_create(&source));
         }
         for server in &config.servers {
             let labels = ServerLabels {
@@ -268,6 +276,15 @@ impl Metrics {
             .get_or_create(&SignInLabels {
                 method: method.label().into(),
                 result: result.label().into(),
+            })
+            .inc();
+    }
+
+    /// A delivery that would have made more jobs than allowed.
+    pub fn delivery_too_large(&self, source: &str) {
+        self.too_large
+            .get_or_create(&SourceLabels {
+                source: source.into(),
             })
             .inc();
     }

@@ -79,6 +79,8 @@ pub struct HttpSettings {
     pub public_url: String,
     /// Whether `public_url` was given (else it follows the address actually listened on).
     pub public_url_configured: bool,
+    /// A delivery that would make more jobs is refused (202, nothing queued).
+    pub max_jobs_per_delivery: usize,
 }
 
 impl HttpSettings {
@@ -340,6 +342,7 @@ const MAX_CONNECTIONS: u64 = 1_000_000;
 const MAX_IN_FLIGHT: u64 = 10_000;
 const MAX_BURST: u64 = 1_000_000;
 const MAX_RATE: f64 = 1_000_000.0;
+const MAX_JOBS_PER_DELIVERY: u64 = 1_000_000;
 
 /// Collects every problem instead of stopping at the first, so an operator fixes them in one go.
 #[derive(Default)]
@@ -377,6 +380,12 @@ impl Validator {
             raw.server.max_connections as u64,
             1,
             MAX_CONNECTIONS,
+        );
+        self.within(
+            "server.max_jobs_per_delivery",
+            raw.server.max_jobs_per_delivery,
+            1,
+            MAX_JOBS_PER_DELIVERY,
         );
         self.within(
             "server.shutdown_grace_secs",
@@ -448,6 +457,7 @@ impl Validator {
                     shutdown_grace: Duration::from_secs(raw.server.shutdown_grace_secs),
                     public_url,
                     public_url_configured: !raw.server.public_url.trim().is_empty(),
+                    max_jobs_per_delivery: raw.server.max_jobs_per_delivery as usize,
                 },
                 storage: StorageSettings {
                     path: PathBuf::from(raw.storage.path),

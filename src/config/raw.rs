@@ -32,6 +32,7 @@ pub(super) struct RawServer {
     pub max_connections: usize,
     pub shutdown_grace_secs: u64,
     pub public_url: String,
+    pub max_jobs_per_delivery: u64,
 }
 
 impl Default for RawServer {
@@ -43,6 +44,7 @@ impl Default for RawServer {
             max_connections: 1024,
             shutdown_grace_secs: 10,
             public_url: String::new(),
+            max_jobs_per_delivery: 1000,
         }
     }
 }

@@ -105,6 +105,14 @@ async fn deliver(
     let push = bitbucket::parse_push(source.kind, &body)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let plan = ingest::plan(&app.config, &app.store, source, &push, request_id).await?;
+    if let Some(jobs) = plan.too_many_jobs {
+        app.metrics.delivery_too_large(source.id.as_str());
+        tracing::warn!(
+            source = %source.id, event = event_key, repository = %push.repository, jobs,
+            limit = app.config.http.max_jobs_per_delivery,
+            "delivery would make more jobs than server.max_jobs_per_delivery; nothing queued"
+        );
+    }
     record.result = "accepted".into();
     record.skipped = plan.skipped;
     let outcome = app

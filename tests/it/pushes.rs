@@ -329,3 +329,54 @@ branch_name = "full"
     assert_eq!(full.len(), 1);
     assert_eq!(full[0]["branchName"], "refs/heads/dev");
 }
+
+#[tokio::test]
+async fn a_delivery_asking_for_more_jobs_than_allowed_queues_nothing() {
+    let tc = FakeTeamCity::start().await;
+    let config = format!(
+        "[server]\nmax_jobs_per_delivery = 2\n{}",
+        standard_config(&tc.url, "")
+    );
+    let app = TestApp::spawn(&config).await;
+    tc.add_token("t", "jdoe");
+    app.register_token("dc", "jdoe", "main", "t").await;
+    let changes: Vec<(String, String)> = (1..=3)
+        .map(|n| (format!("refs/heads/b{n}"), sha(n)))
+        .collect();
+    let refs: Vec<(&str, &str, &str)> = changes
+        .iter()
+        .map(|(r, s)| (r.as_str(), s.as_str(), "UPDATE"))
+        .collect();
+    let (status, answer) = app
+        .dc_push(&dc_payload("jdoe", "PROJ/repo", &refs), "too-many")
+        .await;
+    assert_eq!(
+        (status, answer["jobs"].as_u64()),
+        (202, Some(0)),
+        "{answer}"
+    );
+    let reason = answer["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["ref"] == "*")
+        .and_then(|s| s["reason"].as_str())
+        .unwrap()
+        .to_owned();
+    assert!(
+        reason.contains("would make 3 jobs") && reason.contains("max_jobs_per_delivery = 2"),
+        "{reason}"
+    );
+    assert!(app.api_jobs("").await.is_empty());
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"bb2tc_deliveries_too_large_total{source="dc"} 1"#)
+    );
+    // Two changes are within the limit.
+    let (_, answer) = app
+        .dc_push(&dc_payload("jdoe", "PROJ/repo", &refs[..2]), "fine")
+        .await;
+    assert_eq!(answer["jobs"].as_u64(), Some(2), "{answer}");
+    tc.wait_for_builds(2).await;
+}
