@@ -27,6 +27,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// The token page's sign-ins under way and rate limits.
     pub web: WebState,
+    /// Memory for webhook bodies being received.
+    pub body_budget: crate::http::body_budget::BodyBudget,
     admin_token_hash: [u8; 32],
 }
 
@@ -42,6 +44,7 @@ impl App {
         admin_token_hash: [u8; 32],
     ) -> Self {
         Self {
+            body_budget: crate::http::body_budget::BodyBudget::new(config.http.body_budget_bytes),
             config,
             store,
             queue,

@@ -81,6 +81,8 @@ pub struct HttpSettings {
     pub public_url_configured: bool,
     /// A delivery that would make more jobs is refused (202, nothing queued).
     pub max_jobs_per_delivery: usize,
+    /// Webhook bodies held in memory at once, in bytes.
+    pub body_budget_bytes: u64,
 }
 
 impl HttpSettings {
@@ -343,6 +345,7 @@ const MAX_IN_FLIGHT: u64 = 10_000;
 const MAX_BURST: u64 = 1_000_000;
 const MAX_RATE: f64 = 1_000_000.0;
 const MAX_JOBS_PER_DELIVERY: u64 = 1_000_000;
+const MAX_BODY_BUDGET: u64 = 1 << 36;
 
 /// Collects every problem instead of stopping at the first, so an operator fixes them in one go.
 #[derive(Default)]
@@ -380,6 +383,12 @@ impl Validator {
             raw.server.max_connections as u64,
             1,
             MAX_CONNECTIONS,
+        );
+        self.within(
+            "server.body_budget_bytes",
+            raw.server.body_budget_bytes,
+            1024,
+            MAX_BODY_BUDGET,
         );
         self.within(
             "server.max_jobs_per_delivery",
@@ -458,6 +467,7 @@ impl Validator {
                     public_url,
                     public_url_configured: !raw.server.public_url.trim().is_empty(),
                     max_jobs_per_delivery: raw.server.max_jobs_per_delivery as usize,
+                    body_budget_bytes: raw.server.body_budget_bytes,
                 },
                 storage: StorageSettings {
                     path: PathBuf::from(raw.storage.path),

@@ -33,6 +33,7 @@ pub(super) struct RawServer {
     pub shutdown_grace_secs: u64,
     pub public_url: String,
     pub max_jobs_per_delivery: u64,
+    pub body_budget_bytes: u64,
 }
 
 impl Default for RawServer {
@@ -45,6 +46,7 @@ impl Default for RawServer {
             shutdown_grace_secs: 10,
             public_url: String::new(),
             max_jobs_per_delivery: 1000,
+            body_budget_bytes: 64 * 1024 * 1024,
         }
     }
 }

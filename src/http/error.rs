@@ -40,6 +40,9 @@ pub enum ApiError {
     /// The store cannot take the write; the sender should retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The memory for request bodies is taken by other requests; retry in a moment.
+    #[error("too many requests are being received at once; retry shortly")]
+    Busy,
     /// A bug or an unexpected failure; details are logged, not answered.
     #[error("internal error")]
     Internal(String),
@@ -58,7 +61,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -72,6 +75,12 @@ impl ApiError {
             self.status(),
             &serde_json::json!({ "error": self.to_string() }),
         );
+        if matches!(self, ApiError::Busy) {
+            response.headers_mut().insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from_static("1"),
+            );
+        }
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(
                 hyper::header::WWW_AUTHENTICATE,
@@ -83,7 +92,9 @@ impl ApiError {
 }
 
 impl From<crate::store::StoreError> for ApiError {
+    /// The detail (paths, the OS's words) goes to the log, not to the client.
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Unavailable(format!("store unavailable: {e}"))
+        tracing::error!(error = %e, "store error");
+        ApiError::Unavailable("bb2tc's store cannot take the request right now; retry later".into())
     }
 }

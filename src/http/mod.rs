@@ -2,6 +2,7 @@
 
 mod admin_jobs;
 mod admin_tokens;
+pub mod body_budget;
 mod error;
 mod health;
 pub mod response;

@@ -35,6 +35,7 @@ pub async fn handle(
         Ok((_, result)) => *result,
         Err(ApiError::InvalidSignature) => "invalid_signature",
         Err(ApiError::Unavailable(_)) => "unavailable",
+        Err(ApiError::Busy) => "busy",
         Err(_) => "rejected",
     };
     app.metrics.webhook(source.id.as_str(), &event, result);
@@ -60,6 +61,20 @@ async fn deliver(
     }
     let (parts, body) = request.into_parts();
     let http = &app.config.http;
+    // Room for the body in the shared budget, held until the answer: a declared length is
+    // checked against the limit first, an undeclared one counts as the largest allowed.
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > http.max_body_bytes) {
+        return Err(ApiError::PayloadTooLarge(http.max_body_bytes));
+    }
+    let _room = app
+        .body_budget
+        .reserve(declared.unwrap_or(http.max_body_bytes))
+        .await?;
     let body = read_body(&parts.headers, body, http.max_body_bytes, http.read_timeout).await?;
     let event_key = header(&parts.headers, "x-event-key");
     if event_key == Some("diagnostics:ping") {

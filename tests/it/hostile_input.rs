@@ -249,3 +249,52 @@ async fn oversized_request_heads_are_refused_and_serving_goes_on() {
         .unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// Bodies held in memory are bounded by `server.body_budget_bytes`: an unauthenticated
+/// client that declares 1 MiB and sends it slowly holds the whole (1 MiB) budget, so a
+/// signed push meanwhile gets 503 with `Retry-After` (Cloud retries) instead of memory
+/// growing with every such connection; once the slow one is gone, pushes are accepted.
+#[tokio::test]
+async fn the_body_budget_bounds_memory_and_heals() {
+    let tc = FakeTeamCity::start().await;
+    let config = format!(
+        "[server]\nbody_budget_bytes = 1048576\n{}",
+        standard_config(&tc.url, "")
+    );
+    let app = TestApp::spawn(&config).await;
+    let address = app.url.trim_start_matches("http://").to_owned();
+    let mut hog = tokio::net::TcpStream::connect(&address).await.unwrap();
+    hog.write_all(
+        b"POST /hooks/bitbucket/dc HTTP/1.1\r\nHost: x\r\nX-Event-Key: repo:refs_changed\r\nContent-Length: 1048576\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    hog.write_all(&[b'{'; 1000]).await.unwrap();
+    // Let the bridge take the hog's reservation.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let push = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(1), "UPDATE")],
+    );
+    let started = std::time::Instant::now();
+    let response = app
+        .webhook(
+            "dc",
+            Some("repo:refs_changed"),
+            &push,
+            Some(DC_SECRET),
+            Some("budget-1"),
+        )
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    drop(hog);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, answer) = app.dc_push(&push, "budget-2").await;
+    assert_eq!(status, 202, "{answer}");
+    assert!(app.metrics().await.contains(
+        r#"bb2tc_webhooks_total{source="dc",event="repo:refs_changed",result="busy"} 1"#
+    ));
+}
