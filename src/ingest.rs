@@ -58,6 +58,11 @@ pub async fn plan(
             plan.skipped.push(skip("not a branch or tag".into()));
             continue;
         }
+        if change.logical_name().is_empty() {
+            // `refs/heads/` alone: TeamCity would get `branchName: ""` (its default branch).
+            plan.skipped.push(skip("empty branch or tag name".into()));
+            continue;
+        }
         let routes: Vec<&Route> = config
             .routes
             .iter()

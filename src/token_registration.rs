@@ -27,9 +27,21 @@ pub enum RegistrationError {
         /// What went wrong.
         error: TeamCityError,
     },
+    /// The text cannot be a TeamCity token (it would not fit in an HTTP header).
+    #[error(
+        "a TeamCity token is one line of printable ASCII (no spaces, line breaks or other characters); check what was pasted"
+    )]
+    Malformed,
     /// The store did not take the write.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Whether `text` can be a TeamCity access token: it travels as `Authorization: Bearer`,
+/// so it is visible ASCII only. Checked with and without `verify`, so that an unverified
+/// token cannot make every job die later with a confusing error.
+fn well_formed(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Verifies `token` with `server` (unless `verify` is false) and stores it for (`source`,
@@ -42,6 +54,9 @@ pub async fn register(
     token: &TeamCityToken,
     verify: bool,
 ) -> Result<(TokenInfo, bool), RegistrationError> {
+    if !well_formed(token.expose()) {
+        return Err(RegistrationError::Malformed);
+    }
     let (status, teamcity_user) = if verify {
         let checked = match app.client(server) {
             Some(client) => client.current_user(token).await,

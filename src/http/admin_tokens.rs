@@ -109,6 +109,7 @@ async fn register(app: &App, request: Request<Incoming>) -> Result<Response<Body
         unreachable @ RegistrationError::Unreachable { .. } => {
             ApiError::BadGateway(unreachable.to_string())
         }
+        malformed @ RegistrationError::Malformed => ApiError::BadRequest(malformed.to_string()),
         RegistrationError::Store(e) => e.into(),
     })?;
     let mut answer = serde_json::to_value(&info).map_err(|e| ApiError::Internal(e.to_string()))?;

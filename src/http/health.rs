@@ -12,8 +12,19 @@ use std::time::Duration;
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness.
-pub fn live() -> Response<Body> {
-    json(StatusCode::OK, &json!({"status": "ok"}))
+/// Liveness: 503 when the process cannot recover by itself (the store's directory is gone),
+/// so that a liveness probe restarts it; the reason is logged and answered.
+pub fn live(app: &App) -> Response<Body> {
+    match app.store.fatal_problem() {
+        Ok(()) => json(StatusCode::OK, &json!({"status": "ok"})),
+        Err(e) => {
+            tracing::error!(error = %e, "not live: bb2tc needs a restart");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"status": "failing", "error": e.to_string()}),
+            )
+        }
+    }
 }
 
 /// Readiness, with one entry per component.

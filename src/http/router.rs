@@ -43,7 +43,7 @@ async fn route(
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
         ["hooks", "bitbucket", source] => webhook::handle(app, request, source, request_id).await,
-        ["healthz"] => only_get(&request).map(|()| health::live()),
+        ["healthz"] => only_get(&request).map(|()| health::live(app)),
         ["readyz"] => {
             only_get(&request)?;
             Ok(health::ready(app).await)

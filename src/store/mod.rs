@@ -133,6 +133,12 @@ impl Store {
         self.sled().commit().await
     }
 
+    /// `Err` when the store can no longer make anything durable and only a restart helps
+    /// (its directory was removed or replaced): `/healthz` fails on it.
+    pub fn fatal_problem(&self) -> Result<(), StoreError> {
+        self.sled().location_intact()
+    }
+
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
         self.blocking(|s| s.probe_write()).await?;

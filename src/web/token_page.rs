@@ -194,6 +194,7 @@ fn refusal(e: &RegistrationError) -> (StatusCode, String) {
                  Try again in a moment; if it keeps failing, tell your build engineers."
             ),
         ),
+        RegistrationError::Malformed => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
         RegistrationError::Store(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "bb2tc's store is unavailable; try again shortly.".into(),

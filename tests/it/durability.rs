@@ -240,3 +240,54 @@ async fn sigterm_mid_backlog_exits_0_and_the_rest_is_sent_after_restart() {
     assert_eq!(branches, vec!["b1", "b2", "b3", "b4"]);
     assert!(bridge.terminate().success());
 }
+
+#[tokio::test]
+async fn a_store_directory_removed_at_runtime_is_noticed_never_a_202_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("data");
+    let tc = FakeTeamCity::start().await;
+    let app = TestApp::spawn_on(&standard_config(&tc.url, ""), &store).await;
+    let push = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(1), "UPDATE")],
+    );
+    assert_eq!(app.dc_push(&push, "before").await.0, 202);
+    // Someone moves the store away (a wrong cleanup script, a volume swapped under it).
+    std::fs::rename(&store, dir.path().join("moved")).unwrap();
+    let push = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/dev", &sha(2), "UPDATE")],
+    );
+    let (status, answer) = app.dc_push(&push, "after").await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        !answer.to_string().contains("moved"),
+        "no paths in the answer: {answer}"
+    );
+    for (path, status) in [("/readyz", 503), ("/healthz", 503)] {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+    }
+    // The same directory back in place: writes are durable again. Bitbucket's retry of the
+    // 503'd delivery finds it recorded, and "duplicate" now means on disk.
+    std::fs::rename(dir.path().join("moved"), &store).unwrap();
+    let (status, answer) = app.dc_push(&push, "after").await;
+    assert_eq!(
+        (status, answer["result"].as_str()),
+        (200, Some("duplicate"))
+    );
+    let live = app
+        .http
+        .get(format!("{}/healthz", app.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+}

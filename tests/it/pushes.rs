@@ -380,3 +380,19 @@ async fn a_delivery_asking_for_more_jobs_than_allowed_queues_nothing() {
     assert_eq!(answer["jobs"].as_u64(), Some(2), "{answer}");
     tc.wait_for_builds(2).await;
 }
+
+#[tokio::test]
+async fn a_ref_with_an_empty_name_is_skipped_not_sent_as_the_default_branch() {
+    let (tc, app) = app_with("").await;
+    tc.add_token("t", "jdoe");
+    app.register_token("dc", "jdoe", "main", "t").await;
+    let push = dc_payload("jdoe", "PROJ/repo", &[("refs/heads/", &sha(1), "UPDATE")]);
+    let (status, answer) = app.dc_push(&push, "empty-branch").await;
+    assert_eq!(
+        (status, answer["jobs"].as_u64()),
+        (202, Some(0)),
+        "{answer}"
+    );
+    assert_eq!(answer["skipped"][0]["reason"], "empty branch or tag name");
+    assert!(tc.build_calls().is_empty());
+}

@@ -130,6 +130,17 @@ async fn bad_registrations_are_refused_clearly() {
             422,
             "rejected",
         ),
+        // Unverified tokens that could never be sent as a Bearer header.
+        (
+            json!({"user": "jdoe", "teamcity": "main", "token": "line\r\nbreak", "source": "dc", "verify": false}),
+            400,
+            "printable ASCII",
+        ),
+        (
+            json!({"user": "jdoe", "teamcity": "main", "token": "tökén", "source": "dc", "verify": false}),
+            400,
+            "printable ASCII",
+        ),
         (
             json!({"user": "jdoe", "teamcity": "https://evil.example.com", "token": "good", "source": "dc"}),
             422,

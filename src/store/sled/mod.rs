@@ -62,6 +62,8 @@ pub struct SledStore {
     committer: GroupCommit,
     stats: Stats,
     id: String,
+    /// (device, inode) of the store directory when it was opened.
+    identity: Option<(u64, u64)>,
     /// Test-only: operations made to fail, to test what heals after a store error.
     #[cfg(test)]
     pub(crate) faults: test_support::Faults,
@@ -80,6 +82,7 @@ impl SledStore {
         let cipher = key_rotation::open_cipher(settings, &meta)?;
         let id = store_id(&meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
+        let identity = directory_identity(&path);
         let store = Self {
             tokens: db.open_tree("tokens")?,
             token_index: db.open_tree("token_index")?,
@@ -94,6 +97,7 @@ impl SledStore {
             cipher,
             committer,
             stats: Stats::default(),
+            identity,
             id,
             #[cfg(test)]
             faults: Default::default(),
@@ -220,10 +224,29 @@ impl SledStore {
     /// Makes every write done before this call durable (flush + fsync), sharing the fsync
     /// with concurrent callers.
     pub async fn commit(&self) -> Result<(), StoreError> {
+        // A write into a store directory that was deleted or replaced would be acknowledged
+        // and then lost: nothing is durable there any more.
+        self.location_intact()?;
         self.committer
             .commit()
             .await
             .map_err(StoreError::Durability)
+    }
+
+    /// Whether the directory this store opened is still the one at its path (not removed,
+    /// not replaced). When it is not, nothing written can become durable and only a
+    /// restart helps.
+    pub fn location_intact(&self) -> Result<(), StoreError> {
+        let now = directory_identity(&self.path);
+        if now.is_some() && now == self.identity {
+            return Ok(());
+        }
+        Err(StoreError::Io {
+            path: self.path.clone(),
+            message: "the store directory was removed or replaced while bb2tc ran; nothing \
+                      written now would last. Restore it and restart bb2tc"
+                .into(),
+        })
     }
 
     /// The maintained counts.
@@ -301,6 +324,22 @@ fn restrict_permissions(dir: &Path) -> Result<(), StoreError> {
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
+}
+
+/// (device, inode) of a directory; `None` when it is gone (or off Unix, always `Some(0, 0)`
+/// while it exists).
+fn directory_identity(path: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Some((0, 0))
+    }
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
