@@ -423,6 +423,28 @@ async fn no_token_in_debug_logs_or_store_files() {
         .await
         .unwrap();
     tc.wait_for_builds(1).await;
+    // A branch name with a line break (Git forbids it, a forged payload need not): it must
+    // not start a line of its own in the text log.
+    let forged = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[(
+            "refs/heads/evil\n2026-12-01T00:00:00Z  INFO forged: admin token accepted",
+            &sha(2),
+            "UPDATE",
+        )],
+    );
+    http.post(format!("{}/hooks/bitbucket/dc", bridge.url))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header(
+            "X-Hub-Signature",
+            bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &forged),
+        )
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
+    tc.wait_for_builds(2).await;
     let jobs = http
         .get(format!("{}/api/v1/jobs", bridge.url))
         .bearer_auth(ADMIN_TOKEN)
@@ -440,6 +462,16 @@ async fn no_token_in_debug_logs_or_store_files() {
         "debug logging was on: {logged}"
     );
     assert!(!logged.contains(token), "the token is in the log");
+    assert!(
+        !logged
+            .lines()
+            .any(|l| l.starts_with("2026-12-01T00:00:00Z  INFO forged")),
+        "a payload forged a log line: {logged}"
+    );
+    assert!(
+        logged.contains(r"evil\n2026-12-01"),
+        "escaped instead: {logged}"
+    );
     crate::support::assert_no_file_holds(&store, &[token]);
 }
 

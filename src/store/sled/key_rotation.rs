@@ -22,6 +22,7 @@ pub(super) fn open_cipher(
     meta: &sled::Tree,
 ) -> Result<TokenCipher, StoreError> {
     let dir = &settings.path;
+    let key_file_existed = TokenCipher::key_file(dir).exists();
     let cipher = TokenCipher::load(settings.master_key.as_ref(), dir)?;
     match key_matches(meta, &cipher)? {
         Some(true) => Ok(cipher),
@@ -42,6 +43,12 @@ pub(super) fn open_cipher(
                     tracing::warn!("completed an interrupted master key rotation");
                     return Ok(next);
                 }
+            }
+            if settings.master_key.is_none() && !key_file_existed {
+                // A key file made just now for a store sealed under another key is useless:
+                // leave none behind to be mistaken for the right one.
+                let made = TokenCipher::key_file(dir);
+                std::fs::remove_file(&made).map_err(|e| io_error(&made, e))?;
             }
             Err(StoreError::WrongMasterKey(dir.display().to_string()))
         }
@@ -196,6 +203,23 @@ mod tests {
                 .trim(),
             new_key
         );
+    }
+
+    #[tokio::test]
+    async fn a_missing_key_file_is_not_replaced_by_a_useless_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = StorageSettings {
+            path: dir.path().join("data"),
+            master_key: None,
+        };
+        with_tokens(&settings).await;
+        let key = TokenCipher::key_file(&settings.path);
+        std::fs::remove_file(&key).unwrap();
+        assert!(matches!(
+            SledStore::open(&settings).unwrap_err(),
+            StoreError::WrongMasterKey(_)
+        ));
+        assert!(!key.exists(), "no fresh key file left behind");
     }
 
     #[tokio::test]
