@@ -41,7 +41,7 @@
 //! - [`web`] — the token page: sign-in (Bitbucket OAuth, pasted token, admin), sessions,
 //!   each user's TeamCity tokens; [`bitbucket::identity`] proves who signs in.
 //! - [`token_registration`] — checking a token with TeamCity and keeping it (API and page).
-//! - [`metrics`] — the Prometheus metrics of SPEC §10.
+//! - [`metrics`] — the Prometheus metrics of SPEC §10; [`log_text`] — payload text in logs.
 //! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
 //!
@@ -59,6 +59,7 @@ pub mod http;
 pub mod ids;
 pub mod ingest;
 pub mod job;
+pub mod log_text;
 pub mod metrics;
 pub mod queue;
 pub mod routing;

@@ -8,6 +8,7 @@ use crate::bitbucket::{self, EventClass, signature};
 use crate::clock;
 use crate::config::Source;
 use crate::ingest;
+use crate::log_text::Escaped;
 use crate::store::{DeliveryRecord, RecordOutcome};
 use hyper::body::Incoming;
 use hyper::{HeaderMap, Method, Request, Response, StatusCode};
@@ -123,7 +124,7 @@ async fn deliver(
     if let Some(jobs) = plan.too_many_jobs {
         app.metrics.delivery_too_large(source.id.as_str());
         tracing::warn!(
-            source = %source.id, event = event_key, repository = ?push.repository, jobs,
+            source = %source.id, event = event_key, repository = %Escaped(&push.repository), jobs,
             limit = app.config.http.max_jobs_per_delivery,
             "delivery would make more jobs than server.max_jobs_per_delivery; nothing queued"
         );
@@ -164,7 +165,7 @@ async fn deliver(
         tracing::info!(server = %server, replaced_job = old, "pending job replaced by a newer push");
     }
     tracing::info!(
-        source = %source.id, event = event_key, repository = ?push.repository,
+        source = %source.id, event = event_key, repository = %Escaped(&push.repository),
         jobs = jobs.len(), skipped = delivery.skipped.len(), "accepted"
     );
     let answer = json!({

@@ -4,6 +4,7 @@ use super::retry;
 use super::trigger::Trigger;
 use crate::config::TriggerMode;
 use crate::ids::TeamCityToken;
+use crate::log_text::Escaped;
 use crate::metrics::Metrics;
 use crate::store::{Finish, Job, Store, TokenRef};
 use crate::teamcity::{BuildRequest, FoundBuild, TeamCityError};
@@ -251,7 +252,7 @@ async fn notify_commit_hook<T: Trigger>(
 }
 
 /// One log line and the metrics for each attempt. Branch names come from the payload and
-/// are logged with `?` (escaped), so a name with a line break cannot forge log lines.
+/// are logged [`Escaped`], so a name with a line break cannot forge log lines.
 fn record_call(job: &Job, finish: &Finish, elapsed: Option<Duration>, metrics: &Metrics) {
     let build_type = job
         .build_type
@@ -274,18 +275,18 @@ fn record_call(job: &Job, finish: &Finish, elapsed: Option<Duration>, metrics: &
             build_id, warning, ..
         } => tracing::info!(
             delivery = %job.delivery, job = job.id, server = %job.server, build_type,
-            branch = ?job.branch, outcome = "queued", build_id, warning, duration_ms = ms,
+            branch = %Escaped(&job.branch), outcome = "queued", build_id, warning, duration_ms = ms,
             "TeamCity call"
         ),
         Finish::Retry { error, delay, .. } => tracing::warn!(
             delivery = %job.delivery, job = job.id, server = %job.server, build_type,
-            branch = ?job.branch, outcome = "retry", attempts = job.attempts, error,
+            branch = %Escaped(&job.branch), outcome = "retry", attempts = job.attempts, error,
             retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             duration_ms = ms, "TeamCity call"
         ),
         Finish::Dead { error } => tracing::warn!(
             delivery = %job.delivery, job = job.id, server = %job.server, build_type,
-            branch = ?job.branch, outcome = "dead", attempts = job.attempts, error,
+            branch = %Escaped(&job.branch), outcome = "dead", attempts = job.attempts, error,
             duration_ms = ms, "TeamCity call"
         ),
     }
