@@ -49,7 +49,7 @@ pub struct ChangeJobs {
 pub enum RecordOutcome {
     /// This delivery id was already recorded within the de-duplication window.
     Duplicate,
-    /// Recorded (not yet durable: call [`Store::commit`]).
+    /// Recorded (not yet durable: call [`Store::commit`](crate::store::Store::commit)).
     Recorded {
         /// The jobs created, with ids.
         jobs: Vec<Job>,

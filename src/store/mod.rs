@@ -2,9 +2,9 @@
 //! de-duplication marks, the job queue, tokens, sessions, counts — as one async interface,
 //! [`Store`], whatever the backend.
 //!
-//! The backend is sled ([`sled`], embedded, the default). Its calls block — sled's own work
+//! The backend is sled (`store/sled/`, embedded, the default). Its calls block — sled's own work
 //! and every fsync — so [`Store`] runs each on tokio's blocking pool, never on a worker
-//! thread. A second backend (PostgreSQL, SPEC §7.1) is another variant of [`Backend`]:
+//! thread. A second backend (PostgreSQL, SPEC §7.1) is another variant of `Backend`:
 //! `http/`, `queue/` and `web/` only ever see [`Store`]. What happens to a job is decided by
 //! [`crate::job::lifecycle`], not here.
 //!

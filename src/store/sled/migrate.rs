@@ -5,8 +5,8 @@
 //! The migration rewrites every record of the record trees with a version byte, in batches;
 //! each batch is one transaction with a cursor in `meta` saying how far it got, so a crash
 //! in the middle resumes where it stopped and never rewrites a record twice. A record that
-//! cannot be read is set aside (see [`Store::set_aside`]). The format version is written
-//! last, after an fsync of everything before it.
+//! cannot be read is set aside into the `unreadable` tree. The format version is written
+//! last, after a flush of everything before it (sled's log keeps writes in order).
 
 use super::records::{Record, decode_unversioned, decode_unversioned_mark, encode, encode_mark};
 use super::tokens::StoredToken;
