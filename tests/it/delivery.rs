@@ -224,9 +224,15 @@ async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
         .collect();
     assert_eq!(branches, vec!["first", "blocker", "main"]);
     assert!(comment_without_mark(&calls[2].json()).ends_with(&sha(5)[..7]));
-    wait_for_state(&app, "done").await;
-    let done = app.api_jobs("?state=done").await;
-    assert_eq!(done.len(), 3);
+    // Each call's result is written just after it: wait for all three.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.api_jobs("?state=done").await.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs never all done"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     assert_eq!(tc.build_calls().len(), 3);
     let metrics = app
         .http
