@@ -13,6 +13,9 @@ pub enum ApiError {
     /// Known path, other method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// Request line and headers over 64 KiB.
+    #[error("request headers larger than {0} bytes")]
+    HeadersTooLarge(usize),
     /// Body over `max_body_bytes`.
     #[error("request body larger than {0} bytes")]
     PayloadTooLarge(u64),
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::InvalidSignature | ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

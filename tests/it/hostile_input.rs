@@ -298,3 +298,35 @@ async fn the_body_budget_bounds_memory_and_heals() {
         r#"bb2tc_webhooks_total{source="dc",event="repo:refs_changed",result="busy"} 1"#
     ));
 }
+
+/// One header of 100 000 bytes that arrives at once: hyper may parse it past its buffer
+/// size; the documented 64 KiB head limit still holds.
+#[tokio::test]
+async fn a_single_huge_header_is_refused_with_431() {
+    let tc = FakeTeamCity::start().await;
+    let app = TestApp::spawn(&standard_config(&tc.url, "")).await;
+    let response = app
+        .http
+        .post(format!("{}/hooks/bitbucket/dc", app.url))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header("X-Padding", "a".repeat(100_000))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 431);
+    let small = app
+        .http
+        .post(format!("{}/hooks/bitbucket/dc", app.url))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header("X-Padding", "a".repeat(60_000))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        small.status(),
+        401,
+        "a head within the limit is read (then the signature fails)"
+    );
+}
