@@ -370,3 +370,88 @@ async fn an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted
         "{done}"
     );
 }
+
+/// A TeamCity (or a proxy before it) whose `200` body drips: the first answer's body stalls
+/// past `timeout_secs`. That is a timeout of that call, retried — and since TeamCity had
+/// answered 200, the retry first asks TeamCity whether the build exists (here it does not:
+/// the fake lists none), then posts.
+#[tokio::test]
+async fn a_200_whose_body_stalls_is_retried_after_asking_teamcity() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (seen, posts) = (seen.clone(), posts.clone());
+                tokio::spawn(async move {
+                    let mut head = vec![0; 65536];
+                    let n = stream.read(&mut head).await.unwrap_or(0);
+                    let text = String::from_utf8_lossy(&head[..n]).into_owned();
+                    let line = text.lines().next().unwrap_or("").to_owned();
+                    seen.lock().unwrap().push(line.clone());
+                    let body = if line.starts_with("POST /app/rest/buildQueue") {
+                        if posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                            let _ = stream
+                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"id\":")
+                                .await;
+                            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                            return;
+                        }
+                        r#"{"id":7,"state":"queued","branchName":"main"}"#
+                    } else {
+                        r#"{"count":0,"build":[]}"#
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+    }
+    let config = standard_config(&url, "")
+        .replace("retry_schedule_secs = [1, 1]", FAST_RETRIES)
+        .replace("timeout_secs = 5", "timeout_secs = 1");
+    let app = TestApp::spawn(&config).await;
+    let registered = app
+        .admin(Method::POST, "/tokens")
+        .json(&serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "t", "verify": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    push(&app, "drip", "main", 1).await;
+    let done = wait_for_state(&app, "done").await;
+    assert_eq!(done["attempts"], 2, "{done}");
+    assert_eq!(done["build_id"].as_u64(), Some(7));
+    let seen = seen.lock().unwrap().clone();
+    let order: Vec<&str> = seen
+        .iter()
+        .map(|l| {
+            l.split('?')
+                .next()
+                .unwrap_or(l)
+                .split_whitespace()
+                .take(2)
+                .last()
+                .unwrap_or("")
+        })
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            "/app/rest/buildQueue",
+            "/app/rest/builds",
+            "/app/rest/buildQueue"
+        ],
+        "{seen:?}"
+    );
+}
