@@ -20,15 +20,29 @@ pub enum SameSite {
     Lax,
 }
 
-/// The value of cookie `name`, if the request carries it.
-pub fn get<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The name a cookie has on the wire. With `Secure`, a prefix the browser enforces: `__Host-`
+/// (only this origin over HTTPS can set it, for `Path=/`, no `Domain`) — so a sibling
+/// subdomain or a plain-HTTP page cannot plant a sign-in cookie (login CSRF) — or, for the
+/// OAuth state on its callback path, `__Secure-`. Without `Secure` browsers refuse both
+/// prefixes, so the plain name is used.
+pub fn wire_name(name: &str, secure: bool) -> String {
+    match (secure, name) {
+        (false, _) => name.to_owned(),
+        (true, OAUTH_STATE) => format!("__Secure-{name}"),
+        (true, _) => format!("__Host-{name}"),
+    }
+}
+
+/// The value of cookie `name` (as [`wire_name`] spells it), if the request carries it.
+pub fn get<'a>(headers: &'a HeaderMap, name: &str, secure: bool) -> Option<&'a str> {
+    let name = wire_name(name, secure);
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
+        .find(|(key, _)| *key == name.as_str())
         .map(|(_, value)| value.trim())
 }
 
@@ -45,6 +59,7 @@ pub fn set(
         SameSite::Strict => "Strict",
         SameSite::Lax => "Lax",
     };
+    let name = wire_name(name, secure);
     let secure = if secure { "; Secure" } else { "" };
     let text = format!(
         "{name}={value}; Path={path}; Max-Age={max_age_secs}; HttpOnly; SameSite={same_site}{secure}"
@@ -67,9 +82,23 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.append(COOKIE, HeaderValue::from_static("a=1; bb2tc_session=abc"));
         headers.append(COOKIE, HeaderValue::from_static("bb2tc_oauth=st"));
-        assert_eq!(get(&headers, SESSION), Some("abc"));
-        assert_eq!(get(&headers, OAUTH_STATE), Some("st"));
-        assert_eq!(get(&headers, SIGN_IN), None);
+        assert_eq!(get(&headers, SESSION, false), Some("abc"));
+        assert_eq!(get(&headers, OAUTH_STATE, false), Some("st"));
+        assert_eq!(get(&headers, SIGN_IN, false), None);
+    }
+
+    #[test]
+    fn secure_cookies_carry_a_prefix_and_unprefixed_ones_are_ignored() {
+        let mut headers = HeaderMap::new();
+        // Planted over plain HTTP or from a sibling domain: no prefix, not taken.
+        headers.append(COOKIE, HeaderValue::from_static("bb2tc_signin=planted"));
+        assert_eq!(get(&headers, SIGN_IN, true), None);
+        headers.append(
+            COOKIE,
+            HeaderValue::from_static("__Host-bb2tc_signin=ours; __Secure-bb2tc_oauth=st"),
+        );
+        assert_eq!(get(&headers, SIGN_IN, true), Some("ours"));
+        assert_eq!(get(&headers, OAUTH_STATE, true), Some("st"));
     }
 
     #[test]
@@ -77,7 +106,14 @@ mod tests {
         let value = set(SESSION, "v", "/", 60, SameSite::Strict, true);
         assert_eq!(
             value.to_str().unwrap(),
-            "bb2tc_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
+            "__Host-bb2tc_session=v; Path=/; Max-Age=60; HttpOnly; SameSite=Strict; Secure"
+        );
+        let state = set(OAUTH_STATE, "s", "/oauth/callback", 60, SameSite::Lax, true);
+        assert!(
+            state
+                .to_str()
+                .unwrap()
+                .starts_with("__Secure-bb2tc_oauth=s; Path=/oauth/callback;")
         );
         let cleared = clear(SESSION, "/", false);
         assert_eq!(

@@ -119,7 +119,7 @@ pub async fn handle(
 /// The live session behind the request's cookie, with the cookie's value. An admin session
 /// of an admin token that has since been replaced counts as none.
 async fn session(app: &App, headers: &HeaderMap) -> Result<Option<(String, Session)>, PageError> {
-    let Some(id) = cookies::get(headers, cookies::SESSION) else {
+    let Some(id) = cookies::get(headers, cookies::SESSION, app.config.web.cookie_secure) else {
         return Ok(None);
     };
     let session = app

@@ -48,7 +48,8 @@ fn sign_in_form(
     headers: &HeaderMap,
     failure: Option<(StatusCode, String)>,
 ) -> Result<Response<Body>, PageError> {
-    let existing = cookies::get(headers, cookies::SIGN_IN).filter(|v| v.len() == 43);
+    let existing = cookies::get(headers, cookies::SIGN_IN, app.config.web.cookie_secure)
+        .filter(|v| v.len() == 43);
     let csrf = existing.map_or_else(random_token, str::to_owned);
     let (status, banner) = match failure {
         Some((status, message)) => (status, Some(Banner::Error(message))),
@@ -208,7 +209,12 @@ pub async fn finish_oauth(
             .map(|(_, v)| v.as_str())
     };
     let state = param("state").unwrap_or("");
-    let cookie = cookies::get(request.headers(), cookies::OAUTH_STATE).unwrap_or("");
+    let cookie = cookies::get(
+        request.headers(),
+        cookies::OAUTH_STATE,
+        app.config.web.cookie_secure,
+    )
+    .unwrap_or("");
     let bound: bool = state.as_bytes().ct_eq(cookie.as_bytes()).into();
     if !bound || state.is_empty() {
         return Err(PageError::Forbidden(
@@ -328,7 +334,9 @@ async fn sign_in_post(
 ) -> Result<(HeaderMap, Form), PageError> {
     limit(app, peer, method)?;
     let (headers, form) = Form::read(request, app.config.http.read_timeout).await?;
-    form.check_csrf(cookies::get(&headers, cookies::SIGN_IN).unwrap_or(""))?;
+    form.check_csrf(
+        cookies::get(&headers, cookies::SIGN_IN, app.config.web.cookie_secure).unwrap_or(""),
+    )?;
     Ok((headers, form))
 }
 

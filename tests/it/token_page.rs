@@ -29,7 +29,7 @@ async fn pages_need_a_session_and_carry_strict_security_headers() {
     assert!(!sign_in.body.contains("<script"), "no script on the page");
     assert!(!sign_in.body.contains(" style="), "no inline styles");
     let cookie = sign_in
-        .set_cookie("bb2tc_signin")
+        .set_cookie("__Host-bb2tc_signin")
         .expect("a sign-in CSRF cookie");
     for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
         assert!(cookie.contains(attribute), "{cookie} lacks {attribute}");
@@ -76,7 +76,7 @@ async fn a_developer_signs_in_with_a_pasted_token_and_manages_their_tokens() {
     assert_eq!(signed_in.status, 303, "{}", signed_in.body);
     assert_eq!(signed_in.location.as_deref(), Some("/"));
     let session = signed_in
-        .set_cookie("bb2tc_session")
+        .set_cookie("__Host-bb2tc_session")
         .expect("session cookie");
     for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Max-Age=43200"] {
         assert!(session.contains(attribute), "{session} lacks {attribute}");
@@ -278,7 +278,7 @@ async fn forms_without_the_right_csrf_value_are_refused() {
         )
         .await;
     assert_eq!(page.status, 403);
-    assert!(!stranger.cookies.contains_key("bb2tc_session"));
+    assert!(!stranger.cookies.contains_key("__Host-bb2tc_session"));
 
     // Not a form at all.
     let answer = world
@@ -287,7 +287,10 @@ async fn forms_without_the_right_csrf_value_are_refused() {
         .post(format!("{}/tokens", world.app.url))
         .header(
             "cookie",
-            format!("bb2tc_session={}", jdoe.cookies["bb2tc_session"]),
+            format!(
+                "__Host-bb2tc_session={}",
+                jdoe.cookies["__Host-bb2tc_session"]
+            ),
         )
         .json(&serde_json::json!({"token": "x"}))
         .send()
@@ -333,7 +336,7 @@ async fn service_users_inactive_users_and_wrong_tokens_cannot_sign_in() {
         assert_eq!(page.status, status, "{token}: {}", page.body);
         assert!(page.body.contains(words), "{token}: {}", page.body);
         assert!(!page.body.contains(token), "the token is not echoed");
-        assert!(!browser.cookies.contains_key("bb2tc_session"));
+        assert!(!browser.cookies.contains_key("__Host-bb2tc_session"));
     }
 }
 
@@ -371,7 +374,7 @@ async fn oauth(browser: &mut PageClient, source: &str) -> crate::support::page_c
     let start = browser.get(&format!("/signin/oauth/{source}")).await;
     assert_eq!(start.status, 303);
     let state_cookie = start
-        .set_cookie("bb2tc_oauth")
+        .set_cookie("__Secure-bb2tc_oauth")
         .expect("state cookie")
         .to_owned();
     for attribute in ["HttpOnly", "SameSite=Lax", "Path=/oauth/callback", "Secure"] {
@@ -406,10 +409,10 @@ async fn sign_in_with_bitbucket_uses_pkce_and_a_browser_bound_state() {
             .body
             .contains("http-equiv=\"refresh\" content=\"0;url=/\"")
     );
-    assert!(callback.set_cookie("bb2tc_session").is_some());
+    assert!(callback.set_cookie("__Host-bb2tc_session").is_some());
     assert!(
         callback
-            .set_cookie("bb2tc_oauth")
+            .set_cookie("__Secure-bb2tc_oauth")
             .unwrap()
             .contains("Max-Age=0")
     );
@@ -451,11 +454,11 @@ async fn sign_in_with_bitbucket_uses_pkce_and_a_browser_bound_state() {
     let consent = attacker.get(&start.location.unwrap()).await;
     let page = victim.get(&consent.location.clone().unwrap()).await;
     assert_eq!(page.status, 403);
-    assert!(!victim.cookies.contains_key("bb2tc_session"));
+    assert!(!victim.cookies.contains_key("__Host-bb2tc_session"));
     // Each state works once.
     let first = attacker.get(&consent.location.clone().unwrap()).await;
     assert_eq!(first.status, 200);
-    attacker.cookies.insert("bb2tc_oauth".into(), {
+    attacker.cookies.insert("__Secure-bb2tc_oauth".into(), {
         let url = Url::parse(&consent.location.unwrap()).unwrap();
         url.query_pairs()
             .find(|(k, _)| k == "state")
@@ -466,7 +469,7 @@ async fn sign_in_with_bitbucket_uses_pkce_and_a_browser_bound_state() {
     let replay = attacker
         .get(&format!(
             "{}/oauth/callback?code=x&state={}",
-            world.app.url, attacker.cookies["bb2tc_oauth"]
+            world.app.url, attacker.cookies["__Secure-bb2tc_oauth"]
         ))
         .await;
     assert_eq!(replay.status, 400);
@@ -610,18 +613,20 @@ async fn sessions_survive_a_restart_and_end_at_sign_out() {
     assert_eq!(page.status, 200, "the session survived the restart");
     assert!(page.body.contains("Jane Doe (jdoe) on dc"));
 
-    let session = browser.cookies["bb2tc_session"].clone();
+    let session = browser.cookies["__Host-bb2tc_session"].clone();
     let out = browser.post("/signout", &[("csrf", &page.csrf())]).await;
     assert_eq!(out.status, 303);
     assert_eq!(out.location.as_deref(), Some("/signin"));
     assert!(
-        out.set_cookie("bb2tc_session")
+        out.set_cookie("__Host-bb2tc_session")
             .unwrap()
             .contains("Max-Age=0")
     );
     // The old cookie is worthless now, even if a browser kept it.
     let mut replay = PageClient::new(&restarted.url);
-    replay.cookies.insert("bb2tc_session".into(), session);
+    replay
+        .cookies
+        .insert("__Host-bb2tc_session".into(), session);
     assert_eq!(replay.get("/").await.status, 303);
     restarted.stop().await;
     drop(temp);
@@ -651,7 +656,10 @@ async fn bad_input_on_the_page_paths_gets_a_clear_4xx() {
     let world = PageWorld::start("sign_in_attempts_per_minute = 1000").await;
     let mut jdoe = world.client();
     jdoe.sign_in_dc("bb-jdoe").await;
-    let session = format!("bb2tc_session={}", jdoe.cookies["bb2tc_session"]);
+    let session = format!(
+        "__Host-bb2tc_session={}",
+        jdoe.cookies["__Host-bb2tc_session"]
+    );
     let url = |path: &str| format!("{}{path}", world.app.url);
     let http = &reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -695,12 +703,14 @@ async fn bad_input_on_the_page_paths_gets_a_clear_4xx() {
         // Odd cookies and sessions.
         (
             http.get(url("/"))
-                .header("cookie", "bb2tc_session=%%%; ;;=;"),
+                .header("cookie", "__Host-bb2tc_session=%%%; ;;=;"),
             303,
         ),
         (
-            http.get(url("/"))
-                .header("cookie", format!("bb2tc_session={}", "x".repeat(5000))),
+            http.get(url("/")).header(
+                "cookie",
+                format!("__Host-bb2tc_session={}", "x".repeat(5000)),
+            ),
             303,
         ),
         // OAuth callbacks with nothing, or with junk.
@@ -742,7 +752,7 @@ async fn no_credential_or_session_id_in_debug_logs_or_store_files() {
 
     let mut browser = PageClient::new(&bridge.url);
     browser.sign_in_dc(BITBUCKET_TOKEN).await;
-    let pasted_session = browser.cookies["bb2tc_session"].clone();
+    let pasted_session = browser.cookies["__Host-bb2tc_session"].clone();
     assert_eq!(browser.add_token("main", TEAMCITY_TOKEN).await.status, 303);
     let page = browser.get("/").await;
     assert!(!page.body.contains(TEAMCITY_TOKEN));
@@ -750,7 +760,7 @@ async fn no_credential_or_session_id_in_debug_logs_or_store_files() {
     let start = oauth.get("/signin/oauth/dc").await;
     let consent = oauth.get(&start.location.unwrap()).await;
     assert_eq!(oauth.get(&consent.location.unwrap()).await.status, 200);
-    let oauth_session = oauth.cookies["bb2tc_session"].clone();
+    let oauth_session = oauth.cookies["__Host-bb2tc_session"].clone();
 
     let (status, logged) = bridge.terminate_and_log();
     assert!(status.success());

@@ -123,7 +123,7 @@ async fn a_store_of_a84aaec_opens_with_nothing_lost() {
 
     // The token-page session is still signed in.
     let mut page = PageClient::new(&app.url);
-    page.cookies.insert("bb2tc_session".into(), session);
+    page.cookies.insert("__Host-bb2tc_session".into(), session);
     let home = page.get("/").await;
     assert_eq!(home.status, 200);
     assert!(home.body.contains("Jane Doe (jdoe) on dc"), "{}", home.body);

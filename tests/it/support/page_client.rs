@@ -77,7 +77,7 @@ impl PageClient {
             )
             .await;
         assert_eq!(page.status, 303, "sign-in failed: {}", page.body);
-        assert!(self.cookies.contains_key("bb2tc_session"));
+        assert!(self.cookies.contains_key("__Host-bb2tc_session"));
     }
 
     /// Signs in to the Cloud source with an API token and email; returns the answer.
