@@ -143,7 +143,8 @@ pub async fn run(
     let app = Arc::new(App::new(
         config, store, queue, clients, metrics, web, admin_hash,
     ));
-    let pruner = tokio::spawn(prune_periodically(app.clone(), stopping));
+    let pruner = tokio::spawn(prune_periodically(app.clone(), stopping.clone()));
+    let healer = tokio::spawn(heal_periodically(app.store.clone(), stopping));
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         sources = app.config.sources.len(),
@@ -156,11 +157,27 @@ pub async fn run(
     stop_workers.trigger();
     queue_tasks.drain(grace).await;
     let _ = pruner.await;
+    let _ = healer.await;
     let store = app.store.clone();
     drop(app);
     store.commit().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a store whose writes failed is looked at again (and reopened if need be).
+const HEAL_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn heal_periodically(store: Arc<Store>, mut stop: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = tokio::time::sleep(HEAL_INTERVAL) => {}
+        }
+        if let Err(e) = store.heal().await {
+            tracing::warn!(error = %e, "the store still cannot take writes; trying again shortly");
+        }
+    }
 }
 
 async fn prune_periodically(app: Arc<App>, mut stop: Shutdown) {

@@ -14,6 +14,7 @@
 
 mod crypto;
 pub mod jobs;
+mod reopen;
 pub mod sessions;
 pub(crate) mod sled;
 pub mod stats;
@@ -29,7 +30,6 @@ pub use tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
 use crate::config::StorageSettings;
 use crate::ids::{Secret, ServerId, SourceId, TeamCityToken, UserKey};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// How long a delivery id or a (repository, ref, sha) change is remembered for de-duplication,
 /// and how long finished jobs and delivery records are kept for the admin API.
@@ -81,21 +81,30 @@ impl From<::sled::transaction::TransactionError<StoreError>> for StoreError {
 /// The backends.
 #[derive(Debug)]
 enum Backend {
-    Sled(Arc<sled::SledStore>),
+    Sled(reopen::SledHandle),
 }
 
 /// The open store. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Store {
     backend: Backend,
+    id: String,
 }
 
 impl Store {
     /// Opens (creating if missing) the store `settings` name, migrating an older format.
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
+        let store = sled::SledStore::open(settings)?;
+        let id = store.id().to_owned();
         Ok(Self {
-            backend: Backend::Sled(Arc::new(sled::SledStore::open(settings)?)),
+            backend: Backend::Sled(reopen::SledHandle::new(store, settings.clone())),
+            id,
         })
+    }
+
+    fn handle(&self) -> &reopen::SledHandle {
+        let Backend::Sled(handle) = &self.backend;
+        handle
     }
 
     /// Runs `work` on the backend, on tokio's blocking pool.
@@ -104,8 +113,7 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
     {
-        let Backend::Sled(store) = &self.backend;
-        let store = store.clone();
+        let store = self.handle().current()?;
         tokio::task::spawn_blocking(move || work(&store))
             .await
             .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?
@@ -114,34 +122,48 @@ impl Store {
     /// Test-only: the next `times` calls of a backend operation fail.
     #[cfg(test)]
     pub(crate) fn fail_next(&self, operation: &'static str, times: usize) {
-        self.sled().faults.fail(operation, times);
-    }
-
-    fn sled(&self) -> &sled::SledStore {
-        let Backend::Sled(store) = &self.backend;
-        store
+        if let Ok(store) = self.handle().current() {
+            store.faults.fail(operation, times);
+        }
     }
 
     /// This store's id (random, made once): build comments carry it with the job id.
     pub fn id(&self) -> &str {
-        self.sled().id()
+        &self.id
+    }
+
+    /// After a durable write failed: reopens the store if it still fails (sled does not
+    /// recover from an I/O error by itself). `Ok(true)` when it takes writes (again).
+    /// The bridge calls this every few seconds.
+    pub async fn heal(&self) -> Result<bool, StoreError> {
+        self.handle().heal().await
     }
 
     /// Makes every write done before this call durable (flush + fsync), sharing the fsync
     /// with concurrent callers.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        self.sled().commit().await
+        let result = self.handle().current()?.commit().await;
+        if result.is_err() {
+            self.handle().mark_failing();
+        }
+        result
     }
 
     /// `Err` when the store can no longer make anything durable and only a restart helps
     /// (its directory was removed or replaced): `/healthz` fails on it.
     pub fn fatal_problem(&self) -> Result<(), StoreError> {
-        self.sled().location_intact()
+        match self.handle().current() {
+            Ok(store) => store.location_intact(),
+            Err(_) => Ok(()), // being reopened: not fatal
+        }
     }
 
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.blocking(|s| s.probe_write()).await?;
+        if let Err(e) = self.blocking(|s| s.probe_write()).await {
+            self.handle().mark_failing();
+            return Err(e);
+        }
         self.commit().await
     }
 
@@ -256,7 +278,10 @@ impl Store {
     /// Queue depths, oldest pending job, tokens per status, records set aside: maintained
     /// counts, so this costs the same whatever the queue holds.
     pub fn stats(&self) -> StatsSnapshot {
-        self.sled().stats()
+        self.handle()
+            .current()
+            .map(|s| s.stats())
+            .unwrap_or_default()
     }
 
     /// Registers a token, replacing (and keeping the id of) the one for the same source,
@@ -344,7 +369,10 @@ impl Store {
         new_key: &Secret,
         uses_key_file: bool,
     ) -> Result<usize, StoreError> {
-        self.sled().rotate_master_key(new_key, uses_key_file).await
+        self.handle()
+            .current()?
+            .rotate_master_key(new_key, uses_key_file)
+            .await
     }
 }
 

@@ -5,6 +5,7 @@ mod browser;
 mod check_for_changes;
 mod cli;
 mod delivery;
+mod disk_full;
 mod durability;
 mod exactly_once;
 mod hostile_input;
