@@ -127,11 +127,16 @@ impl<T: Trigger> Worker<T> {
     }
 
     fn reschedule(&self, id: u64, delay: Duration) {
-        let _ = self.outbox.send(Scheduled {
-            id,
-            due: Instant::now() + delay,
-        });
+        schedule_in(&self.outbox, id, delay);
     }
+}
+
+/// Hands job `id` back to the worker's schedule, due after `delay`.
+fn schedule_in(outbox: &mpsc::UnboundedSender<Scheduled>, id: u64, delay: Duration) {
+    let _ = outbox.send(Scheduled {
+        id,
+        due: Instant::now() + delay,
+    });
 }
 
 /// One claimed job's way through its call, in a task of its own.
@@ -240,10 +245,7 @@ impl<T: Trigger> Call<T> {
     }
 
     fn reschedule(&self, id: u64, delay: Duration) {
-        let _ = self.outbox.send(Scheduled {
-            id,
-            due: Instant::now() + delay,
-        });
+        schedule_in(&self.outbox, id, delay);
     }
 }
 

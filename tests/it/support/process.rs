@@ -23,7 +23,11 @@ impl Bridge {
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
-            .arg(env!("CARGO_BIN_EXE_bb2tc"))
+            // `BB2TC_BIN`: another build to start instead (benchmarks compare two commits).
+            .arg(
+                std::env::var("BB2TC_BIN")
+                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bb2tc").to_owned()),
+            )
             .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
