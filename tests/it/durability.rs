@@ -206,16 +206,7 @@ async fn sigterm_mid_backlog_exits_0_and_the_rest_is_sent_after_restart() {
     std::fs::write(&slow, text).unwrap();
     let bridge = Bridge::start(&slow, "");
     let http = reqwest::Client::new();
-    let registered = http
-        .post(format!("{}/api/v1/tokens", bridge.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(
-            &serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "t"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
+    register_token_at(&bridge.url, "jdoe", "t").await;
     for n in 1..=4 {
         assert_eq!(send(&http, &bridge.url, n).await.unwrap(), 202);
     }

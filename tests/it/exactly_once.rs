@@ -81,16 +81,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
     );
     let bridge = Bridge::start(&config, "");
     let http = reqwest::Client::new();
-    let registered = http
-        .post(format!("{}/api/v1/tokens", bridge.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(
-            &serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "t"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(registered.status(), 201);
+    register_token_at(&bridge.url, "jdoe", "t").await;
 
     let url = Arc::new(Mutex::new(bridge.url.clone()));
     let answered = Arc::new(AtomicUsize::new(0));

@@ -39,6 +39,21 @@ pub fn write_process_config(dir: &Path, body: &str) -> (PathBuf, PathBuf) {
     (config_path, store)
 }
 
+/// Registers TeamCity token `token` for Data Center user `user` on server `main` through the
+/// admin API of a bridge at `url` (the real binary, for example), verified.
+pub async fn register_token_at(url: &str, user: &str, token: &str) {
+    let registered = reqwest::Client::new()
+        .post(format!("{url}/api/v1/tokens"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(
+            &serde_json::json!({"source": "dc", "user": user, "teamcity": "main", "token": token}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+}
+
 /// Fails if any file under `dir` contains one of `secrets`.
 pub fn assert_no_file_holds(dir: &Path, secrets: &[&str]) {
     let mut todo = vec![dir.to_owned()];
