@@ -65,11 +65,20 @@ impl SledHandle {
             return Ok(true);
         }
         let _one_at_a_time = self.reopening.lock().await;
-        if let Ok(store) = self.current()
-            && probe(&store).await.is_ok()
-        {
-            self.failing.store(false, Ordering::SeqCst);
-            return Ok(true);
+        if let Ok(store) = self.current() {
+            // A directory removed or replaced is not healed by reopening: that would open
+            // (or create) another store at the path and drop what this one holds.
+            store.location_intact()?;
+            if probe(&store).await.is_ok() {
+                self.failing.store(false, Ordering::SeqCst);
+                return Ok(true);
+            }
+        }
+        if !self.settings.path.is_dir() {
+            return Err(StoreError::Io {
+                path: self.settings.path.clone(),
+                message: "the store directory is gone; not reopening (it would start empty)".into(),
+            });
         }
         let old = self
             .current
@@ -116,4 +125,45 @@ async fn probe(store: &Arc<SledStore>) -> Result<(), StoreError> {
         .await
         .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
     store.commit().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("data"),
+            master_key: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_is_reopened_and_works_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let handle = SledHandle::new(SledStore::open(&settings).unwrap(), settings);
+        assert!(handle.heal().await.unwrap(), "nothing to heal");
+        handle.mark_failing();
+        let before = handle.current().unwrap();
+        drop(before);
+        assert!(handle.heal().await.unwrap());
+        assert!(!handle.is_failing());
+        assert!(handle.current().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_removed_directory_is_not_replaced_by_a_new_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = settings(dir.path());
+        let handle = SledHandle::new(SledStore::open(&settings).unwrap(), settings.clone());
+        std::fs::rename(&settings.path, dir.path().join("moved")).unwrap();
+        handle.mark_failing();
+        assert!(handle.heal().await.is_err());
+        assert!(
+            !settings.path.exists(),
+            "no new store was created at the path"
+        );
+        assert!(handle.is_failing());
+    }
 }
