@@ -53,6 +53,7 @@ impl BodyBudget {
     }
 
     /// Bytes not reserved now.
+    #[cfg(test)]
     pub fn available(&self) -> u64 {
         self.units.available_permits() as u64 * UNIT
     }

@@ -28,6 +28,18 @@ pub fn empty(status: StatusCode) -> Response<Body> {
     response
 }
 
+/// The body length the client declared (`Content-Length`), or 413 when it is over `limit`.
+pub fn declared_length(headers: &hyper::HeaderMap, limit: u64) -> Result<Option<u64>, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    Ok(declared)
+}
+
 /// Reads a whole body of at most `limit` bytes within `timeout`. A declared
 /// `Content-Length` over the limit is refused before reading; an undeclared one is cut off
 /// as soon as it passes the limit, so nothing beyond it is buffered.
@@ -37,13 +49,7 @@ pub async fn read_body(
     limit: u64,
     timeout: Duration,
 ) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ApiError::PayloadTooLarge(limit));
-    }
+    declared_length(headers, limit)?;
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     match tokio::time::timeout(timeout, limited.collect()).await {
         Err(_) => Err(ApiError::RequestTimeout),

@@ -2,7 +2,7 @@
 //! is planned, stored durably and handed to the workers before the 202.
 
 use super::error::ApiError;
-use super::response::{Body, json, read_body};
+use super::response::{Body, declared_length, json, read_body};
 use crate::app::App;
 use crate::bitbucket::{self, EventClass, signature};
 use crate::clock;
@@ -64,14 +64,7 @@ async fn deliver(
     let http = &app.config.http;
     // Room for the body in the shared budget, held until the answer: a declared length is
     // checked against the limit first, an undeclared one counts as the largest allowed.
-    let declared = parts
-        .headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > http.max_body_bytes) {
-        return Err(ApiError::PayloadTooLarge(http.max_body_bytes));
-    }
+    let declared = declared_length(&parts.headers, http.max_body_bytes)?;
     let _room = app
         .body_budget
         .reserve(declared.unwrap_or(http.max_body_bytes))

@@ -207,7 +207,7 @@ impl SledStore {
     /// Marks a pending job in flight (one more attempt); the job as claimed.
     pub fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
         let t = self.transition(id, |job, _, _| Ok(lifecycle::claim(job)))?;
-        Ok(t.map(|t| t.job.expect("a claimed job is kept")))
+        Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
     }
 
     /// Puts a claimed job back, unsent (on shutdown, before its call was made). `Ok(None)`
@@ -275,7 +275,7 @@ impl SledStore {
             Ok(lifecycle::revive(job, newest.as_ref(), now))
         })?;
         self.set_aside_jobs(bad);
-        Ok(t.map(|t| t.job.expect("a revived job is kept")))
+        Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
     }
 
     /// Deletes a job in any state; `false` when there was none.
