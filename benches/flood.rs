@@ -89,13 +89,8 @@ async fn run(connections: usize) {
     }
     // A signed push from another client while the flood is under way.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (body, signature) = delivery(1, 1);
     let started = Instant::now();
-    let push = reqwest::Client::new()
-        .post(format!("{}/hooks/bitbucket/dc", bridge.url))
-        .header("x-event-key", "repo:refs_changed")
-        .header("x-hub-signature", signature)
-        .body(body)
+    let push = push_request(&reqwest::Client::new(), &bridge.url, 1, 1)
         .send()
         .await
         .map(|r| r.status().as_u16())

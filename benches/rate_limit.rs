@@ -29,12 +29,7 @@ fn main() {
         register_token(&bridge.url, "bench-token").await;
         let http = reqwest::Client::new();
         for n in 0..(JOBS / 100) as u64 {
-            let (body, signature) = delivery(n, 100);
-            let response = http
-                .post(format!("{}/hooks/bitbucket/dc", bridge.url))
-                .header("x-event-key", "repo:refs_changed")
-                .header("x-hub-signature", signature)
-                .body(body)
+            let response = push_request(&http, &bridge.url, n, 100)
                 .send()
                 .await
                 .unwrap();

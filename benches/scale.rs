@@ -57,12 +57,7 @@ async fn run(jobs: usize) {
     while sent < deliveries {
         let batch: Vec<_> = (sent..(sent + 8).min(deliveries))
             .map(|n| {
-                let (body, signature) = delivery(n as u64, per_delivery);
-                let request = http
-                    .post(format!("{}/hooks/bitbucket/dc", bridge.url))
-                    .header("x-event-key", "repo:refs_changed")
-                    .header("x-hub-signature", signature)
-                    .body(body);
+                let request = push_request(&http, &bridge.url, n as u64, per_delivery);
                 tokio::spawn(request.send())
             })
             .collect();

@@ -120,6 +120,21 @@ pub fn delivery(n: u64, changes: usize) -> (Vec<u8>, String) {
     (body, signature)
 }
 
+/// The signed `repo:refs_changed` POST of delivery `n` with `changes` changes to a bridge
+/// at `url`.
+pub fn push_request(
+    http: &reqwest::Client,
+    url: &str,
+    n: u64,
+    changes: usize,
+) -> reqwest::RequestBuilder {
+    let (body, signature) = delivery(n, changes);
+    http.post(format!("{url}/hooks/bitbucket/dc"))
+        .header("x-event-key", "repo:refs_changed")
+        .header("x-hub-signature", signature)
+        .body(body)
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone)]
 pub struct LoadResult {

@@ -173,15 +173,7 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
     // Every delivery that got a 202 (or, retried, a duplicate) is on disk.
     bridge.kill();
     let bridge = Bridge::start(&config_path, "");
-    let listed: serde_json::Value = http
-        .get(format!("{}/api/v1/deliveries?limit=10000", bridge.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = admin_get(&bridge.url, "/deliveries?limit=10000").await;
     let kept: std::collections::HashMap<String, u64> = listed["deliveries"]
         .as_array()
         .unwrap()

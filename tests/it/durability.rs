@@ -150,20 +150,7 @@ async fn kill_9_during_a_stream_of_pushes_loses_and_doubles_nothing() {
     // Wait until nothing is pending or in flight, then count the calls per push.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let mut open = 0;
-        for state in ["pending", "inflight", "dead"] {
-            let jobs: serde_json::Value = http
-                .get(format!("{}/api/v1/jobs?state={state}", bridge.url))
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            open += jobs["jobs"].as_array().unwrap().len();
-        }
-        if open == 0 {
+        if jobs_in(&bridge.url, &["pending", "inflight", "dead"]).await == 0 {
             break;
         }
         assert!(

@@ -48,23 +48,6 @@ async fn deliver(http: &reqwest::Client, url: &Mutex<String>, n: u32) -> u16 {
     panic!("push {n} was never answered");
 }
 
-async fn open_jobs(http: &reqwest::Client, url: &str) -> usize {
-    let mut open = 0;
-    for state in ["pending", "inflight"] {
-        let jobs: serde_json::Value = http
-            .get(format!("{url}/api/v1/jobs?state={state}&limit=10000"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        open += jobs["jobs"].as_array().unwrap().len();
-    }
-    open
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -124,7 +107,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
     let bridge = Bridge::start(&config, "");
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while open_jobs(&http, &bridge.url).await > 0 {
+    while jobs_in(&bridge.url, &["pending", "inflight"]).await > 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "queue never drained"

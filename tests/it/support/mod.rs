@@ -54,6 +54,29 @@ pub async fn register_token_at(url: &str, user: &str, token: &str) {
     assert_eq!(registered.status(), 201);
 }
 
+/// `GET {url}/api/v1{path}` with the admin token: the JSON answer.
+pub async fn admin_get(url: &str, path: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(format!("{url}/api/v1{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// How many jobs of a bridge at `url` are in any of `states`.
+pub async fn jobs_in(url: &str, states: &[&str]) -> usize {
+    let mut count = 0;
+    for state in states {
+        let jobs = admin_get(url, &format!("/jobs?state={state}&limit=10000")).await;
+        count += jobs["jobs"].as_array().unwrap().len();
+    }
+    count
+}
+
 /// Fails if any file under `dir` contains one of `secrets`.
 pub fn assert_no_file_holds(dir: &Path, secrets: &[&str]) {
     let mut todo = vec![dir.to_owned()];
