@@ -124,7 +124,8 @@ async fn deliver(
     }
     record.result = "accepted".into();
     record.skipped = plan.skipped;
-    let outcome = app
+    // The store syncs the write itself, on the store that took it (see `Store::record_push`).
+    let (outcome, durable) = app
         .store
         .record_push(record.clone(), bitbucket_id, plan.changes)
         .await?;
@@ -136,14 +137,13 @@ async fn deliver(
     else {
         // The first delivery with this id may still be waiting for its fsync: "duplicate"
         // promises its jobs are stored, so it is answered only once they are durable.
-        app.store.commit().await?;
+        durable?;
         tracing::info!(source = %source.id, event = event_key, "duplicate delivery");
         record.result = "duplicate".into();
         note(app, &record).await;
         let answer = json!({"result": "duplicate"});
         return Ok((json(StatusCode::OK, &answer), "duplicate"));
     };
-    let durable = app.store.commit().await;
     // The jobs are in the store either way: hand them to the workers even if the sync
     // failed, or a redelivery (answered "duplicate") would leave them waiting for a restart.
     for job in &jobs {

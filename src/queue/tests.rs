@@ -126,7 +126,9 @@ async fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
             jobs: vec![job],
         })
         .collect();
-    match store.record_push(delivery, false, changes).await.unwrap() {
+    let (outcome, durable) = store.record_push(delivery, false, changes).await.unwrap();
+    durable.unwrap();
+    match outcome {
         RecordOutcome::Recorded { jobs, .. } => jobs,
         RecordOutcome::Duplicate => unreachable!(),
     }

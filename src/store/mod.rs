@@ -78,6 +78,20 @@ impl From<::sled::transaction::TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// Runs `work` on `store` on tokio's blocking pool.
+async fn on_blocking_pool<R, F>(
+    store: std::sync::Arc<sled::SledStore>,
+    work: F,
+) -> Result<R, StoreError>
+where
+    R: Send + 'static,
+    F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || work(&store))
+        .await
+        .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?
+}
+
 /// The backends.
 #[derive(Debug)]
 enum Backend {
@@ -113,10 +127,42 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
     {
+        on_blocking_pool(self.handle().current()?, work).await
+    }
+
+    /// Runs `work`, then makes it durable **on the same store instance**: a write taken by
+    /// a store that is reopened meanwhile (see `reopen`) is never reported durable by the
+    /// new one. The outer error is the write's, the inner one the sync's.
+    async fn write_then_sync<R, F>(
+        &self,
+        work: F,
+    ) -> Result<(R, Result<(), StoreError>), StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
+    {
         let store = self.handle().current()?;
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))?
+        let written = on_blocking_pool(store.clone(), work).await;
+        if written.is_err() {
+            self.handle().mark_failing();
+        }
+        let written = written?;
+        let synced = store.commit().await;
+        if synced.is_err() {
+            self.handle().mark_failing();
+        }
+        Ok((written, synced))
+    }
+
+    /// [`write_then_sync`](Self::write_then_sync) where only both together count.
+    async fn write_durably<R, F>(&self, work: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (written, synced) = self.write_then_sync(work).await?;
+        synced?;
+        Ok(written)
     }
 
     /// Test-only: the next `times` calls of a backend operation fail.
@@ -160,11 +206,7 @@ impl Store {
 
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        if let Err(e) = self.blocking(|s| s.probe_write()).await {
-            self.handle().mark_failing();
-            return Err(e);
-        }
-        self.commit().await
+        self.write_durably(|s| s.probe_write()).await
     }
 
     /// The stored SHA-256 of the generated admin token, if one was generated.
@@ -174,20 +216,22 @@ impl Store {
 
     /// Stores the SHA-256 of a newly generated admin token (durably).
     pub async fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
-        self.blocking(move |s| s.set_admin_token_hash(hash)).await?;
-        self.commit().await
+        self.write_durably(move |s| s.set_admin_token_hash(hash))
+            .await
     }
 
-    /// Records a delivery and its jobs at once: `Duplicate` when its id was seen (and
-    /// `dedup_id`), changes already seen skipped, pending jobs coalesced. Not yet durable:
-    /// [`commit`](Self::commit) before answering.
+    /// Records a delivery and its jobs at once — `Duplicate` when its id was seen (and
+    /// `dedup_id`), changes already seen skipped, pending jobs coalesced — then syncs it
+    /// (for a duplicate: everything before it, the first delivery included). The outcome,
+    /// and apart from it whether it is durable: the jobs are stored even when the sync
+    /// failed, and a redelivery will find them.
     pub async fn record_push(
         &self,
         delivery: DeliveryRecord,
         dedup_id: bool,
         changes: Vec<ChangeJobs>,
-    ) -> Result<RecordOutcome, StoreError> {
-        self.blocking(move |s| s.record_push(&delivery, dedup_id, &changes))
+    ) -> Result<(RecordOutcome, Result<(), StoreError>), StoreError> {
+        self.write_then_sync(move |s| s.record_push(&delivery, dedup_id, &changes))
             .await
     }
 
@@ -287,9 +331,7 @@ impl Store {
     /// Registers a token, replacing (and keeping the id of) the one for the same source,
     /// user and server. Returns the record and whether it replaced one. Durable.
     pub async fn upsert_token(&self, new: NewToken) -> Result<(TokenInfo, bool), StoreError> {
-        let result = self.blocking(move |s| s.upsert_token(&new)).await?;
-        self.commit().await?;
-        Ok(result)
+        self.write_durably(move |s| s.upsert_token(&new)).await
     }
 
     /// The token a pusher registered for `server`, trying each of their keys in order.
@@ -323,9 +365,7 @@ impl Store {
 
     /// Forgets a token; `false` when there was none. Durable.
     pub async fn remove_token(&self, id: String) -> Result<bool, StoreError> {
-        let removed = self.blocking(move |s| s.remove_token(&id)).await?;
-        self.commit().await?;
-        Ok(removed)
+        self.write_durably(move |s| s.remove_token(&id)).await
     }
 
     /// TeamCity's verdict on `revision` of a token after a call.
@@ -345,11 +385,8 @@ impl Store {
         principal: Principal,
         ttl_ms: u64,
     ) -> Result<(String, Session), StoreError> {
-        let created = self
-            .blocking(move |s| s.create_session(principal, ttl_ms))
-            .await?;
-        self.commit().await?;
-        Ok(created)
+        self.write_durably(move |s| s.create_session(principal, ttl_ms))
+            .await
     }
 
     /// The live session behind a cookie value.
@@ -359,8 +396,7 @@ impl Store {
 
     /// Ends a session (sign-out). Durable.
     pub async fn end_session(&self, id: String) -> Result<(), StoreError> {
-        self.blocking(move |s| s.end_session(&id)).await?;
-        self.commit().await
+        self.write_durably(move |s| s.end_session(&id)).await
     }
 
     /// Re-seals every token under `new_key` (`bb2tc rotate-key`, bridge stopped).
