@@ -16,10 +16,11 @@
 //!    the pusher's token for each route's server: one job per build type, or a reason why not.
 //!    (Developers register those tokens themselves on the token page, [`web`], after signing
 //!    in with Bitbucket; admins can through the API.)
-//! 4. The [`store`] writes the delivery, the jobs and the de-duplication marks in one sled
-//!    transaction (coalescing older pending jobs for the same branch, as [`job::lifecycle`]
-//!    decides), then flushes and fsyncs them — one fsync shared by all concurrent deliveries —
-//!    and only then is the 202 sent.
+//! 4. The [`store`] checks the de-duplication marks, gives the jobs ids and appends the
+//!    delivery to its intake log — one `write` + `fdatasync` shared by all concurrent
+//!    deliveries — and only then is the 202 sent. A moment later the log's applier writes it
+//!    into sled's trees in a batch (coalescing older pending jobs for the same branch, as
+//!    [`job::lifecycle`] decides) and hands the jobs to the workers.
 //! 5. The [`queue`] worker of each TeamCity server takes due jobs through its token bucket
 //!    and in-flight limit, and [`teamcity`] makes the `buildQueue` (or commit-hook) call with
 //!    `Authorization: Bearer <pusher's token>`. The answer decides: done, retry later, or dead.
@@ -34,7 +35,8 @@
 //! - [`ingest`] — from a push to jobs and skip reasons.
 //! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now).
 //! - [`store`] — the async store boundary (deliveries, jobs, tokens, sessions, counts) and the
-//!   sled backend behind it: versioned records, migration, group commit, encryption.
+//!   sled backend behind it: the intake log, versioned records, migration, group commit,
+//!   encryption.
 //! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
@@ -143,6 +145,8 @@ pub async fn run(
     let app = Arc::new(App::new(
         config, store, queue, clients, metrics, web, admin_hash,
     ));
+    let applied = app.store.take_applied();
+    let handing = tokio::spawn(hand_applied_jobs(app.clone(), applied, stopping.clone()));
     let pruner = tokio::spawn(prune_periodically(app.clone(), stopping.clone()));
     let healer = tokio::spawn(heal_periodically(app.store.clone(), stopping));
     tracing::info!(
@@ -158,11 +162,39 @@ pub async fn run(
     queue_tasks.drain(grace).await;
     let _ = pruner.await;
     let _ = healer.await;
+    let _ = handing.await;
     let store = app.store.clone();
     drop(app);
     store.commit().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Hands the jobs of recorded deliveries to their workers as the store applies them
+/// (shortly after each 202), and counts the pending jobs they replaced.
+async fn hand_applied_jobs(
+    app: Arc<App>,
+    applied: Option<tokio::sync::mpsc::UnboundedReceiver<store::Applied>>,
+    mut stop: Shutdown,
+) {
+    let Some(mut applied) = applied else { return };
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = stop.wait() => return,
+            batch = applied.recv() => match batch {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        for job in &batch.jobs {
+            app.queue.schedule(job);
+        }
+        for (server, old) in &batch.coalesced {
+            app.metrics.job_coalesced(server.as_str());
+            tracing::info!(server = %server, replaced_job = old, "pending job replaced by a newer push");
+        }
+    }
 }
 
 /// How often a store whose writes failed is looked at again (and reopened if need be).

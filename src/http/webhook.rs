@@ -1,5 +1,5 @@
 //! `POST /hooks/bitbucket/{source}`: the checks of SPEC §5.1, in their order, then the push
-//! is planned, stored durably and handed to the workers before the 202.
+//! is planned and stored durably before the 202.
 
 use super::error::ApiError;
 use super::response::{Body, declared_length, json, read_body};
@@ -129,12 +129,7 @@ async fn deliver(
         .store
         .record_push(record.clone(), bitbucket_id, plan.changes)
         .await?;
-    let RecordOutcome::Recorded {
-        jobs,
-        coalesced,
-        delivery,
-    } = outcome
-    else {
+    let RecordOutcome::Recorded { jobs, delivery } = outcome else {
         // The first delivery with this id may still be waiting for its fsync: "duplicate"
         // promises its jobs are stored, so it is answered only once they are durable.
         durable?;
@@ -144,18 +139,10 @@ async fn deliver(
         let answer = json!({"result": "duplicate"});
         return Ok((json(StatusCode::OK, &answer), "duplicate"));
     };
-    // The jobs are in the store either way: hand them to the workers even if the sync
-    // failed, or a redelivery (answered "duplicate") would leave them waiting for a restart.
-    for job in &jobs {
-        app.queue.schedule(job);
-    }
+    // The workers get the jobs from the store once it applied them (`Store::take_applied`).
     durable?;
     for job in &jobs {
         app.metrics.job_enqueued(job.server.as_str());
-    }
-    for (server, old) in &coalesced {
-        app.metrics.job_coalesced(server.as_str());
-        tracing::info!(server = %server, replaced_job = old, "pending job replaced by a newer push");
     }
     tracing::info!(
         source = %source.id, event = event_key, repository = %Escaped(&push.repository),

@@ -179,6 +179,18 @@ pub fn release(job: &Job, latest: Option<u64>) -> Result<Transition, Refused> {
     Ok(Transition::put(job))
 }
 
+/// A claim for `attempt` found in the intake log at start-up: sled may have lost it (the
+/// claim was made durable in the log, not in sled). It applies only to a job still pending
+/// at the attempt before; one that got further — sent, retried, finished — is left alone.
+/// The job is then in flight, so it is recovered like any call a crash interrupted.
+pub fn replay_claim(job: &Job, attempt: u32) -> Result<Transition, Refused> {
+    if job.state == JobState::Pending && job.attempts.checked_add(1) == Some(attempt) {
+        claim(job)
+    } else {
+        Err(Refused::WrongState(job.state))
+    }
+}
+
 /// A job whose call may or may not have reached TeamCity (found in flight at start, or its
 /// task failed mid-call): pending again and flagged, so that TeamCity is asked before it is
 /// posted again — or dropped when superseded, as the newer job builds the newer commit.
@@ -279,6 +291,25 @@ mod tests {
             assert!(!t.writes.contains(&Write::Delete(1)));
         }
         assert!(enqueue(new, None).coalesced.is_none());
+    }
+
+    #[test]
+    fn a_replayed_claim_applies_only_where_sled_lost_it() {
+        let pending = with_id(1, JobState::Pending);
+        let job = replay_claim(&pending, 1).unwrap().job.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Inflight, 1));
+        // Sled kept the claim, or the job moved on: nothing changes.
+        assert_eq!(
+            replay_claim(&job, 1),
+            Err(Refused::WrongState(JobState::Inflight))
+        );
+        let mut retried = with_id(1, JobState::Pending);
+        retried.attempts = 1;
+        assert!(replay_claim(&retried, 1).is_err(), "retried after that attempt");
+        assert!(replay_claim(&with_id(1, JobState::Done), 1).is_err());
+        assert!(replay_claim(&with_id(1, JobState::Dead), 1).is_err());
+        assert!(replay_claim(&pending, 3).is_err(), "not the next attempt");
+        assert!(replay_claim(&pending, 0).is_err());
     }
 
     #[test]

@@ -128,6 +128,7 @@ async fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
         .collect();
     let (outcome, durable) = store.record_push(delivery, false, changes).await.unwrap();
     durable.unwrap();
+    store.wait_applied().await;
     match outcome {
         RecordOutcome::Recorded { jobs, .. } => jobs,
         RecordOutcome::Duplicate => unreachable!(),

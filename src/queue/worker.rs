@@ -154,7 +154,7 @@ impl<T: Trigger> Call<T> {
     async fn run(mut self, job: Job) {
         // The in-flight mark must be on disk before the call, so that a crash after the
         // call is known to be one (SPEC §7). Without it, no call: the job goes back.
-        if let Err(e) = self.store.commit().await {
+        if let Err(e) = self.store.persist_claim(&job).await {
             tracing::error!(job = job.id, error = %e, "cannot persist the in-flight mark; the job waits");
             self.put_back(job.id, STORE_ERROR_BACKOFF).await;
             return;

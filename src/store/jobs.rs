@@ -49,15 +49,25 @@ pub struct ChangeJobs {
 pub enum RecordOutcome {
     /// This delivery id was already recorded within the de-duplication window.
     Duplicate,
-    /// Recorded (not yet durable: call [`Store::commit`](crate::store::Store::commit)).
+    /// Recorded.
     Recorded {
         /// The jobs created, with ids.
         jobs: Vec<Job>,
-        /// Pending jobs replaced by newer ones: (server, old job id).
-        coalesced: Vec<(ServerId, u64)>,
         /// The delivery record as stored (with changes skipped as already seen).
         delivery: DeliveryRecord,
     },
+}
+
+/// Jobs that reached the queue's store, for the workers (see [`Store::take_applied`]).
+///
+/// [`Store::take_applied`]: crate::store::Store::take_applied
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// The jobs, as enqueued (a job coalesced by a later one in the same batch is among
+    /// them; the worker finds it gone).
+    pub jobs: Vec<Job>,
+    /// Pending jobs replaced by newer ones: (server, old job id).
+    pub coalesced: Vec<(ServerId, u64)>,
 }
 
 /// Why a job could not be changed as asked.

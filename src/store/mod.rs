@@ -22,7 +22,7 @@ pub mod tokens;
 
 pub use crate::job::{Finish, Job, JobState, TokenRef};
 pub use crypto::TokenCipher;
-pub use jobs::{ChangeJobs, DeliveryRecord, RecordOutcome, Skipped, Unchanged};
+pub use jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, Skipped, Unchanged};
 pub use sessions::{Principal, Session};
 pub use stats::{QueueStat, StatsSnapshot};
 pub use tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
@@ -103,17 +103,32 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     id: String,
+    /// Jobs as they reach the queue's store, until the bridge takes the receiver.
+    applied: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Applied>>>,
 }
 
 impl Store {
-    /// Opens (creating if missing) the store `settings` name, migrating an older format.
+    /// Opens (creating if missing) the store `settings` name, migrating an older format
+    /// and replaying what its intake log holds.
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
-        let store = sled::SledStore::open(settings)?;
+        let (events, applied) = tokio::sync::mpsc::unbounded_channel();
+        let store = sled::SledStore::start(settings, events.clone())?;
         let id = store.id().to_owned();
         Ok(Self {
-            backend: Backend::Sled(reopen::SledHandle::new(store, settings.clone())),
+            backend: Backend::Sled(reopen::SledHandle::new(store, settings.clone(), events)),
             id,
+            applied: std::sync::Mutex::new(Some(applied)),
         })
+    }
+
+    /// The jobs recorded deliveries made, each announced once the queue's store holds it
+    /// (shortly after the delivery's 202): the workers are handed them from here. Also
+    /// the jobs replayed when the store is reopened. `None` after the first call.
+    pub fn take_applied(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Applied>> {
+        self.applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
     }
 
     fn handle(&self) -> &reopen::SledHandle {
@@ -173,6 +188,15 @@ impl Store {
         }
     }
 
+    /// Test-only: waits until the queue's store holds every delivery recorded so far.
+    #[cfg(test)]
+    pub(crate) async fn wait_applied(&self) {
+        let store = self.handle().current().unwrap();
+        tokio::task::spawn_blocking(move || store.wait_applied())
+            .await
+            .unwrap();
+    }
+
     /// This store's id (random, made once): build comments carry it with the job id.
     pub fn id(&self) -> &str {
         &self.id
@@ -206,7 +230,11 @@ impl Store {
 
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        self.write_durably(|s| s.probe_write()).await
+        let result = reopen::probe(&self.handle().current()?).await;
+        if result.is_err() {
+            self.handle().mark_failing();
+        }
+        result
     }
 
     /// The stored SHA-256 of the generated admin token, if one was generated.
@@ -220,19 +248,48 @@ impl Store {
             .await
     }
 
-    /// Records a delivery and its jobs at once — `Duplicate` when its id was seen (and
-    /// `dedup_id`), changes already seen skipped, pending jobs coalesced — then syncs it
-    /// (for a duplicate: everything before it, the first delivery included). The outcome,
-    /// and apart from it whether it is durable: the jobs are stored even when the sync
-    /// failed, and a redelivery will find them.
+    /// Records a delivery and its jobs — `Duplicate` when its id was seen (and
+    /// `dedup_id`), changes already seen skipped — and waits until it is durable (for a
+    /// duplicate: until the first delivery is). The outcome, and apart from it whether it
+    /// is durable: a delivery that is not is never built, and a redelivery is taken anew.
+    /// The jobs reach the workers through [`take_applied`](Self::take_applied).
+    ///
+    /// Runs on the calling task, not the blocking pool: it takes a lock, reads
+    /// de-duplication marks (from memory, or sled's cache), and queues one log entry.
     pub async fn record_push(
         &self,
         delivery: DeliveryRecord,
         dedup_id: bool,
         changes: Vec<ChangeJobs>,
     ) -> Result<(RecordOutcome, Result<(), StoreError>), StoreError> {
-        self.write_then_sync(move |s| s.record_push(&delivery, dedup_id, &changes))
-            .await
+        let recorded = self
+            .handle()
+            .current()?
+            .record_push(delivery, dedup_id, changes);
+        let (outcome, durable) = match recorded {
+            Ok(recorded) => recorded,
+            Err(e) => {
+                self.handle().mark_failing();
+                return Err(e);
+            }
+        };
+        let durable = durable.wait().await;
+        if durable.is_err() {
+            self.handle().mark_failing();
+        }
+        Ok((outcome, durable))
+    }
+
+    /// Makes a claimed job's in-flight mark durable (before its call, SPEC §7).
+    pub async fn persist_claim(&self, job: &Job) -> Result<(), StoreError> {
+        let result = match self.handle().current()?.log_claim(job.id, job.attempts) {
+            Ok(durable) => durable.wait().await,
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            self.handle().mark_failing();
+        }
+        result
     }
 
     /// Records a delivery that made no jobs, for the admin API (bookkeeping, not synced).

@@ -8,11 +8,13 @@
 //! While it is closed, calls fail with a store error (503) instead of waiting.
 
 use super::StoreError;
+use super::jobs::Applied;
 use super::sled::SledStore;
 use crate::config::StorageSettings;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+use tokio::sync::mpsc;
 
 /// How long a reopen waits for calls still using the old store to finish.
 const DRAIN_WAIT: Duration = Duration::from_secs(5);
@@ -22,15 +24,22 @@ const DRAIN_WAIT: Duration = Duration::from_secs(5);
 pub struct SledHandle {
     current: RwLock<Option<Arc<SledStore>>>,
     settings: StorageSettings,
+    /// Where every store it opens announces applied jobs.
+    events: mpsc::UnboundedSender<Applied>,
     failing: AtomicBool,
     reopening: tokio::sync::Mutex<()>,
 }
 
 impl SledHandle {
-    pub fn new(store: SledStore, settings: StorageSettings) -> Self {
+    pub fn new(
+        store: SledStore,
+        settings: StorageSettings,
+        events: mpsc::UnboundedSender<Applied>,
+    ) -> Self {
         Self {
             current: RwLock::new(Some(Arc::new(store))),
             settings,
+            events,
             failing: AtomicBool::new(false),
             reopening: tokio::sync::Mutex::new(()),
         }
@@ -95,8 +104,8 @@ impl SledHandle {
                 .await
                 .map_err(|e| StoreError::Corrupt(format!("closing the store failed: {e}")))?;
         }
-        let settings = self.settings.clone();
-        let reopened = tokio::task::spawn_blocking(move || SledStore::open(&settings))
+        let (settings, events) = (self.settings.clone(), self.events.clone());
+        let reopened = tokio::task::spawn_blocking(move || SledStore::start(&settings, events))
             .await
             .map_err(|e| StoreError::Corrupt(format!("reopening the store failed: {e}")))?;
         let store = Arc::new(reopened?);
@@ -118,13 +127,14 @@ impl SledHandle {
     }
 }
 
-/// A write and its fsync.
-async fn probe(store: &Arc<SledStore>) -> Result<(), StoreError> {
+/// A write and its fsync, in sled and in the intake log.
+pub(super) async fn probe(store: &Arc<SledStore>) -> Result<(), StoreError> {
     let probing = store.clone();
     tokio::task::spawn_blocking(move || probing.probe_write())
         .await
         .map_err(|e| StoreError::Corrupt(format!("a store task failed: {e}")))??;
-    store.commit().await
+    store.commit().await?;
+    store.log_probe()?.wait().await
 }
 
 #[cfg(test)]
@@ -142,7 +152,7 @@ mod tests {
     async fn a_failing_store_is_reopened_and_works_again() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let handle = SledHandle::new(SledStore::open(&settings).unwrap(), settings);
+        let handle = SledHandle::new(SledStore::open(&settings).unwrap(), settings, mpsc::unbounded_channel().0);
         assert!(handle.heal().await.unwrap(), "nothing to heal");
         handle.mark_failing();
         let before = handle.current().unwrap();
@@ -156,7 +166,11 @@ mod tests {
     async fn a_removed_directory_is_not_replaced_by_a_new_empty_store() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let handle = SledHandle::new(SledStore::open(&settings).unwrap(), settings.clone());
+        let handle = SledHandle::new(
+            SledStore::open(&settings).unwrap(),
+            settings.clone(),
+            mpsc::unbounded_channel().0,
+        );
         std::fs::rename(&settings.path, dir.path().join("moved")).unwrap();
         handle.mark_failing();
         assert!(handle.heal().await.is_err());

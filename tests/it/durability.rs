@@ -253,9 +253,16 @@ async fn a_store_directory_removed_at_runtime_is_noticed_never_a_202_into_it() {
             .unwrap();
         assert_eq!(response.status(), status, "{path}");
     }
-    // The same directory back in place: writes are durable again. Bitbucket's retry of the
-    // 503'd delivery finds it recorded, and "duplicate" now means on disk.
+    // The same directory back in place: writes are durable again. Nothing of the 503'd
+    // delivery was kept, so Bitbucket's retry of it is taken anew; a second retry is then
+    // a duplicate.
     std::fs::rename(dir.path().join("moved"), &store).unwrap();
+    let (status, answer) = app.dc_push(&push, "after").await;
+    assert_eq!(
+        (status, answer["result"].as_str()),
+        (202, Some("accepted")),
+        "{answer}"
+    );
     let (status, answer) = app.dc_push(&push, "after").await;
     assert_eq!(
         (status, answer["result"].as_str()),

@@ -113,7 +113,7 @@ pub(crate) mod hold {
         }
     }
 
-    pub(super) fn failure(dir: &Path) -> Result<(), String> {
+    pub(in crate::store::sled) fn failure(dir: &Path) -> Result<(), String> {
         if FAILING.lock().unwrap().iter().any(|d| d == dir) {
             Err("No space left on device (os error 28)".into())
         } else {
@@ -137,7 +137,7 @@ pub(crate) mod hold {
         }
     }
 
-    pub(super) fn wait_while_held(dir: &Path) {
+    pub(in crate::store::sled) fn wait_while_held(dir: &Path) {
         let mut held = HELD.lock().unwrap();
         while held.iter().any(|d| d == dir) {
             held = RELEASED.wait(held).unwrap();

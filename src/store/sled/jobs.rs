@@ -3,11 +3,12 @@
 //! [`crate::job::lifecycle`]; each method here reads what a transition needs and applies the
 //! writes it returns in one transaction.
 
-use super::SledStore;
+use super::Trees;
 use super::records::{decode, decode_mark, encode, encode_mark};
 use crate::job::lifecycle::{self, Refused, Transition, Write};
 use crate::job::{Finish, Job, JobState};
-use crate::store::jobs::{ChangeJobs, DeliveryRecord, RecordOutcome, Skipped, Unchanged};
+use super::intake::segment::Accepted;
+use crate::store::jobs::{Applied, DeliveryRecord, Unchanged};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
@@ -68,6 +69,17 @@ fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write])
     Ok(())
 }
 
+/// `meta` keys: the last intake-log delivery applied, and the next job id to give.
+const APPLIED_SEQ: &[u8] = b"intake_applied_seq";
+const NEXT_JOB_ID: &[u8] = b"next_job_id";
+
+fn read_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(0, u64::from_be_bytes))
+}
+
 fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
     stamp
         .as_deref()
@@ -75,7 +87,7 @@ fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
         .is_some_and(|first_seen| now.saturating_sub(first_seen) < DEDUP_WINDOW_MS)
 }
 
-impl SledStore {
+impl Trees {
     /// Counts the jobs a transaction wrote; `before` are the jobs it read.
     fn count_writes(&self, before: &[&Job], writes: &[Write]) {
         let find = |id: u64| before.iter().copied().find(|j| j.id == id);
@@ -94,78 +106,108 @@ impl SledStore {
         }
     }
 
-    /// Records a delivery and its jobs in one transaction: skips it when its id was seen
-    /// (when `dedup_id`), skips changes already seen, and coalesces pending jobs.
-    pub fn record_push(
-        &self,
-        delivery: &DeliveryRecord,
-        dedup_id: bool,
-        changes: &[ChangeJobs],
-    ) -> Result<RecordOutcome, StoreError> {
-        let now = delivery.received_at;
+    /// Whether delivery `id` was recorded within the de-duplication window.
+    pub(super) fn delivery_seen(&self, id: &str, now: u64) -> Result<bool, StoreError> {
+        Ok(self.deliveries.get(id.as_bytes())?.is_some_and(|old| {
+            decode::<DeliveryRecord>(&old)
+                .is_ok_and(|d| now.saturating_sub(d.received_at) < DEDUP_WINDOW_MS)
+        }))
+    }
+
+    /// Whether a change (its de-duplication mark) was seen within the window.
+    pub(super) fn change_seen(&self, mark: &[u8], now: u64) -> Result<bool, StoreError> {
+        Ok(fresh(self.seen_changes.get(mark)?, now))
+    }
+
+    /// Writes a batch of accepted deliveries from the intake log — records, marks, jobs
+    /// (coalesced as [`lifecycle::enqueue`] says) — and the last one's sequence number, in
+    /// one transaction.
+    pub(super) fn apply_accepted(&self, batch: &[(u64, Accepted)]) -> Result<Applied, StoreError> {
+        let Some((last_seq, _)) = batch.last() else {
+            return Ok(Applied::default());
+        };
         let bad = Unreadable::default();
         let result = (
             &self.deliveries,
             &self.seen_changes,
             &self.jobs,
             &self.latest,
+            &self.meta,
         )
-            .transaction(|(deliveries, seen, jobs, latest)| {
+            .transaction(|(deliveries, seen, jobs, latest, meta)| {
                 bad.borrow_mut().clear();
-                if dedup_id
-                    && let Some(old) = deliveries.get(delivery.id.as_bytes())?
-                    && decode::<DeliveryRecord>(&old)
-                        .is_ok_and(|d| now.saturating_sub(d.received_at) < DEDUP_WINDOW_MS)
-                {
-                    return Ok((RecordOutcome::Duplicate, Vec::new()));
-                }
-                let mut record = delivery.clone();
-                let mut created = Vec::new();
-                let mut coalesced = Vec::new();
                 let mut transitions = Vec::new();
-                for change in changes {
-                    if fresh(seen.get(change.seen_key.as_slice())?, now) {
-                        record.skipped.push(Skipped {
-                            reference: change.reference.clone(),
-                            reason: "already seen: same ref and commit within 24 h".into(),
-                        });
-                        continue;
+                let mut next_job_id = read_u64(meta, NEXT_JOB_ID)?;
+                for (_, accepted) in batch {
+                    let record = &accepted.delivery;
+                    for mark in &accepted.marks {
+                        seen.insert(mark.as_slice(), &encode_mark(record.received_at))?;
                     }
-                    seen.insert(change.seen_key.as_slice(), &encode_mark(now))?;
-                    for template in &change.jobs {
-                        let mut job = template.clone();
-                        job.id = jobs.generate_id()?;
+                    deliveries.insert(record.id.as_bytes(), encode(record).map_err(abort)?)?;
+                    for job in &accepted.jobs {
                         let newest = match latest_id(latest, &job.coalescing_key())? {
                             Some(id) => read_job(jobs, id, &bad)?,
                             None => None,
                         };
                         let t = lifecycle::enqueue(job.clone(), newest.as_ref());
                         apply(jobs, latest, &t.writes)?;
-                        if let Some(old) = &t.coalesced {
-                            coalesced.push((old.server.clone(), old.id));
-                        }
-                        created.push(job);
+                        next_job_id = next_job_id.max(job.id + 1);
                         transitions.push(t);
                     }
                 }
-                record.jobs = created.len();
-                deliveries.insert(delivery.id.as_bytes(), encode(&record).map_err(abort)?)?;
-                Ok((
-                    RecordOutcome::Recorded {
-                        jobs: created,
-                        coalesced,
-                        delivery: record,
-                    },
-                    transitions,
-                ))
+                meta.insert(APPLIED_SEQ, &last_seq.to_be_bytes())?;
+                meta.insert(NEXT_JOB_ID, &next_job_id.to_be_bytes())?;
+                Ok(transitions)
             });
         self.set_aside_jobs(bad);
-        let (outcome, transitions) = result?;
-        for t in &transitions {
+        let transitions = result?;
+        let mut applied = Applied::default();
+        for t in transitions {
             let before: Vec<&Job> = t.coalesced.iter().collect();
             self.count_writes(&before, &t.writes);
+            if let Some(old) = &t.coalesced {
+                applied.coalesced.push((old.server.clone(), old.id));
+            }
+            applied.jobs.extend(t.job);
         }
-        Ok(outcome)
+        Ok(applied)
+    }
+
+    /// The sequence number of the last intake-log delivery sled holds (0: none).
+    pub(super) fn applied_seq(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(APPLIED_SEQ)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes))
+    }
+
+    /// The first job id never given: past every job stored, every id sled generated (bb2tc
+    /// up to format 1 took ids from sled), the id kept with the last batch, and
+    /// `last_in_log`.
+    pub(super) fn next_job_id(&self, last_in_log: u64) -> Result<u64, StoreError> {
+        let kept = self
+            .meta
+            .get(NEXT_JOB_ID)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let stored = self
+            .jobs
+            .last()?
+            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let generated = self.db.generate_id()?;
+        Ok(kept
+            .max(stored + 1)
+            .max(generated + 1)
+            .max(last_in_log + 1))
+    }
+
+    /// Replays a claim from the intake log: `true` when the job was still pending at the
+    /// attempt before, and is now in flight.
+    pub(super) fn replay_claim(&self, id: u64, attempt: u32) -> Result<bool, StoreError> {
+        let t = self.transition(id, |job, _, _| Ok(lifecycle::replay_claim(job, attempt)))?;
+        Ok(t.is_ok())
     }
 
     /// Records a delivery that made no jobs (ignored, rejected, duplicate), for the admin
@@ -397,6 +439,7 @@ mod tests {
     use crate::clock;
     use crate::ids::{ServerId, SourceId};
     use crate::store::test_support::{job, temp_sled};
+    use crate::store::{ChangeJobs, RecordOutcome};
 
     fn delivery(id: &str) -> DeliveryRecord {
         DeliveryRecord {
@@ -418,13 +461,9 @@ mod tests {
         }
     }
 
-    fn recorded(outcome: RecordOutcome) -> (Vec<Job>, Vec<(ServerId, u64)>, DeliveryRecord) {
+    fn recorded(outcome: RecordOutcome) -> (Vec<Job>, DeliveryRecord) {
         match outcome {
-            RecordOutcome::Recorded {
-                jobs,
-                coalesced,
-                delivery,
-            } => (jobs, coalesced, delivery),
+            RecordOutcome::Recorded { jobs, delivery } => (jobs, delivery),
             RecordOutcome::Duplicate => panic!("unexpected duplicate"),
         }
     }
@@ -432,21 +471,21 @@ mod tests {
     #[test]
     fn duplicate_delivery_and_change_are_skipped() {
         let (_dir, store) = temp_sled();
-        let (jobs, _, record) = recorded(
+        let (jobs, record) = recorded(
             store
-                .record_push(&delivery("a"), true, &[change("main", 'a')])
+                .record_now(&delivery("a"), true, &[change("main", 'a')])
                 .unwrap(),
         );
         assert_eq!((jobs.len(), record.jobs), (1, 1));
         assert_eq!(
             store
-                .record_push(&delivery("a"), true, &[change("main", 'a')])
+                .record_now(&delivery("a"), true, &[change("main", 'a')])
                 .unwrap(),
             RecordOutcome::Duplicate
         );
-        let (jobs, _, record) = recorded(
+        let (jobs, record) = recorded(
             store
-                .record_push(&delivery("b"), true, &[change("main", 'a')])
+                .record_now(&delivery("b"), true, &[change("main", 'a')])
                 .unwrap(),
         );
         assert!(jobs.is_empty());
@@ -457,28 +496,30 @@ mod tests {
     #[test]
     fn newer_push_replaces_pending_job_and_supersedes_inflight() {
         let (_dir, store) = temp_sled();
-        let (first, ..) = recorded(
+        let (first, _) = recorded(
             store
-                .record_push(&delivery("1"), true, &[change("main", 'a')])
+                .record_now(&delivery("1"), true, &[change("main", 'a')])
                 .unwrap(),
         );
-        let (second, coalesced, _) = recorded(
+        let (second, _) = recorded(
             store
-                .record_push(&delivery("2"), true, &[change("main", 'b')])
+                .record_now(&delivery("2"), true, &[change("main", 'b')])
                 .unwrap(),
         );
-        assert_eq!(coalesced, vec![(ServerId::new("main"), first[0].id)]);
-        assert!(store.job(first[0].id).unwrap().is_none());
+        assert!(store.job(first[0].id).unwrap().is_none(), "coalesced");
         assert_eq!(store.claim_job(first[0].id).unwrap(), Err(Unchanged::Gone));
 
         let claimed = store.claim_job(second[0].id).unwrap().unwrap();
         assert_eq!((claimed.state, claimed.attempts), (JobState::Inflight, 1));
-        let (third, coalesced, _) = recorded(
+        let (third, _) = recorded(
             store
-                .record_push(&delivery("3"), true, &[change("main", 'c')])
+                .record_now(&delivery("3"), true, &[change("main", 'c')])
                 .unwrap(),
         );
-        assert!(coalesced.is_empty(), "an in-flight job is not replaced");
+        assert!(
+            store.job(second[0].id).unwrap().is_some(),
+            "an in-flight job is not replaced"
+        );
         // The newer job is claimed too; the older one's call fails and would be retried:
         // it is dropped, so the older commit is not built after the newer one.
         store.claim_job(third[0].id).unwrap().unwrap();
@@ -513,9 +554,9 @@ mod tests {
     #[test]
     fn retry_done_dead_and_resume() {
         let (_dir, store) = temp_sled();
-        let (jobs, ..) = recorded(
+        let (jobs, _) = recorded(
             store
-                .record_push(
+                .record_now(
                     &delivery("1"),
                     true,
                     &[change("a", 'a'), change("b", 'b'), change("c", 'c')],
@@ -576,9 +617,9 @@ mod tests {
     #[test]
     fn an_unreadable_job_is_set_aside_and_counted_not_fatal() {
         let (_dir, store) = temp_sled();
-        let (jobs, ..) = recorded(
+        let (jobs, _) = recorded(
             store
-                .record_push(&delivery("1"), true, &[change("a", 'a'), change("b", 'b')])
+                .record_now(&delivery("1"), true, &[change("a", 'a'), change("b", 'b')])
                 .unwrap(),
         );
         store

@@ -7,7 +7,7 @@
 //! start that finds the store already under the new key completes that rename.
 
 use super::records::{decode, encode};
-use super::{SledStore, io_error, tokens::StoredToken};
+use super::{Trees, io_error, tokens::StoredToken};
 use crate::config::StorageSettings;
 use crate::ids::Secret;
 use crate::store::{StoreError, TokenCipher};
@@ -75,7 +75,7 @@ fn sync_dir(dir: &std::path::Path) -> Result<(), StoreError> {
         .map_err(|e| io_error(dir, e))
 }
 
-impl SledStore {
+impl Trees {
     /// Re-seals every token under `new_key` (base64 of 32 bytes). With a configured key the
     /// caller must then configure `new_key`; with a key file, `master.key` is replaced.
     /// Returns how many tokens were re-sealed. Run with the bridge stopped (sled's lock
@@ -123,6 +123,7 @@ impl SledStore {
 mod tests {
     use super::*;
     use crate::ids::{ServerId, SourceId, TeamCityToken};
+    use crate::store::sled::SledStore;
     use crate::store::tokens::{NewToken, TokenStatus};
 
     async fn with_tokens(settings: &StorageSettings) -> Vec<String> {

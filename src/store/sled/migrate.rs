@@ -15,8 +15,11 @@ use crate::store::{DeliveryRecord, Session, StoreError};
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-/// The store format this bb2tc writes: 1 = every record starts with its version byte.
-pub const FORMAT_VERSION: u8 = 1;
+/// The store format this bb2tc writes: 1 = every record starts with its version byte;
+/// 2 = the same records, and deliveries reach them through the intake log (`intake-*.log`
+/// beside sled's files; `meta` keeps the last delivery applied and the next job id). A
+/// bb2tc of format 1 would not read that log, so it must refuse a format-2 store.
+pub const FORMAT_VERSION: u8 = 2;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const CURSOR_KEY: &[u8] = b"migration_cursor";
@@ -53,6 +56,13 @@ pub fn migrate(
 ) -> Result<usize, StoreError> {
     match meta.get(FORMAT_KEY)?.as_deref() {
         Some([FORMAT_VERSION]) => return Ok(0),
+        Some([1]) => {
+            // Format 1 had no intake log: nothing to rewrite, only the version to raise.
+            meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
+            db.flush()?;
+            tracing::info!(format = FORMAT_VERSION, "store format raised (intake log)");
+            return Ok(0);
+        }
         Some([newer]) if *newer > FORMAT_VERSION => {
             return Err(StoreError::Corrupt(format!(
                 "the store has format version {newer}, written by a newer bb2tc; this one \

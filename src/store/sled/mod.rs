@@ -22,6 +22,7 @@
 //! shared between concurrent callers; see `group_commit`).
 
 pub(crate) mod group_commit;
+mod intake;
 mod jobs;
 mod key_rotation;
 mod migrate;
@@ -34,9 +35,13 @@ use crate::job::Job;
 use crate::store::StoreError;
 use crate::store::crypto::TokenCipher;
 use crate::store::stats::Stats;
+use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome};
 use group_commit::GroupCommit;
+pub use intake::Durable;
 use sled::Transactional;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// sled's page cache. Its default (1 GiB) would let a large backlog grow the process; jobs
 /// are read once per attempt, so a small cache costs little.
@@ -44,11 +49,94 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 const ADMIN_HASH: &[u8] = b"admin_token_sha256";
 
-/// The open sled store. Its methods block (sled calls, fsyncs): the [`crate::store::Store`]
-/// boundary runs them off tokio's worker threads.
+/// The open sled store: its trees and, in front of them, the intake log that deliveries
+/// and in-flight marks are made durable in (`intake`). It derefs to [`Trees`].
 #[derive(Debug)]
 pub struct SledStore {
+    // Declared first, so dropped first: its threads finish with the trees still open.
+    intake: intake::Intake,
+    trees: Arc<Trees>,
+}
+
+impl std::ops::Deref for SledStore {
+    type Target = Trees;
+
+    fn deref(&self) -> &Trees {
+        &self.trees
+    }
+}
+
+impl SledStore {
+    /// Opens (creating if missing) the store at `settings.path`, replays what its intake
+    /// log holds that sled does not, and starts the log. Jobs applied to sled from then on
+    /// are announced on `events`.
+    pub fn start(
+        settings: &StorageSettings,
+        events: mpsc::UnboundedSender<Applied>,
+    ) -> Result<Self, StoreError> {
+        let trees = Arc::new(Trees::open(settings)?);
+        let intake = intake::Intake::start(trees.clone(), events)?;
+        Ok(Self { intake, trees })
+    }
+
+    /// [`start`](Self::start) with nobody listening for applied jobs.
+    #[cfg(test)]
+    pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
+        Self::start(settings, mpsc::unbounded_channel().0)
+    }
+
+    /// Records a delivery and its jobs: `Duplicate` when its id was seen (and `dedup_id`),
+    /// changes already seen skipped. Returns at once, with what tells when it is durable;
+    /// sled has it shortly after (see `intake`).
+    pub fn record_push(
+        &self,
+        delivery: DeliveryRecord,
+        dedup_id: bool,
+        changes: Vec<ChangeJobs>,
+    ) -> Result<(RecordOutcome, Durable), StoreError> {
+        self.location_intact()?;
+        self.intake.record(delivery, dedup_id, changes)
+    }
+
+    /// Makes a claim durable: the job (already in flight in sled) went in flight for
+    /// `attempt`.
+    pub fn log_claim(&self, job: u64, attempt: u32) -> Result<Durable, StoreError> {
+        self.location_intact()?;
+        self.intake.log_claim(job, attempt)
+    }
+
+    /// Writes a probe entry to the intake log (whether it takes writes).
+    pub fn log_probe(&self) -> Result<Durable, StoreError> {
+        self.location_intact()?;
+        self.intake.log_probe()
+    }
+
+    /// Test-only: waits until sled holds every delivery recorded so far.
+    #[cfg(test)]
+    pub fn wait_applied(&self) {
+        self.intake.wait_applied();
+    }
+
+    /// Test-only: [`record_push`](Self::record_push), then waits until sled has it.
+    #[cfg(test)]
+    pub fn record_now(
+        &self,
+        delivery: &DeliveryRecord,
+        dedup_id: bool,
+        changes: &[ChangeJobs],
+    ) -> Result<RecordOutcome, StoreError> {
+        let (outcome, _) = self.record_push(delivery.clone(), dedup_id, changes.to_vec())?;
+        self.wait_applied();
+        Ok(outcome)
+    }
+}
+
+/// sled's trees and what keeps them. Its methods block (sled calls, fsyncs): the
+/// [`crate::store::Store`] boundary runs them off tokio's worker threads.
+#[derive(Debug)]
+pub struct Trees {
     path: PathBuf,
+    db: sled::Db,
     tokens: sled::Tree,
     token_index: sled::Tree,
     jobs: sled::Tree,
@@ -69,9 +157,9 @@ pub struct SledStore {
     pub(crate) faults: test_support::Faults,
 }
 
-impl SledStore {
+impl Trees {
     /// Opens (creating if missing) the store at `settings.path` and checks the master key.
-    pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
+    fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         let path = settings.path.clone();
         std::fs::create_dir_all(&path).map_err(|e| io_error(&path, e))?;
         let db = open_sled(&path)?;
@@ -94,6 +182,7 @@ impl SledStore {
             unreadable,
             meta,
             path,
+            db,
             cipher,
             committer,
             stats: Stats::default(),
@@ -216,6 +305,19 @@ impl SledStore {
         }
     }
 
+    /// Sets aside what follows the last readable entry of an intake log segment that is not
+    /// the newest (damage, not a torn write): kept in `unreadable`, counted and logged.
+    fn set_aside_log_tail(&self, segment: &str, offset: u64, bytes: &[u8], why: &str) {
+        let key = unreadable_key("intake", format!("{segment}@{offset}").as_bytes());
+        match self.unreadable.insert(key, bytes) {
+            Ok(_) => {
+                self.stats.set_aside(1);
+                tracing::error!(segment, offset, reason = why, "set aside the unreadable rest of an intake log segment (tree \"unreadable\")");
+            }
+            Err(e) => tracing::error!(segment, offset, error = %e, "cannot set aside the unreadable rest of an intake log segment"),
+        }
+    }
+
     /// The store directory.
     pub fn path(&self) -> &Path {
         &self.path
@@ -231,6 +333,16 @@ impl SledStore {
             .commit()
             .await
             .map_err(StoreError::Durability)
+    }
+
+    /// [`commit`](Self::commit) on the calling thread, unshared (checkpoints, start-up).
+    fn commit_blocking(&self) -> Result<(), StoreError> {
+        self.location_intact()?;
+        self.db.flush()?;
+        let log = self.path.join("db");
+        std::fs::File::open(&log)
+            .and_then(|f| f.sync_data())
+            .map_err(|e| StoreError::Durability(format!("{}: {e}", log.display())))
     }
 
     /// Whether the directory this store opened is still the one at its path (not removed,

@@ -1,6 +1,6 @@
 //! Sessions in sled: `sessions`, keyed by the SHA-256 of the cookie value.
 
-use super::SledStore;
+use super::Trees;
 use super::records::{decode, encode};
 use crate::clock;
 use crate::store::StoreError;
@@ -11,7 +11,7 @@ fn session_key(id: &str) -> [u8; 32] {
     Sha256::digest(id.as_bytes()).into()
 }
 
-impl SledStore {
+impl Trees {
     /// Starts a session for `principal` lasting `ttl_ms`; returns the cookie value and the
     /// session (synced by the caller).
     pub fn create_session(

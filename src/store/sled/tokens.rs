@@ -1,7 +1,7 @@
 //! Tokens in sled: `tokens` (id → record, the token sealed under the master key with the
 //! record id as associated data) and `token_index` (`source \0 user key \0 server` → id).
 
-use super::SledStore;
+use super::Trees;
 use super::records::{decode, encode};
 use crate::clock;
 use crate::ids::{ServerId, SourceId, TeamCityToken, UserKey};
@@ -94,7 +94,7 @@ fn random_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
 
-impl SledStore {
+impl Trees {
     /// Registers a token, replacing (and keeping the id of) the one for the same source, user
     /// and server. Returns the record and whether it replaced one (synced by the caller).
     pub fn upsert_token(&self, new: &NewToken) -> Result<(TokenInfo, bool), StoreError> {

@@ -1,0 +1,182 @@
+//! The applier thread: durable deliveries, in log order, into sled — a batch per
+//! transaction — then the new jobs announced and closed segments checkpointed.
+//!
+//! A batch sled refuses (a full disk) is tried again every second: it is in the log, so
+//! nothing is lost meanwhile, and the store is reopened by the healer (`reopen`) if sled
+//! stays broken, which replays the log. A checkpoint syncs sled (flush + fsync) and then
+//! deletes the closed segments whose deliveries sled holds.
+
+use super::segment::{self, Accepted};
+use super::{Closed, Shared, lock};
+use crate::store::jobs::Applied;
+use crate::store::sled::Trees;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// At most this many deliveries go into one sled transaction.
+const BATCH: usize = 256;
+
+/// How long a batch sled refused waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The highest delivery sequence number applied, for those who wait for it.
+type Watermark = Arc<(Mutex<u64>, Condvar)>;
+
+#[derive(Debug)]
+pub struct Applier {
+    trees: Arc<Trees>,
+    stop: Arc<AtomicBool>,
+    #[cfg(test)]
+    applied: Watermark,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Run {
+    trees: Arc<Trees>,
+    pending: Shared,
+    closed: Arc<Mutex<Vec<Closed>>>,
+    events: mpsc::UnboundedSender<Applied>,
+    stop: Arc<AtomicBool>,
+    applied: Watermark,
+}
+
+impl Applier {
+    pub fn start(
+        trees: Arc<Trees>,
+        mut queue: mpsc::UnboundedReceiver<(u64, Accepted)>,
+        pending: Shared,
+        closed: Arc<Mutex<Vec<Closed>>>,
+        events: mpsc::UnboundedSender<Applied>,
+    ) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let applied: Watermark = Arc::default();
+        let run = Run {
+            trees: trees.clone(),
+            pending,
+            closed,
+            events,
+            stop: stop.clone(),
+            applied: applied.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("bb2tc-intake-apply".into())
+            .spawn(move || {
+                let mut batch = Vec::with_capacity(BATCH);
+                while let Some(first) = queue.blocking_recv() {
+                    batch.push(first);
+                    while batch.len() < BATCH {
+                        match queue.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    if !run.apply(&batch) {
+                        return;
+                    }
+                    batch.clear();
+                }
+            })?;
+        Ok(Self {
+            trees,
+            stop,
+            #[cfg(test)]
+            applied,
+            thread: Some(thread),
+        })
+    }
+
+    /// The trees it applies to.
+    pub fn trees(&self) -> &Trees {
+        &self.trees
+    }
+
+    /// Test-only: waits (at most 10 s) until delivery `seq` is applied.
+    #[cfg(test)]
+    pub fn wait_applied(&self, seq: u64) {
+        let (applied, changed) = &*self.applied;
+        let guard = applied.lock().unwrap();
+        let (_guard, timeout) = changed
+            .wait_timeout_while(guard, Duration::from_secs(10), |at| *at < seq)
+            .unwrap();
+        assert!(!timeout.timed_out(), "delivery {seq} was not applied");
+    }
+}
+
+impl Drop for Applier {
+    fn drop(&mut self) {
+        // The writer is gone: the queue ends after what is in it.
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Run {
+    /// Applies a batch (retrying while sled refuses it); `false` when stopped first.
+    fn apply(&self, batch: &[(u64, Accepted)]) -> bool {
+        let applied = loop {
+            match self.trees.apply_accepted(batch) {
+                Ok(applied) => break applied,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot apply accepted deliveries to the store; they are safe in the intake log, trying again");
+                    if self.stop.load(Ordering::SeqCst) {
+                        return false;
+                    }
+                    std::thread::sleep(RETRY);
+                }
+            }
+        };
+        {
+            let mut pending = lock(&self.pending);
+            for (_, accepted) in batch {
+                pending.release(accepted);
+            }
+        }
+        let last = batch.last().map_or(0, |(seq, _)| *seq);
+        let _ = self.events.send(applied);
+        let (at, changed) = &*self.applied;
+        *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = last;
+        changed.notify_all();
+        self.checkpoint(last);
+        true
+    }
+
+    /// Deletes the closed segments whose deliveries sled now holds, once sled is synced.
+    fn checkpoint(&self, applied: u64) {
+        let done: Vec<Closed> = {
+            let mut closed = self
+                .closed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = closed
+                .iter()
+                .take_while(|c| c.last_delivery <= applied)
+                .count();
+            closed.drain(..n).collect()
+        };
+        if done.is_empty() {
+            return;
+        }
+        if let Err(e) = self.trees.commit_blocking() {
+            tracing::warn!(error = %e, "checkpoint postponed: the store could not be synced");
+            let mut closed = self
+                .closed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            closed.splice(0..0, done);
+            return;
+        }
+        for segment in &done {
+            if let Err(e) = std::fs::remove_file(&segment.path) {
+                tracing::warn!(segment = %segment.path.display(), error = %e, "cannot delete an intake log segment; it is replayed (harmlessly) at the next start");
+            }
+        }
+        if let Err(e) = segment::sync_dir(self.trees.path()) {
+            tracing::warn!(error = %e, "cannot sync the store directory after a checkpoint");
+        }
+        tracing::debug!(segments = done.len(), "intake log checkpoint");
+    }
+}
