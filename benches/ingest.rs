@@ -1,6 +1,10 @@
-//! Ingest: signed `repo:refs_changed` deliveries with distinct commits against bb2tc (each 202
-//! durably queued, a fake TeamCity answering at once) and against a bare hyper server that
-//! only reads the body, checks the HMAC and answers 202 — same machine, same run, alternating.
+//! Ingest: signed `repo:refs_changed` deliveries with distinct commits against three servers
+//! — same machine, same load generator, same run, alternating:
+//! - `bare`: a hyper server that reads the body, checks the HMAC and answers 202;
+//! - `durable`: the minimal durable receiver of SPEC §11 — the same, but it appends the body
+//!   to a file and answers after a group-committed `fdatasync` (one per group of concurrent
+//!   requests);
+//! - `bb2tc` (each 202 durably queued, a fake TeamCity answering its calls at once).
 //!
 //! `cargo bench --bench ingest` (BB2TC_BENCH_SECS per run, default 5; 3 rounds).
 
@@ -21,8 +25,10 @@ const LANES: [usize; 3] = [1, 16, 64];
 const ROUNDS: usize = 3;
 
 fn main() {
-    if std::env::var_os("BB2TC_BENCH_BASELINE").is_some() {
-        return baseline_server();
+    match std::env::var("BB2TC_BENCH_BASELINE").as_deref() {
+        Ok("bare") => return baseline_server(None),
+        Ok(path) if !path.is_empty() => return baseline_server(Some(path.into())),
+        _ => {}
     }
     let secs: u64 = std::env::var("BB2TC_BENCH_SECS")
         .ok()
@@ -50,23 +56,23 @@ async fn run(duration: Duration) {
         &config(&dir.path().join("data"), &tc.url, &server),
     );
     register_token(&bridge.url, "bench-token").await;
-    let mut baseline = Command::new(std::env::current_exe().unwrap())
-        .env("BB2TC_BENCH_BASELINE", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(baseline.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let baseline_url = format!("http://{}", line.trim());
+    let (mut bare, bare_url) = start_baseline("bare");
+    let log = dir.path().join("durable-receiver.log");
+    let (mut durable, durable_url) = start_baseline(log.to_str().unwrap());
 
     let counter = Arc::new(AtomicU64::new(0));
+    if std::env::var_os("BB2TC_BENCH_SERVER").is_none() {
+        push_to_call(&bridge.url, &tc, &counter).await;
+    }
     let mut results: BTreeMap<(usize, &str), Vec<LoadResult>> = BTreeMap::new();
     let mut accepted_by_bridge = 0;
     for round in 0..ROUNDS {
         for lanes in LANES {
-            for (name, url) in [("baseline", &baseline_url), ("bb2tc", &bridge.url)] {
+            for (name, url) in [
+                ("bare", &bare_url),
+                ("durable", &durable_url),
+                ("bb2tc", &bridge.url),
+            ] {
                 let result = load(url, lanes, duration, None, counter.clone()).await;
                 eprintln!(
                     "round {round} lanes {lanes:>2} {name:>8}: {:>8.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {}",
@@ -83,9 +89,9 @@ async fn run(duration: Duration) {
         }
     }
     println!(
-        "\n| connections | baseline req/s | bb2tc req/s | ratio | baseline p50 / p99 ms | bb2tc p50 / p99 ms |"
+        "\n| connections | bare req/s | durable req/s | bb2tc req/s | bb2tc / durable (target ≥ 0.5) | bb2tc / bare | bare p50 / p99 ms | durable p50 / p99 ms | bb2tc p50 / p99 ms |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut max_bridge: f64 = 0.0;
     for lanes in LANES {
         let figures = |name: &str| {
@@ -96,11 +102,13 @@ async fn run(duration: Duration) {
                 median(runs.iter().map(|r| r.percentile_ms(0.99)).collect()),
             )
         };
-        let (b_rps, b50, b99) = figures("baseline");
+        let (b_rps, b50, b99) = figures("bare");
+        let (d_rps, d50, d99) = figures("durable");
         let (x_rps, x50, x99) = figures("bb2tc");
         max_bridge = max_bridge.max(x_rps);
         println!(
-            "| {lanes} | {b_rps:.0} | {x_rps:.0} | {:.2} | {b50:.2} / {b99:.2} | {x50:.2} / {x99:.2} |",
+            "| {lanes} | {b_rps:.0} | {d_rps:.0} | {x_rps:.0} | **{:.2}** | {:.2} | {b50:.2} / {b99:.2} | {d50:.2} / {d99:.2} | {x50:.2} / {x99:.2} |",
+            x_rps / d_rps,
             x_rps / b_rps
         );
     }
@@ -128,25 +136,109 @@ async fn run(duration: Duration) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     println!("202 answers: {accepted_by_bridge}; jobs durably enqueued: {enqueued}");
-    let _ = baseline.kill();
-    let _ = baseline.wait();
+    for baseline in [&mut bare, &mut durable] {
+        let _ = baseline.kill();
+        let _ = baseline.wait();
+    }
     bridge.terminate();
 }
 
-/// The bare hyper baseline: read the body, check the HMAC, answer 202.
-fn baseline_server() {
+/// SPEC §11 "push to TeamCity call, unloaded": one signed push at a time, timed from just
+/// before it is sent to the moment the fake TeamCity (in this process) receives the build
+/// call.
+async fn push_to_call(url: &str, tc: &FakeTeamCity, counter: &AtomicU64) {
+    const PUSHES: usize = 300;
+    let http = reqwest::Client::new();
+    let mut latencies_us = Vec::with_capacity(PUSHES);
+    let before = tc.build_calls().len();
+    for i in 0..PUSHES {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let sent = tokio::time::Instant::now();
+        let response = push_request(&http, url, n, 1).send().await.unwrap();
+        assert_eq!(response.status(), 202);
+        let call = tc.wait_for_builds(before + i + 1).await.pop().unwrap();
+        latencies_us.push((call.at - sent).as_micros() as u64);
+    }
+    let result = LoadResult {
+        requests: PUSHES as u64,
+        non_2xx: 0,
+        seconds: 1.0,
+        latencies_us,
+    };
+    println!(
+        "push → TeamCity call, unloaded ({PUSHES} pushes one at a time): p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+        result.percentile_ms(0.5),
+        result.percentile_ms(0.9),
+        result.percentile_ms(0.99)
+    );
+}
+
+/// Starts this benchmark again as a baseline server (`bare`, or durable into the file at
+/// `mode`); the process and its URL.
+fn start_baseline(mode: &str) -> (std::process::Child, String) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("BB2TC_BENCH_BASELINE", mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, format!("http://{}", line.trim()))
+}
+
+type Reply = tokio::sync::oneshot::Sender<()>;
+
+/// The minimal durable receiver's log: a thread that writes every body waiting in its
+/// channel with one write, `fdatasync`s once, and answers them all (group commit).
+fn durable_log(path: std::path::PathBuf) -> tokio::sync::mpsc::UnboundedSender<(Bytes, Reply)> {
+    use std::io::Write;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Bytes, Reply)>();
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = vec![first];
+            while let Ok(next) = rx.try_recv() {
+                group.push(next);
+            }
+            buf.clear();
+            for (body, _) in &group {
+                buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+                buf.extend_from_slice(body);
+            }
+            file.write_all(&buf).unwrap();
+            file.sync_data().unwrap();
+            for (_, reply) in group {
+                let _ = reply.send(());
+            }
+        }
+    });
+    tx
+}
+
+/// A baseline: read the body, check the HMAC, (with `log`: append it durably), answer 202.
+fn baseline_server(log: Option<std::path::PathBuf>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap());
         let secrets = Arc::new(vec![bb2tc::ids::Secret::new(SECRET)]);
+        let log = log.map(durable_log);
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let secrets = secrets.clone();
+            let log = log.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |request: hyper::Request<hyper::body::Incoming>| {
                         let secrets = secrets.clone();
+                        let log = log.clone();
                         async move {
                             let (parts, body) = request.into_parts();
                             let body = Limited::new(body, 1 << 20)
@@ -162,6 +254,11 @@ fn baseline_server() {
                                 Ok(()) => 202,
                                 Err(_) => 401,
                             };
+                            if let (202, Some(log)) = (status, &log) {
+                                let (reply, written) = tokio::sync::oneshot::channel();
+                                log.send((body, reply)).unwrap();
+                                written.await.unwrap();
+                            }
                             let response = hyper::Response::builder()
                                 .status(status)
                                 .header("content-type", "application/json")

@@ -347,7 +347,8 @@ impl Store {
 
     /// Whether a job is still stored.
     pub async fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
-        self.blocking(move |s| s.job_exists(id)).await
+        // One key lookup: on the calling task.
+        self.handle().current()?.job_exists(id)
     }
 
     /// One job.
@@ -398,8 +399,10 @@ impl Store {
         keys: Vec<UserKey>,
         server: ServerId,
     ) -> Result<Option<TokenInfo>, StoreError> {
-        self.blocking(move |s| s.find_token(&source, &keys, &server))
-            .await
+        // Two reads of small, hot trees: on the calling task, not worth a hop.
+        self.handle()
+            .current()?
+            .find_token(&source, &keys, &server)
     }
 
     /// Decrypts a token for a call, with the revision TeamCity's verdict will be about.
@@ -407,7 +410,8 @@ impl Store {
         &self,
         id: String,
     ) -> Result<Option<(TeamCityToken, u64)>, StoreError> {
-        self.blocking(move |s| s.token_secret(&id)).await
+        // Two reads and a decryption: on the calling task.
+        self.handle().current()?.token_secret(&id)
     }
 
     /// One token's record.
