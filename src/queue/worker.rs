@@ -52,6 +52,15 @@ impl<T: Trigger> Worker<T> {
         let mut schedule: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
         loop {
             let next_due = schedule.peek().map(|Reverse((due, _))| *due);
+            // A job already due goes at once: a timer would round up to the next
+            // millisecond, and push → call is meant to take less than two.
+            if next_due.is_some_and(|due| due <= Instant::now()) {
+                let Some(Reverse((_, id))) = schedule.pop() else { continue };
+                if !self.send(id).await {
+                    break;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
