@@ -113,7 +113,13 @@ pub struct StorageSettings {
     pub path: PathBuf,
     /// Base64 of 32 bytes; `None` means use or create `<path>/master.key`.
     pub master_key: Option<Secret>,
+    /// How long an intake log segment grows before a new one begins (and the old one can
+    /// be checkpointed away); each is allocated in full when it is begun.
+    pub intake_segment_bytes: u64,
 }
+
+/// `storage.intake_segment_bytes` by default.
+pub const DEFAULT_INTAKE_SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Whether a source is Bitbucket Data Center/Server or Bitbucket Cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -391,6 +397,12 @@ impl Validator {
             MAX_BODY_BUDGET,
         );
         self.within(
+            "storage.intake_segment_bytes",
+            raw.storage.intake_segment_bytes,
+            64 << 10,
+            1 << 30,
+        );
+        self.within(
             "server.max_jobs_per_delivery",
             raw.server.max_jobs_per_delivery,
             1,
@@ -472,6 +484,7 @@ impl Validator {
                 storage: StorageSettings {
                     path: PathBuf::from(raw.storage.path),
                     master_key: non_empty(raw.storage.master_key).map(Secret::new),
+                    intake_segment_bytes: raw.storage.intake_segment_bytes,
                 },
                 admin_token: non_empty(raw.admin.token).map(Secret::new),
                 web: WebSettings {

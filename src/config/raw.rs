@@ -74,6 +74,7 @@ impl Default for RawWeb {
 pub(super) struct RawStorage {
     pub path: String,
     pub master_key: String,
+    pub intake_segment_bytes: u64,
 }
 
 impl Default for RawStorage {
@@ -81,6 +82,7 @@ impl Default for RawStorage {
         Self {
             path: "data".into(),
             master_key: String::new(),
+            intake_segment_bytes: super::DEFAULT_INTAKE_SEGMENT_BYTES,
         }
     }
 }

@@ -305,7 +305,10 @@ mod tests {
         );
         let mut retried = with_id(1, JobState::Pending);
         retried.attempts = 1;
-        assert!(replay_claim(&retried, 1).is_err(), "retried after that attempt");
+        assert!(
+            replay_claim(&retried, 1).is_err(),
+            "retried after that attempt"
+        );
         assert!(replay_claim(&with_id(1, JobState::Done), 1).is_err());
         assert!(replay_claim(&with_id(1, JobState::Dead), 1).is_err());
         assert!(replay_claim(&pending, 3).is_err(), "not the next attempt");

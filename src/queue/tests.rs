@@ -19,6 +19,9 @@ struct Scripted {
     builds: Arc<Mutex<Vec<FoundBuild>>>,
     /// Build-queue calls panic while set (a bug inside the call).
     panics: Arc<std::sync::atomic::AtomicBool>,
+    /// While set, each build-queue call waits for a permit of `release` before answering.
+    gated: Arc<std::sync::atomic::AtomicBool>,
+    release: Arc<tokio::sync::Semaphore>,
     calls: Arc<Mutex<Vec<(Instant, String)>>>,
     called: Arc<Notify>,
 }
@@ -33,6 +36,8 @@ impl Scripted {
             answers: Arc::default(),
             builds: Arc::default(),
             panics: Arc::default(),
+            gated: Arc::default(),
+            release: Arc::new(tokio::sync::Semaphore::new(0)),
             calls: Arc::default(),
             called: Arc::default(),
         }
@@ -70,6 +75,9 @@ impl Trigger for Scripted {
         request: &BuildRequest<'_>,
     ) -> Result<QueuedBuild, TeamCityError> {
         self.record(format!("POST {}", request.branch));
+        if self.gated.load(std::sync::atomic::Ordering::SeqCst) {
+            self.release.acquire().await.unwrap().forget();
+        }
         if self.panics.load(std::sync::atomic::Ordering::SeqCst) {
             panic!("a bug inside the TeamCity call");
         }
@@ -370,6 +378,9 @@ async fn a_superseded_job_whose_call_fails_is_not_built_after_the_newer_one() {
     let store = Arc::new(store);
     let teamcity = Scripted::new("[1]", "");
     teamcity.answer(unavailable(None));
+    teamcity
+        .gated
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
     let mut older = job("main");
     older.sha = crate::ids::Sha::parse(&"1".repeat(40)).unwrap();
@@ -380,6 +391,10 @@ async fn a_superseded_job_whose_call_fails_is_not_built_after_the_newer_one() {
     let mut newer = job("main");
     newer.sha = crate::ids::Sha::parse(&"2".repeat(40)).unwrap();
     let newer = enqueue(&store, vec![newer]).await.remove(0);
+    teamcity
+        .gated
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    teamcity.release.add_permits(1);
     queue.schedule(&newer);
     let calls = teamcity.wait_for_calls(2).await;
     tokio::time::sleep(Duration::from_secs(60)).await;

@@ -55,7 +55,9 @@ impl<T: Trigger> Worker<T> {
             // A job already due goes at once: a timer would round up to the next
             // millisecond, and push → call is meant to take less than two.
             if next_due.is_some_and(|due| due <= Instant::now()) {
-                let Some(Reverse((_, id))) = schedule.pop() else { continue };
+                let Some(Reverse((_, id))) = schedule.pop() else {
+                    continue;
+                };
                 if !self.send(id).await {
                     break;
                 }

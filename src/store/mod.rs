@@ -400,9 +400,7 @@ impl Store {
         server: ServerId,
     ) -> Result<Option<TokenInfo>, StoreError> {
         // Two reads of small, hot trees: on the calling task, not worth a hop.
-        self.handle()
-            .current()?
-            .find_token(&source, &keys, &server)
+        self.handle().current()?.find_token(&source, &keys, &server)
     }
 
     /// Decrypts a token for a call, with the revision TeamCity's verdict will be about.
@@ -488,6 +486,7 @@ pub(crate) mod test_support {
         let settings = StorageSettings {
             path: dir.path().join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let store = Store::open(&settings).unwrap();
         (dir, store)

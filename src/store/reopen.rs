@@ -145,6 +145,7 @@ mod tests {
         StorageSettings {
             path: dir.join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         }
     }
 
@@ -152,7 +153,11 @@ mod tests {
     async fn a_failing_store_is_reopened_and_works_again() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
-        let handle = SledHandle::new(SledStore::open(&settings).unwrap(), settings, mpsc::unbounded_channel().0);
+        let handle = SledHandle::new(
+            SledStore::open(&settings).unwrap(),
+            settings,
+            mpsc::unbounded_channel().0,
+        );
         assert!(handle.heal().await.unwrap(), "nothing to heal");
         handle.mark_failing();
         let before = handle.current().unwrap();

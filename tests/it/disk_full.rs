@@ -95,7 +95,8 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
     };
     // TeamCity is never called: the jobs stay queued, so the store only grows.
     let config = format!(
-        "{}\n[storage]\npath = {:?}\nmaster_key = \"{MASTER_KEY}\"\n",
+        // Small intake log segments: the log needs a new one (and so new space) soon.
+        "{}\n[storage]\npath = {:?}\nmaster_key = \"{MASTER_KEY}\"\nintake_segment_bytes = 65536\n",
         "[server]\nlisten = \"127.0.0.1:0\"",
         mount.dir.join("data").display().to_string()
     ) + &standard_config("http://127.0.0.1:1", "")
@@ -124,7 +125,7 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
     }
     let mut accepted = Vec::new();
     let mut refused = None;
-    for n in 1..=400 {
+    for n in 1..=2000 {
         match send(&http, &bridge.url, n).await {
             202 => accepted.push(n),
             503 => {

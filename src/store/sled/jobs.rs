@@ -4,10 +4,10 @@
 //! writes it returns in one transaction.
 
 use super::Trees;
+use super::intake::segment::Accepted;
 use super::records::{decode, decode_mark, encode, encode_mark};
 use crate::job::lifecycle::{self, Refused, Transition, Write};
 use crate::job::{Finish, Job, JobState};
-use super::intake::segment::Accepted;
 use crate::store::jobs::{Applied, DeliveryRecord, Unchanged};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use sled::Transactional;
@@ -70,7 +70,7 @@ fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write])
 }
 
 /// `meta` keys: the last intake-log delivery applied, and the next job id to give.
-const APPLIED_SEQ: &[u8] = b"intake_applied_seq";
+pub(super) const APPLIED_SEQ: &[u8] = b"intake_applied_seq";
 const NEXT_JOB_ID: &[u8] = b"next_job_id";
 
 fn read_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
@@ -197,10 +197,7 @@ impl Trees {
             .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
         let generated = self.db.generate_id()?;
-        Ok(kept
-            .max(stored + 1)
-            .max(generated + 1)
-            .max(last_in_log + 1))
+        Ok(kept.max(stored + 1).max(generated + 1).max(last_in_log + 1))
     }
 
     /// Replays a claim from the intake log: `true` when the job was still pending at the

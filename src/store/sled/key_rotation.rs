@@ -153,6 +153,7 @@ mod tests {
         let settings = StorageSettings {
             path: dir.path().join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let ids = with_tokens(&settings).await;
         let old_key = std::fs::read_to_string(settings.path.join("master.key")).unwrap();
@@ -181,6 +182,7 @@ mod tests {
         let settings = StorageSettings {
             path: dir.path().join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let ids = with_tokens(&settings).await;
         let new_key = TokenCipher::generate_key();
@@ -212,6 +214,7 @@ mod tests {
         let settings = StorageSettings {
             path: dir.path().join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         with_tokens(&settings).await;
         let key = TokenCipher::key_file(&settings.path);
@@ -229,6 +232,7 @@ mod tests {
         let old = StorageSettings {
             path: dir.path().join("data"),
             master_key: Some(Secret::new(TokenCipher::generate_key())),
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let ids = with_tokens(&old).await;
         let new_key = Secret::new(TokenCipher::generate_key());
@@ -244,6 +248,7 @@ mod tests {
         let new = StorageSettings {
             path: old.path.clone(),
             master_key: Some(new_key),
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let store = SledStore::open(&new).unwrap();
         assert_eq!(

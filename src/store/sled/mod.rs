@@ -34,8 +34,8 @@ use crate::config::StorageSettings;
 use crate::job::Job;
 use crate::store::StoreError;
 use crate::store::crypto::TokenCipher;
-use crate::store::stats::Stats;
 use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome};
+use crate::store::stats::Stats;
 use group_commit::GroupCommit;
 pub use intake::Durable;
 use sled::Transactional;
@@ -75,7 +75,7 @@ impl SledStore {
         events: mpsc::UnboundedSender<Applied>,
     ) -> Result<Self, StoreError> {
         let trees = Arc::new(Trees::open(settings)?);
-        let intake = intake::Intake::start(trees.clone(), events)?;
+        let intake = intake::Intake::start(trees.clone(), settings.intake_segment_bytes, events)?;
         Ok(Self { intake, trees })
     }
 
@@ -312,9 +312,16 @@ impl Trees {
         match self.unreadable.insert(key, bytes) {
             Ok(_) => {
                 self.stats.set_aside(1);
-                tracing::error!(segment, offset, reason = why, "set aside the unreadable rest of an intake log segment (tree \"unreadable\")");
+                tracing::error!(
+                    segment,
+                    offset,
+                    reason = why,
+                    "set aside the unreadable rest of an intake log segment (tree \"unreadable\")"
+                );
             }
-            Err(e) => tracing::error!(segment, offset, error = %e, "cannot set aside the unreadable rest of an intake log segment"),
+            Err(e) => {
+                tracing::error!(segment, offset, error = %e, "cannot set aside the unreadable rest of an intake log segment")
+            }
         }
     }
 
@@ -524,6 +531,7 @@ pub(crate) mod test_support {
         let settings = StorageSettings {
             path: dir.path().join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let store = SledStore::open(&settings).unwrap();
         (dir, store)
@@ -543,11 +551,13 @@ mod tests {
         let first = StorageSettings {
             path: path.clone(),
             master_key: Some(Secret::new(TokenCipher::generate_key())),
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         drop(SledStore::open(&first).unwrap());
         let second = StorageSettings {
             path,
             master_key: Some(Secret::new(TokenCipher::generate_key())),
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let err = SledStore::open(&second).unwrap_err();
         assert!(matches!(err, StoreError::WrongMasterKey(_)), "{err}");
@@ -574,6 +584,7 @@ mod tests {
         let settings = StorageSettings {
             path: dir.path().join("data"),
             master_key: None,
+            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
         };
         let err = SledStore::open(&settings).unwrap_err().to_string();
         assert!(err.contains("in use by another bb2tc process"), "{err}");

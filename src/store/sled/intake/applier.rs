@@ -177,6 +177,9 @@ impl Run {
         if let Err(e) = segment::sync_dir(self.trees.path()) {
             tracing::warn!(error = %e, "cannot sync the store directory after a checkpoint");
         }
-        tracing::debug!(segments = done.len(), "intake log checkpoint");
+        tracing::info!(
+            segments = done.len(),
+            "intake log checkpoint: sled synced, segments removed"
+        );
     }
 }

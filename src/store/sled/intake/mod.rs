@@ -138,6 +138,7 @@ impl Intake {
     /// Replays the store's log into sled, then starts the writer and the applier.
     pub fn start(
         trees: Arc<Trees>,
+        segment_bytes: u64,
         events: mpsc::UnboundedSender<Applied>,
     ) -> Result<Self, StoreError> {
         let replayed = replay::replay(&trees)?;
@@ -163,9 +164,15 @@ impl Intake {
             events,
         )
         .map_err(|e| super::io_error(&dir, e))?;
-        let writer =
-            writer::Writer::start(&dir, replayed.next_seq, to_applier, closed, pending.clone())
-                .map_err(|e| super::io_error(&dir, e))?;
+        let writer = writer::Writer::start(
+            &dir,
+            replayed.next_seq,
+            segment_bytes,
+            to_applier,
+            closed,
+            pending.clone(),
+        )
+        .map_err(|e| super::io_error(&dir, e))?;
         Ok(Self {
             pending,
             writer,
@@ -198,7 +205,8 @@ impl Intake {
         let mut jobs = Vec::new();
         let mut marks = Vec::new();
         for change in changes {
-            if pending.marks.contains(&change.seen_key) || trees.change_seen(&change.seen_key, now)?
+            if pending.marks.contains(&change.seen_key)
+                || trees.change_seen(&change.seen_key, now)?
             {
                 record.skipped.push(Skipped {
                     reference: change.reference,
@@ -278,5 +286,195 @@ impl Intake {
     pub fn wait_applied(&self) {
         let last = lock(&self.pending).last_delivery;
         self.applier.wait_applied(last);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::clock;
+    use crate::config::StorageSettings;
+    use crate::ids::SourceId;
+    use crate::job::JobState;
+    use crate::store::sled::SledStore;
+    use crate::store::test_support::job;
+    use crate::store::{ChangeJobs, DeliveryRecord, RecordOutcome};
+
+    fn settings(dir: &std::path::Path) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("data"),
+            master_key: None,
+            intake_segment_bytes: 64 << 10,
+        }
+    }
+
+    fn push(store: &SledStore, id: &str, branch: &str, sha: char) -> RecordOutcome {
+        let delivery = DeliveryRecord {
+            id: id.into(),
+            source: SourceId::new("dc"),
+            event: "repo:refs_changed".into(),
+            result: "accepted".into(),
+            jobs: 0,
+            skipped: vec![],
+            received_at: clock::now_ms(),
+        };
+        let change = ChangeJobs {
+            reference: format!("refs/heads/{branch}"),
+            seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
+            jobs: vec![job(branch, sha)],
+        };
+        store.record_now(&delivery, true, &[change]).unwrap()
+    }
+
+    fn segments(store: &SledStore) -> Vec<std::path::PathBuf> {
+        super::segment::list(store.path()).unwrap()
+    }
+
+    #[test]
+    fn a_log_replayed_into_a_store_that_has_its_deliveries_adds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        for n in 0..3 {
+            push(&store, &format!("d{n}"), &format!("b{n}"), 'a');
+        }
+        assert_eq!(segments(&store).len(), 1, "the log is still there");
+        drop(store);
+        // The same log again: sled applied it all, so the replay skips it and removes it.
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        assert!(segments(&store).len() == 1, "a fresh, empty segment");
+        assert_eq!(store.list_jobs(None, 100).unwrap().len(), 3);
+        assert_eq!(store.list_deliveries(100).unwrap().len(), 3);
+        assert_eq!(push(&store, "d1", "b1", 'a'), RecordOutcome::Duplicate);
+        let RecordOutcome::Recorded { jobs, .. } = push(&store, "d9", "b1", 'a') else {
+            panic!("not a duplicate delivery")
+        };
+        assert!(jobs.is_empty(), "the change was seen");
+    }
+
+    #[test]
+    fn deliveries_sled_lost_are_applied_again_from_the_log_and_only_those() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            let RecordOutcome::Recorded { jobs, .. } =
+                push(&store, &format!("d{n}"), &format!("b{n}"), 'a')
+            else {
+                panic!()
+            };
+            ids.push(jobs[0].id);
+        }
+        // As if sled's files had kept only the first two batches' worth: the last two
+        // deliveries, their marks and jobs gone, the applied sequence number back at two.
+        for n in 2..4 {
+            store.jobs.remove(ids[n].to_be_bytes()).unwrap();
+            store.deliveries.remove(format!("d{n}")).unwrap();
+            store
+                .seen_changes
+                .remove(format!("dc\0p/r\0b{n}\0a"))
+                .unwrap();
+        }
+        store
+            .meta
+            .insert(super::super::jobs::APPLIED_SEQ, &2u64.to_be_bytes())
+            .unwrap();
+        // A first-delivery job already moved on (done) must not be reset by the replay.
+        store.claim_job(ids[0]).unwrap().unwrap();
+        store
+            .finish_job(
+                ids[0],
+                &crate::job::Finish::Done {
+                    build_id: Some(1),
+                    web_url: None,
+                    warning: None,
+                },
+                clock::now_ms(),
+            )
+            .unwrap()
+            .unwrap();
+        drop(store);
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let jobs = store.list_jobs(None, 100).unwrap();
+        let mut listed: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+        listed.sort();
+        assert_eq!(listed, ids, "each job once");
+        assert_eq!(store.job(ids[0]).unwrap().unwrap().state, JobState::Done);
+        assert_eq!(store.job(ids[3]).unwrap().unwrap().state, JobState::Pending);
+        assert_eq!(push(&store, "d3", "b3", 'a'), RecordOutcome::Duplicate);
+        // New ids go on after the replayed ones.
+        let RecordOutcome::Recorded { jobs, .. } = push(&store, "d5", "b5", 'a') else {
+            panic!()
+        };
+        assert!(jobs[0].id > ids[3]);
+    }
+
+    #[test]
+    fn a_claim_sled_lost_is_replayed_so_the_job_is_checked_before_it_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let RecordOutcome::Recorded { jobs, .. } = push(&store, "d1", "main", 'a') else {
+            panic!()
+        };
+        let claimed = store.claim_job(jobs[0].id).unwrap().unwrap();
+        let durable = store.log_claim(claimed.id, claimed.attempts).unwrap();
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(durable.wait())
+            .unwrap();
+        // sled lost the claim (it was not synced there): the job reads pending again.
+        store.release_job(claimed.id).unwrap().unwrap();
+        drop(store);
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let job = store.job(claimed.id).unwrap().unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Inflight, 1));
+        let resumed = store.resume_jobs(clock::now_ms()).unwrap();
+        assert!(resumed[0].interrupted, "TeamCity is asked first");
+    }
+
+    #[test]
+    fn a_torn_last_entry_is_dropped_and_the_rest_replayed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        push(&store, "d1", "main", 'a');
+        let segment = segments(&store).pop().unwrap();
+        store
+            .meta
+            .insert(super::super::jobs::APPLIED_SEQ, &0u64.to_be_bytes())
+            .unwrap();
+        store.jobs.clear().unwrap();
+        store.deliveries.clear().unwrap();
+        store.seen_changes.clear().unwrap();
+        drop(store);
+        // A second write cut short by a crash: a header and part of its payload.
+        let bytes = std::fs::read(&segment).unwrap();
+        let end = super::segment::read(&bytes).good_bytes as usize;
+        let mut torn = bytes.clone();
+        torn[end..end + 8].copy_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4]);
+        torn[end + 8..end + 50].fill(7);
+        std::fs::write(&segment, torn).unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        assert_eq!(store.list_jobs(None, 10).unwrap().len(), 1);
+        assert_eq!(store.stats().unreadable, 0, "torn, not damage");
+        assert_eq!(push(&store, "d1", "main", 'a'), RecordOutcome::Duplicate);
+    }
+
+    #[test]
+    fn full_segments_are_checkpointed_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        // Each delivery is a few hundred bytes: 64 KiB segments fill every ~150.
+        for n in 0..600 {
+            push(&store, &format!("d{n}"), &format!("b{n}"), 'a');
+        }
+        store.wait_applied();
+        let left = segments(&store);
+        assert!(left.len() <= 2, "{left:?}");
+        let first = super::segment::path(store.path(), 1);
+        assert!(
+            !left.contains(&first),
+            "the first segment was checkpointed away"
+        );
+        drop(store);
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        assert_eq!(store.list_jobs(None, 1000).unwrap().len(), 600);
     }
 }

@@ -78,6 +78,8 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
         }
     }
     flush(&mut batch)?;
+    // A segment being prepared when bb2tc stopped holds nothing.
+    let _ = std::fs::remove_file(super::writer::prepared_path(&dir));
     if !segments.is_empty() {
         trees.commit_blocking()?;
         for path in &segments {
@@ -85,11 +87,7 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
         }
         segment::sync_dir(&dir).map_err(|e| io_error(&dir, e))?;
         if deliveries + claims > 0 {
-            tracing::info!(
-                deliveries,
-                claims,
-                "replayed the intake log into the store"
-            );
+            tracing::info!(deliveries, claims, "replayed the intake log into the store");
         }
     }
     Ok(Replayed {

@@ -6,8 +6,9 @@
 //! `(sequence number, Entry)`. The version says what the entry's layout is (like the store's
 //! records, see `records`): version 1 holds a [`Job`] of record version 1.
 //!
-//! A crash can leave the last frame of the newest segment cut short (torn): it was never
-//! acknowledged, and reading stops before it. Anything else that does not read — a frame
+//! A segment is allocated with zeros before use, so its entries end where a frame header of
+//! zeros begins. A crash can leave the last frame of the newest segment cut short (torn):
+//! it was never acknowledged, and reading stops before it. Anything else that does not read — a frame
 //! whose checksum fails in the middle of a segment — is damage, reported with its place.
 
 use crate::job::Job;
@@ -88,6 +89,10 @@ pub fn read(bytes: &[u8]) -> Read {
     let mut read = Read::default();
     let mut at = 0usize;
     while at < bytes.len() {
+        if bytes[at..].iter().take(HEADER_BYTES).all(|&b| b == 0) {
+            // The zeros a segment is allocated with: nothing was written from here on.
+            break;
+        }
         match next(&bytes[at..]) {
             Ok((seq, entry, len)) => {
                 read.entries.push((seq, entry));
@@ -206,6 +211,11 @@ mod tests {
         newer[4..8].copy_from_slice(&crc.to_le_bytes());
         assert!(super::read(&newer).bad_tail.unwrap().contains("version 9"));
         assert!(super::read(&[0xff; 8]).bad_tail.is_some());
+        // The zeros of a segment allocated ahead are its end, not damage.
+        let mut allocated = frame(1, &accepted("a")).unwrap();
+        allocated.extend([0u8; 64]);
+        let read = super::read(&allocated);
+        assert_eq!((read.entries.len(), read.bad_tail), (1, None));
         assert!(super::read(&[1, 0, 0]).bad_tail.is_some());
     }
 }

@@ -8,8 +8,15 @@
 //! A group whose write or sync fails is cut off the file again before anything else is
 //! written, so an entry answered with an error never comes back at the next start. If even
 //! that fails, the writer refuses everything until the store is reopened (`reopen`). A
-//! segment that reaches [`SEGMENT_BYTES`] is closed and a new one begun; the applier deletes
-//! closed segments once sled holds what they hold (a checkpoint).
+//! segment that reaches `storage.intake_segment_bytes` is closed and a new one begun; the
+//! applier deletes closed segments once sled holds what they hold (a checkpoint).
+//!
+//! **Segments are written in full before use.** An append that grows a file makes
+//! `fdatasync` commit the file's new size to the filesystem journal as well; an overwrite of
+//! blocks already written does not (≈ 0.1 ms less per sync on the development VM's ext4).
+//! So each segment is filled with zeros and synced by a helper thread while the one before
+//! it is in use (`intake-next.prep`), and renamed into place when its turn comes. Where
+//! that fails (a full disk) a segment simply grows as it is written.
 
 use super::segment::{self, Accepted};
 use super::{Closed, Settle, Shared, lock};
@@ -18,9 +25,6 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-/// A segment this long is closed and a new one begun.
-pub const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// One entry to write.
 pub struct Append {
@@ -49,13 +53,88 @@ struct Segment {
     last_delivery: u64,
 }
 
-fn create(dir: &Path, first_seq: u64) -> std::io::Result<Segment> {
-    let path = segment::path(dir, first_seq);
+/// Where the next segment is prepared.
+pub fn prepared_path(dir: &Path) -> PathBuf {
+    dir.join("intake-next.prep")
+}
+
+fn open_new(path: &Path, truncate: bool) -> std::io::Result<File> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true);
+    if truncate {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(&path)?;
+    options.open(path)
+}
+
+/// Fills `file` with `bytes` zeros and syncs it; the file is left positioned at its start.
+fn fill_with_zeros(file: &mut File, bytes: u64) -> std::io::Result<()> {
+    let chunk = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        file.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    file.sync_all()?;
+    file.seek(SeekFrom::Start(0))?;
+    Ok(())
+}
+
+/// Prepares the next segment on a thread of its own; `None` when it could not.
+fn prepare_next(dir: &Path, bytes: u64) -> std::sync::mpsc::Receiver<Option<File>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = prepared_path(dir);
+    let spawned = std::thread::Builder::new()
+        .name("bb2tc-intake-prep".into())
+        .spawn(move || {
+            let prepared = open_new(&path, true).and_then(|mut file| {
+                fill_with_zeros(&mut file, bytes)?;
+                Ok(file)
+            });
+            let _ = tx.send(match prepared {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prepare the next intake log segment; it grows as it is written instead");
+                    let _ = std::fs::remove_file(&path);
+                    None
+                }
+            });
+        });
+    if spawned.is_err() {
+        tracing::warn!("cannot start the thread that prepares intake log segments");
+    }
+    rx
+}
+
+/// Begins the segment whose first entry is `first_seq`: the prepared file when there is
+/// one, else a new file, filled with zeros when `fill` is set and there is room.
+fn begin(
+    dir: &Path,
+    first_seq: u64,
+    prepared: Option<File>,
+    fill: u64,
+) -> std::io::Result<Segment> {
+    let path = segment::path(dir, first_seq);
+    let file = match prepared {
+        Some(file) => {
+            std::fs::rename(prepared_path(dir), &path)?;
+            file
+        }
+        None => {
+            let mut file = open_new(&path, false)?;
+            if fill > 0 && fill_with_zeros(&mut file, fill).is_err() {
+                // No room to allocate it ahead: it grows as it is written.
+                file.set_len(0)?;
+                file.seek(SeekFrom::Start(0))?;
+            }
+            file
+        }
+    };
     segment::sync_dir(dir)?;
     Ok(Segment {
         file,
@@ -71,11 +150,13 @@ impl Writer {
     pub fn start(
         dir: &Path,
         first_seq: u64,
+        segment_bytes: u64,
         applier: mpsc::UnboundedSender<(u64, Accepted)>,
         closed: Arc<Mutex<Vec<Closed>>>,
         pending: Shared,
     ) -> std::io::Result<Self> {
-        let segment = create(dir, first_seq)?;
+        let segment = begin(dir, first_seq, None, segment_bytes)?;
+        let next = prepare_next(dir, segment_bytes);
         let (entries, mut rx) = mpsc::unbounded_channel::<Append>();
         let dir = dir.to_owned();
         let thread = std::thread::Builder::new()
@@ -84,6 +165,8 @@ impl Writer {
                 let mut state = State {
                     dir,
                     segment,
+                    segment_bytes,
+                    next,
                     broken: None,
                     last_seq: first_seq.saturating_sub(1),
                     applier,
@@ -130,6 +213,9 @@ impl Drop for Writer {
 struct State {
     dir: PathBuf,
     segment: Segment,
+    segment_bytes: u64,
+    /// The next segment, being prepared.
+    next: std::sync::mpsc::Receiver<Option<File>>,
     /// Why nothing can be written until the store is reopened.
     broken: Option<String>,
     /// The last sequence number written.
@@ -229,11 +315,15 @@ impl State {
     }
 
     fn rotate_when_full(&mut self) {
-        if self.segment.len < SEGMENT_BYTES {
+        if self.segment.len < self.segment_bytes {
             return;
         }
+        // It had a whole segment's time to get ready.
+        let prepared = self.next.recv().ok().flatten();
         // Named after one past the last entry written, which every later entry exceeds.
-        match create(&self.dir, self.last_seq + 1) {
+        let begun = begin(&self.dir, self.last_seq + 1, prepared, 0);
+        self.next = prepare_next(&self.dir, self.segment_bytes);
+        match begun {
             Ok(fresh) => {
                 let old = std::mem::replace(&mut self.segment, fresh);
                 self.closed
@@ -248,5 +338,4 @@ impl State {
             Err(e) => tracing::warn!(error = %e, "cannot begin a new intake log segment"),
         }
     }
-
 }
