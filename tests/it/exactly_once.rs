@@ -2,7 +2,9 @@
 //! agents take each build out of the queue 10 ms after it was queued, calls that take 20 ms,
 //! 1 000 signed pushes from several senders that retry on connection errors, `kill -9`
 //! several times during the stream and once while the backlog drains — and every push that
-//! got a 202 (or, redelivered, a `duplicate`) is exactly one build.
+//! got a 202 (or, redelivered, a `duplicate`) is exactly one build. The intake log's
+//! segments are small (64 KiB), so checkpoints run all through the stream and kills land
+//! before, during and after them.
 
 use crate::support::process::Bridge;
 use crate::support::*;
@@ -62,6 +64,12 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
             "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]",
         ),
     );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen("[server]", "intake_segment_bytes = 65536\n[server]", 1),
+    )
+    .unwrap();
     let bridge = Bridge::start(&config, "");
     let http = reqwest::Client::new();
     register_token_at(&bridge.url, "jdoe", "t").await;
@@ -83,12 +91,15 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
     }
     let mut bridge = bridge;
     let mut recovered = 0;
+    let mut checkpoints = 0;
     let recoveries = |log: &str| log.matches("found in TeamCity; not posted again").count();
+    let checkpointed = |log: &str| log.matches("intake log checkpoint").count();
     for threshold in KILL_AFTER {
         while answered.load(Ordering::SeqCst) < threshold {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         recovered += recoveries(&bridge.log());
+        checkpoints += checkpointed(&bridge.log());
         bridge.kill();
         bridge = Bridge::start(&config, "");
         *url.lock().unwrap() = bridge.url.clone();
@@ -133,7 +144,8 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
     // TeamCity were found among its builds (most already out of the queue) instead of
     // being posted again.
     recovered += recoveries(&bridge.log());
-    eprintln!("interrupted jobs found in TeamCity: {recovered}");
+    eprintln!("interrupted jobs found in TeamCity: {recovered}; checkpoints: {checkpoints}");
     assert!(recovered > 0, "no kill caught a call under way");
+    assert!(checkpoints > 0, "the intake log was never checkpointed");
     assert!(bridge.terminate().success());
 }

@@ -9,6 +9,7 @@ mod disk_full;
 mod durability;
 mod exactly_once;
 mod hostile_input;
+mod intake_log;
 mod observability;
 mod pushes;
 mod rate_limit;

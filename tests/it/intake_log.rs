@@ -1,0 +1,110 @@
+//! The intake log across a crash, with the real binary: a write cut short by `kill -9` (a
+//! torn last entry) is dropped at the next start, and everything acknowledged before it is
+//! built exactly once.
+
+use crate::support::process::Bridge;
+use crate::support::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const PUSHES: u32 = 20;
+
+async fn push(http: &reqwest::Client, url: &str, n: u32) -> u16 {
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[(&format!("refs/heads/t{n}"), &sha(n), "UPDATE")],
+    );
+    http.post(format!("{url}/hooks/bitbucket/dc"))
+        .header("X-Event-Key", "repo:refs_changed")
+        .header(
+            "X-Hub-Signature",
+            bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &body),
+        )
+        .header("X-Request-Id", format!("torn-{n}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Where the entries of an intake log segment end (frames: u32 length, u32 CRC, payload;
+/// the rest of the segment is the zeros it was allocated with).
+fn end_of_entries(bytes: &[u8]) -> usize {
+    let mut at = 0;
+    while at + 8 <= bytes.len() && bytes[at..at + 8] != [0; 8] {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 8 + len;
+    }
+    at
+}
+
+#[tokio::test]
+async fn a_write_torn_by_kill_9_is_dropped_and_every_202_built_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    // First nothing is sent (the jobs wait), so the crash finds them all queued.
+    let paused = standard_config(&tc.url, "")
+        .replace("rate_per_second = 1000.0", "rate_per_second = 0.001")
+        .replace("burst = 1000", "burst = 1");
+    let (config, store) = write_process_config(dir.path(), &paused);
+    let bridge = Bridge::start(&config, "");
+    register_token_at(&bridge.url, "jdoe", "t").await;
+    let http = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for n in 1..=PUSHES {
+        statuses.push(push(&http, &bridge.url, n).await);
+    }
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    let mut bridge = bridge;
+    bridge.kill();
+
+    // The crash cut the next write short: a frame header and part of its payload.
+    let newest = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with("intake-") && name.ends_with(".log")
+        })
+        .max()
+        .expect("an intake log segment");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    let end = end_of_entries(&bytes);
+    assert!(end > 0, "the acknowledged deliveries are in the log");
+    bytes.resize(bytes.len().max(end + 64), 0);
+    bytes[end..end + 8].copy_from_slice(&[180, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+    bytes[end + 8..end + 60].fill(b'x');
+    std::fs::write(&newest, bytes).unwrap();
+
+    // Started again, now sending: the torn entry is dropped, every push built once.
+    let (config, _) = write_process_config(dir.path(), &standard_config(&tc.url, ""));
+    let bridge = Bridge::start(&config, "");
+    tc.wait_for_builds(PUSHES as usize).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut per_branch: HashMap<String, usize> = HashMap::new();
+    for (_, _, branch, _) in tc.builds() {
+        *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
+    }
+    for n in 1..=PUSHES {
+        assert_eq!(
+            per_branch.get(&format!("t{n}")),
+            Some(&1),
+            "push {n}: {per_branch:?}"
+        );
+    }
+    assert_eq!(per_branch.len(), PUSHES as usize);
+    assert!(
+        bridge
+            .log()
+            .contains("dropped a torn entry at the end of the intake log"),
+        "{}",
+        bridge.log()
+    );
+    // Bitbucket's redelivery of an acknowledged push is still a duplicate.
+    assert_eq!(push(&http, &bridge.url, 7).await, 200);
+    assert!(bridge.terminate().success());
+}
