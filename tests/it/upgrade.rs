@@ -1,16 +1,18 @@
 //! A store written by an older release opens with this one, nothing lost (SPEC §7).
 //!
 //! `tests/upgrade/store-a84aaec/` was written by bb2tc at commit a84aaec, the last release
-//! whose records carried no format version (`tests/upgrade/regenerate.sh` rebuilds it from
-//! that commit). Every later format change adds its own store and test here.
+//! whose records carried no format version; `tests/upgrade/store-96cd6c8/` by commit
+//! 96cd6c8, the last release of store format 1 (versioned records, no intake log). Both hold
+//! the same things (`tests/upgrade/regenerate.sh` rebuilds them from those commits), and
+//! the same test opens each. Every later format change adds its own store here.
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A copy of the old store to open (bb2tc writes to it), and the session cookie it holds.
-fn old_store(dir: &Path) -> (PathBuf, String) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upgrade/store-a84aaec");
+fn old_store(dir: &Path, release: &str) -> (PathBuf, String) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/upgrade/store-{release}"));
     let to = dir.join("data");
     std::fs::create_dir_all(&to).unwrap();
     for entry in std::fs::read_dir(from.join("data")).unwrap() {
@@ -36,8 +38,17 @@ fn branches(calls: &[fake_teamcity::Recorded]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_store_of_a84aaec_opens_with_nothing_lost() {
+    opens_with_nothing_lost("a84aaec").await;
+}
+
+#[tokio::test]
+async fn a_store_of_96cd6c8_opens_with_nothing_lost() {
+    opens_with_nothing_lost("96cd6c8").await;
+}
+
+async fn opens_with_nothing_lost(release: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, session) = old_store(dir.path());
+    let (store, session) = old_store(dir.path(), release);
     let tc = FakeTeamCity::start().await;
     tc.add_token("tc-jdoe", "jdoe");
     tc.add_token("tc-asmith", "asmith");
@@ -140,7 +151,7 @@ async fn a_store_of_a84aaec_opens_with_nothing_lost() {
 #[tokio::test]
 async fn a_damaged_record_is_set_aside_counted_and_the_rest_opens() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = old_store(dir.path());
+    let (store, _) = old_store(dir.path(), "a84aaec");
     {
         // A job record that is not postcard of any Job, and one token record cut short.
         let db = sled::open(&store).unwrap();

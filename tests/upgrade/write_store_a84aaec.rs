@@ -29,7 +29,6 @@ async fn main() {
     let settings = StorageSettings {
         path: out.join("data"),
         master_key: Some(Secret::new(MASTER_KEY.to_owned())),
-        intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
     };
     let store = Store::open(&settings).unwrap();
     let (dc, main) = (SourceId::new("dc"), ServerId::new("main"));
