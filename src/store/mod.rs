@@ -3,8 +3,9 @@
 //! [`Store`], whatever the backend.
 //!
 //! The backend is sled (`store/sled/`, embedded, the default). Its calls block — sled's own work
-//! and every fsync — so [`Store`] runs each on tokio's blocking pool, never on a worker
-//! thread. A second backend (PostgreSQL, SPEC §7.1) is another variant of `Backend`:
+//! and every fsync — so [`Store`] runs them on tokio's blocking pool, never on a worker
+//! thread; the exceptions are a few reads of small hot trees (a pusher's token, whether a
+//! job exists) and taking a delivery into the intake log, which only read, lock and queue. A second backend (PostgreSQL, SPEC §7.1) is another variant of `Backend`:
 //! `http/`, `queue/` and `web/` only ever see [`Store`]. What happens to a job is decided by
 //! [`crate::job::lifecycle`], not here.
 //!

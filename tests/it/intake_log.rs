@@ -59,7 +59,6 @@ async fn a_write_torn_by_kill_9_is_dropped_and_every_202_built_once() {
         statuses.push(push(&http, &bridge.url, n).await);
     }
     assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
-    let mut bridge = bridge;
     bridge.kill();
 
     // The crash cut the next write short: a frame header and part of its payload.

@@ -9,8 +9,11 @@
 //! - `seen_changes`: `source \0 repository \0 ref \0 sha` → de-duplication mark (first seen)
 //! - `sessions`: SHA-256 of a token-page session cookie → [`Session`](crate::store::Session)
 //! - `unreadable`: `tree \0 key` → the bytes of a record that could not be read, set aside
-//! - `meta`: the store's format version, the master-key check value, the admin token hash
-//!   and the store's id
+//! - `meta`: the store's format version, the master-key check value, the admin token hash,
+//!   the store's id, the last intake-log delivery applied and the next job id
+//!
+//! Beside sled's files, `intake-*.log`: the intake log (`intake`), where accepted
+//! deliveries and in-flight marks are made durable before sled has them.
 //!
 //! Records carry a format version (`records`); a store of an older bb2tc is migrated when
 //! it opens (`migrate`). A record that cannot be read is moved to `unreadable`, counted
@@ -18,8 +21,9 @@
 //! listing. Queue depths and token counts are kept up to date with each write
 //! ([`Stats`]).
 //!
-//! Writes that must survive a crash are followed by [`SledStore::commit`] (flush + fsync,
-//! shared between concurrent callers; see `group_commit`).
+//! Deliveries and in-flight marks are durable once their intake-log entry is; other writes
+//! that must survive a crash (tokens, sessions, admin changes) are followed by
+//! [`Trees::commit`] (flush + fsync, shared between concurrent callers; see `group_commit`).
 
 pub(crate) mod group_commit;
 mod intake;

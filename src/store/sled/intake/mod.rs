@@ -365,8 +365,8 @@ mod tests {
         }
         // As if sled's files had kept only the first two batches' worth: the last two
         // deliveries, their marks and jobs gone, the applied sequence number back at two.
-        for n in 2..4 {
-            store.jobs.remove(ids[n].to_be_bytes()).unwrap();
+        for (n, id) in ids.iter().enumerate().skip(2) {
+            store.jobs.remove(id.to_be_bytes()).unwrap();
             store.deliveries.remove(format!("d{n}")).unwrap();
             store
                 .seen_changes
