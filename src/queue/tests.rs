@@ -6,7 +6,7 @@ use crate::config::test_support::with_servers;
 use crate::ids::{BuildTypeId, SourceId, TeamCityToken};
 use crate::store::jobs::ChangeJobs;
 use crate::store::test_support::temp_store;
-use crate::store::{DeliveryRecord, JobState, RecordOutcome};
+use crate::store::{JobState, RecordOutcome};
 use crate::teamcity::{BuildRequest, Comment, FoundBuild, QueuedBuild, TeamCityError};
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -117,15 +117,7 @@ fn job(branch: &str) -> Job {
 }
 
 async fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
-    let delivery = DeliveryRecord {
-        id: "d".into(),
-        source: SourceId::new("dc"),
-        event: "repo:refs_changed".into(),
-        result: "accepted".into(),
-        jobs: 0,
-        skipped: vec![],
-        received_at: clock::now_ms(),
-    };
+    let delivery = crate::store::test_support::delivery("d");
     let changes: Vec<ChangeJobs> = jobs
         .into_iter()
         .map(|job| ChangeJobs {

@@ -493,6 +493,37 @@ pub(crate) mod test_support {
         (dir, store)
     }
 
+    /// An accepted delivery record `id` from source `dc`, received now, with no jobs yet.
+    pub fn delivery(id: &str) -> DeliveryRecord {
+        DeliveryRecord {
+            id: id.into(),
+            source: SourceId::new("dc"),
+            event: "repo:refs_changed".into(),
+            result: "accepted".into(),
+            jobs: 0,
+            skipped: vec![],
+            received_at: crate::clock::now_ms(),
+        }
+    }
+
+    /// A change of `branch` to a commit of all `sha` digits, asking for one build job.
+    pub fn change(branch: &str, sha: char) -> ChangeJobs {
+        ChangeJobs {
+            reference: format!("refs/heads/{branch}"),
+            seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
+            jobs: vec![job(branch, sha)],
+        }
+    }
+
+    /// Store settings for `<dir>/data`, key file beside it, segments of `segment_bytes`.
+    pub fn settings_in(dir: &std::path::Path, segment_bytes: u64) -> StorageSettings {
+        StorageSettings {
+            path: dir.join("data"),
+            master_key: None,
+            intake_segment_bytes: segment_bytes,
+        }
+    }
+
     /// A pending build job for `branch` at a commit of all `sha` digits.
     pub fn job(branch: &str, sha: char) -> Job {
         Job {

@@ -144,11 +144,7 @@ mod tests {
     use super::*;
 
     fn settings(dir: &std::path::Path) -> StorageSettings {
-        StorageSettings {
-            path: dir.join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        }
+        crate::store::test_support::settings_in(dir, crate::config::DEFAULT_INTAKE_SEGMENT_BYTES)
     }
 
     #[tokio::test]

@@ -434,29 +434,9 @@ fn remove_keys(tree: &sled::Tree, keys: &mut Vec<sled::IVec>) -> Result<usize, S
 mod tests {
     use super::*;
     use crate::clock;
-    use crate::ids::{ServerId, SourceId};
-    use crate::store::test_support::{job, temp_sled};
-    use crate::store::{ChangeJobs, RecordOutcome};
-
-    fn delivery(id: &str) -> DeliveryRecord {
-        DeliveryRecord {
-            id: id.into(),
-            source: SourceId::new("dc"),
-            event: "repo:refs_changed".into(),
-            result: "accepted".into(),
-            jobs: 0,
-            skipped: vec![],
-            received_at: clock::now_ms(),
-        }
-    }
-
-    fn change(branch: &str, sha: char) -> ChangeJobs {
-        ChangeJobs {
-            reference: format!("refs/heads/{branch}"),
-            seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
-            jobs: vec![job(branch, sha)],
-        }
-    }
+    use crate::ids::ServerId;
+    use crate::store::RecordOutcome;
+    use crate::store::test_support::{change, delivery, temp_sled};
 
     fn recorded(outcome: RecordOutcome) -> (Vec<Job>, DeliveryRecord) {
         match outcome {

@@ -293,36 +293,19 @@ impl Intake {
 mod tests {
     use crate::clock;
     use crate::config::StorageSettings;
-    use crate::ids::SourceId;
     use crate::job::JobState;
+    use crate::store::RecordOutcome;
     use crate::store::sled::SledStore;
-    use crate::store::test_support::job;
-    use crate::store::{ChangeJobs, DeliveryRecord, RecordOutcome};
+    use crate::store::test_support::{change, delivery, settings_in};
 
     fn settings(dir: &std::path::Path) -> StorageSettings {
-        StorageSettings {
-            path: dir.join("data"),
-            master_key: None,
-            intake_segment_bytes: 64 << 10,
-        }
+        settings_in(dir, 64 << 10)
     }
 
     fn push(store: &SledStore, id: &str, branch: &str, sha: char) -> RecordOutcome {
-        let delivery = DeliveryRecord {
-            id: id.into(),
-            source: SourceId::new("dc"),
-            event: "repo:refs_changed".into(),
-            result: "accepted".into(),
-            jobs: 0,
-            skipped: vec![],
-            received_at: clock::now_ms(),
-        };
-        let change = ChangeJobs {
-            reference: format!("refs/heads/{branch}"),
-            seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
-            jobs: vec![job(branch, sha)],
-        };
-        store.record_now(&delivery, true, &[change]).unwrap()
+        store
+            .record_now(&delivery(id), true, &[change(branch, sha)])
+            .unwrap()
     }
 
     fn segments(store: &SledStore) -> Vec<std::path::PathBuf> {
