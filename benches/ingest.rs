@@ -66,6 +66,14 @@ async fn run(duration: Duration) {
     }
     let mut results: BTreeMap<(usize, &str), Vec<LoadResult>> = BTreeMap::new();
     let mut accepted_by_bridge = 0;
+    // The intake log's backlog (deliveries durable, not yet in sled), sampled while bb2tc runs.
+    let backlog_peak = Arc::new(AtomicU64::new(0));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(sample_backlog(
+        bridge.url.clone(),
+        backlog_peak.clone(),
+        sampling.clone(),
+    ));
     for round in 0..ROUNDS {
         for lanes in LANES {
             for (name, url) in [
@@ -73,7 +81,9 @@ async fn run(duration: Duration) {
                 ("durable", &durable_url),
                 ("bb2tc", &bridge.url),
             ] {
+                sampling.store(name == "bb2tc", std::sync::atomic::Ordering::Relaxed);
                 let result = load(url, lanes, duration, None, counter.clone()).await;
+                sampling.store(false, std::sync::atomic::Ordering::Relaxed);
                 eprintln!(
                     "round {round} lanes {lanes:>2} {name:>8}: {:>8.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {}",
                     result.rps(),
@@ -136,11 +146,41 @@ async fn run(duration: Duration) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     println!("202 answers: {accepted_by_bridge}; jobs durably enqueued: {enqueued}");
+    println!(
+        "intake backlog (bb2tc_intake_backlog, sampled every 50 ms during the bb2tc runs): peak {} deliveries",
+        backlog_peak.load(std::sync::atomic::Ordering::Relaxed)
+    );
     for baseline in [&mut bare, &mut durable] {
         let _ = baseline.kill();
         let _ = baseline.wait();
     }
     bridge.terminate();
+}
+
+/// Samples `bb2tc_intake_backlog` every 50 ms while `sampling` is set; keeps the peak.
+async fn sample_backlog(
+    url: String,
+    peak: Arc<AtomicU64>,
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let http = reqwest::Client::new();
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !sampling.load(std::sync::atomic::Ordering::Relaxed) {
+            continue;
+        }
+        let Ok(response) = http.get(format!("{url}/metrics")).send().await else {
+            continue;
+        };
+        let text = response.text().await.unwrap_or_default();
+        if let Some(n) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("bb2tc_intake_backlog "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// SPEC §11 "push to TeamCity call, unloaded": one signed push at a time, timed from just

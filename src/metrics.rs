@@ -74,6 +74,7 @@ pub struct Metrics {
     tokens: Family<StatusLabels, Gauge>,
     sign_ins: Family<SignInLabels, Counter>,
     unreadable: Gauge,
+    intake_backlog: Gauge,
     too_large: Family<SourceLabels, Counter>,
 }
 
@@ -151,6 +152,7 @@ impl Default for Metrics {
             tokens: Family::default(),
             sign_ins: Family::default(),
             unreadable: Gauge::default(),
+            intake_backlog: Gauge::default(),
             too_large: Family::default(),
             registry: Registry::default(),
         };
@@ -208,6 +210,11 @@ impl Default for Metrics {
             "bb2tc_store_unreadable_records",
             "Stored records that could not be read and were set aside (tree \"unreadable\")",
             metrics.unreadable.clone(),
+        );
+        registry.register(
+            "bb2tc_intake_backlog",
+            "Accepted deliveries durable in the intake log and not yet applied to the store's trees",
+            metrics.intake_backlog.clone(),
         );
         registry.register(
             "bb2tc_deliveries_too_large",
@@ -384,6 +391,8 @@ impl Metrics {
         }
         self.unreadable
             .set(i64::try_from(stats.unreadable).unwrap_or(i64::MAX));
+        self.intake_backlog
+            .set(i64::try_from(stats.intake_backlog).unwrap_or(i64::MAX));
         let mut text = String::new();
         encode(&mut text, &self.registry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(text)

@@ -27,6 +27,8 @@ pub struct StatsSnapshot {
     pub tokens: HashMap<TokenStatus, usize>,
     /// Records set aside because they could not be read.
     pub unreadable: usize,
+    /// Accepted deliveries durable in the intake log, not yet applied to the store's trees.
+    pub intake_backlog: usize,
 }
 
 #[derive(Debug, Default)]
@@ -124,6 +126,7 @@ impl Stats {
                 .collect(),
             tokens: c.tokens.clone(),
             unreadable: c.unreadable,
+            intake_backlog: 0,
         })
     }
 }

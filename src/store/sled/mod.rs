@@ -115,6 +115,13 @@ impl SledStore {
         self.intake.log_probe()
     }
 
+    /// The trees' maintained counts, and the deliveries not yet applied to them.
+    pub fn stats(&self) -> crate::store::StatsSnapshot {
+        let mut stats = self.trees.stats();
+        stats.intake_backlog = self.intake.backlog();
+        stats
+    }
+
     /// Test-only: waits until sled holds every delivery recorded so far.
     #[cfg(test)]
     pub fn wait_applied(&self) {

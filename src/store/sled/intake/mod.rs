@@ -52,6 +52,8 @@ struct Pending {
     next_job_id: u64,
     /// The sequence number of the last delivery queued.
     last_delivery: u64,
+    /// Deliveries queued and not yet applied or refused.
+    unapplied: usize,
     /// Delivery id → when it becomes durable (a duplicate waits for it).
     deliveries: HashMap<String, Durable>,
     /// Change marks (`source \0 repository \0 ref \0 sha`).
@@ -61,6 +63,7 @@ struct Pending {
 impl Pending {
     /// Forgets what a delivery reserved (applied to sled, or refused).
     fn release(&mut self, accepted: &Accepted) {
+        self.unapplied = self.unapplied.saturating_sub(1);
         if accepted.dedup_id {
             self.deliveries.remove(&accepted.delivery.id);
         }
@@ -235,6 +238,7 @@ impl Intake {
         let frame = segment::frame(seq, &Entry::Delivery(accepted.clone()))?;
         pending.next_seq += 1;
         pending.last_delivery = seq;
+        pending.unapplied += 1;
         let (settle, durable) = Settle::new();
         if dedup_id {
             pending
@@ -253,6 +257,12 @@ impl Intake {
             delivery: Some(accepted),
         });
         Ok((outcome, durable))
+    }
+
+    /// Deliveries taken in and not yet applied to sled (nor refused): what the in-memory
+    /// de-duplication maps hold.
+    pub fn backlog(&self) -> usize {
+        lock(&self.pending).unapplied
     }
 
     /// Queues a job's in-flight mark for the log.
@@ -438,6 +448,25 @@ mod tests {
         assert_eq!(store.list_jobs(None, 10).unwrap().len(), 1);
         assert_eq!(store.stats().unreadable, 0, "torn, not damage");
         assert_eq!(push(&store, "d1", "main", 'a'), RecordOutcome::Duplicate);
+    }
+
+    #[test]
+    fn the_backlog_counts_deliveries_until_sled_has_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let held = crate::store::sled::group_commit::hold::hold(store.path());
+        let (outcome, durable) = store
+            .record_push(delivery("d1"), true, vec![change("main", 'a')])
+            .unwrap();
+        assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
+        assert_eq!(store.stats().intake_backlog, 1);
+        drop(held);
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(durable.wait())
+            .unwrap();
+        store.wait_applied();
+        assert_eq!(store.stats().intake_backlog, 0);
     }
 
     #[test]
