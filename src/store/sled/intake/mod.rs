@@ -15,8 +15,9 @@
 //! The worker's in-flight mark goes into the same log ([`Entry::Claim`]): the claim is
 //! written to sled first, and the call waits only for the log's fsync.
 //!
-//! **Checkpoints.** A segment is closed at 8 MiB. Once sled holds every delivery in a closed
-//! segment, the applier syncs sled (flush + fsync) and deletes the segment (`applier`).
+//! **Checkpoints.** A segment is closed at `storage.intake_segment_bytes` (8 MiB by default).
+//! Once sled holds every delivery in a closed segment, the applier syncs sled (flush +
+//! fsync) and deletes the segment (`applier`).
 //!
 //! **Start-up** (`replay`): every delivery after the last applied sequence number is applied
 //! again (a torn last entry — a crash mid-write, never acknowledged — is dropped), claims
