@@ -148,37 +148,21 @@ impl Store {
 
     /// Runs `work`, then makes it durable **on the same store instance**: a write taken by
     /// a store that is reopened meanwhile (see `reopen`) is never reported durable by the
-    /// new one. The outer error is the write's, the inner one the sync's.
-    async fn write_then_sync<R, F>(
-        &self,
-        work: F,
-    ) -> Result<(R, Result<(), StoreError>), StoreError>
-    where
-        R: Send + 'static,
-        F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
-    {
-        let store = self.handle().current()?;
-        let written = on_blocking_pool(store.clone(), work).await;
-        if written.is_err() {
-            self.handle().mark_failing();
-        }
-        let written = written?;
-        let synced = store.commit().await;
-        if synced.is_err() {
-            self.handle().mark_failing();
-        }
-        Ok((written, synced))
-    }
-
-    /// [`write_then_sync`](Self::write_then_sync) where only both together count.
+    /// new one.
     async fn write_durably<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
     {
-        let (written, synced) = self.write_then_sync(work).await?;
-        synced?;
-        Ok(written)
+        let store = self.handle().current()?;
+        let written = match on_blocking_pool(store.clone(), work).await {
+            Ok(written) => store.commit().await.map(|()| written),
+            Err(e) => Err(e),
+        };
+        if written.is_err() {
+            self.handle().mark_failing();
+        }
+        written
     }
 
     /// Test-only: the next `times` calls of a backend operation fail.
@@ -484,11 +468,7 @@ pub(crate) mod test_support {
     /// A store in a fresh temp dir (kept alive by the returned guard).
     pub fn temp_store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        };
+        let settings = crate::store::test_support::settings(dir.path());
         let store = Store::open(&settings).unwrap();
         (dir, store)
     }
@@ -513,6 +493,11 @@ pub(crate) mod test_support {
             seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
             jobs: vec![job(branch, sha)],
         }
+    }
+
+    /// [`settings_in`] with the default segment size.
+    pub fn settings(dir: &std::path::Path) -> StorageSettings {
+        settings_in(dir, crate::config::DEFAULT_INTAKE_SEGMENT_BYTES)
     }
 
     /// Store settings for `<dir>/data`, key file beside it, segments of `segment_bytes`.

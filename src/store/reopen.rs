@@ -142,10 +142,7 @@ pub(super) async fn probe(store: &Arc<SledStore>) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn settings(dir: &std::path::Path) -> StorageSettings {
-        crate::store::test_support::settings_in(dir, crate::config::DEFAULT_INTAKE_SEGMENT_BYTES)
-    }
+    use crate::store::test_support::settings;
 
     #[tokio::test]
     async fn a_failing_store_is_reopened_and_works_again() {

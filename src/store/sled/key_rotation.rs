@@ -150,11 +150,7 @@ mod tests {
     #[tokio::test]
     async fn rotation_with_a_key_file_keeps_every_token() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        };
+        let settings = crate::store::test_support::settings(dir.path());
         let ids = with_tokens(&settings).await;
         let old_key = std::fs::read_to_string(settings.path.join("master.key")).unwrap();
         {
@@ -179,11 +175,7 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_rotation_is_completed_at_start() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        };
+        let settings = crate::store::test_support::settings(dir.path());
         let ids = with_tokens(&settings).await;
         let new_key = TokenCipher::generate_key();
         {
@@ -211,11 +203,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_key_file_is_not_replaced_by_a_useless_new_one() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        };
+        let settings = crate::store::test_support::settings(dir.path());
         with_tokens(&settings).await;
         let key = TokenCipher::key_file(&settings.path);
         std::fs::remove_file(&key).unwrap();

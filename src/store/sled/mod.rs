@@ -539,11 +539,7 @@ pub(crate) mod test_support {
     /// A sled store in a fresh temp dir (kept alive by the returned guard).
     pub fn temp_sled() -> (tempfile::TempDir, SledStore) {
         let dir = tempfile::tempdir().unwrap();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        };
+        let settings = crate::store::test_support::settings(dir.path());
         let store = SledStore::open(&settings).unwrap();
         (dir, store)
     }
@@ -592,11 +588,7 @@ mod tests {
     #[tokio::test]
     async fn a_store_in_use_is_refused_clearly() {
         let (dir, store) = temp_sled();
-        let settings = StorageSettings {
-            path: dir.path().join("data"),
-            master_key: None,
-            intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
-        };
+        let settings = crate::store::test_support::settings(dir.path());
         let err = SledStore::open(&settings).unwrap_err().to_string();
         assert!(err.contains("in use by another bb2tc process"), "{err}");
         drop(store);

@@ -51,7 +51,8 @@ use tokio::sync::{mpsc, watch};
 struct Pending {
     next_seq: u64,
     next_job_id: u64,
-    /// The sequence number of the last delivery queued.
+    /// The sequence number of the last delivery queued (for `wait_applied`).
+    #[cfg(test)]
     last_delivery: u64,
     /// Deliveries queued and not yet applied or refused.
     unapplied: usize,
@@ -238,7 +239,10 @@ impl Intake {
         let seq = pending.next_seq;
         let frame = segment::frame(seq, &Entry::Delivery(accepted.clone()))?;
         pending.next_seq += 1;
-        pending.last_delivery = seq;
+        #[cfg(test)]
+        {
+            pending.last_delivery = seq;
+        }
         pending.unapplied += 1;
         let (settle, durable) = Settle::new();
         if dedup_id {
