@@ -158,6 +158,9 @@ pub struct Source {
     pub oauth_client_id: Option<String>,
     /// OAuth client secret.
     pub oauth_client_secret: Option<Secret>,
+    /// Bearer credential for Bitbucket's REST API: reading commits (Cloud: a pull request's
+    /// 12-digit hash made whole) and, later, posting build statuses.
+    pub status_token: Option<Secret>,
 }
 
 /// `[[teamcity]]`: one TeamCity server and how hard bb2tc may call it.
@@ -203,7 +206,7 @@ impl TeamCityServer {
 pub enum EventKind {
     /// A push of branches or tags.
     Push,
-    /// Pull request opened or updated (not acted on yet).
+    /// A pull request opened, updated or made ready for review (SPEC §5.4).
     PullRequest,
 }
 
@@ -257,6 +260,16 @@ pub struct Route {
     pub vcs_root_id: Option<String>,
     /// Extra build parameters.
     pub properties: Vec<(String, String)>,
+    /// Pull requests: globs over the target branch's logical name.
+    pub target_branches: Patterns,
+    /// Pull requests: build drafts too.
+    pub draft_pull_requests: bool,
+    /// Pull requests: build those whose source is another repository.
+    pub fork_pull_requests: bool,
+    /// Pull requests: send the `bitbucket.pr.*` build parameters.
+    pub pr_properties: bool,
+    /// A newer commit on a branch cancels this route's older builds still in TeamCity's queue.
+    pub cancel_superseded: bool,
 }
 
 impl Config {
@@ -606,6 +619,16 @@ impl Validator {
                 "is needed for \"Sign in with Bitbucket\" (the Data Center base URL)",
             );
         }
+        let status_token = non_empty(raw.status_token);
+        if let Some(token) = &status_token
+            && !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            // Not repeated: it is a credential.
+            self.problem(
+                format!("{table}.status_token"),
+                "must be printable ASCII without spaces (it is sent as a Bearer header)",
+            );
+        }
         Some(Source {
             id: SourceId::new(raw.id),
             kind: kind?,
@@ -614,6 +637,7 @@ impl Validator {
             url,
             oauth_client_id,
             oauth_client_secret,
+            status_token: status_token.map(Secret::new),
         })
     }
 
@@ -726,6 +750,7 @@ impl Validator {
         let exclude_branches =
             self.patterns(&table, "exclude_branches", &raw.exclude_branches, false);
         let tag_patterns = self.patterns(&table, "tag_patterns", &raw.tag_patterns, false);
+        let target_branches = self.patterns(&table, "target_branches", &raw.target_branches, false);
         let mut events = Vec::new();
         for event in &raw.events {
             match event.as_str() {
@@ -759,6 +784,12 @@ impl Validator {
                 None
             }
         };
+        if raw.cancel_superseded && mode == Some(TriggerMode::CheckForChanges) {
+            self.problem(
+                format!("{table}.cancel_superseded"),
+                "needs mode = \"build\": a commit-hook call queues no build bb2tc could cancel",
+            );
+        }
         Some(Route {
             index: i,
             source,
@@ -774,6 +805,11 @@ impl Validator {
             branch_name: branch_name?,
             vcs_root_id: non_empty(raw.vcs_root_id),
             properties: raw.properties.into_iter().collect(),
+            target_branches: target_branches?,
+            draft_pull_requests: raw.draft_pull_requests,
+            fork_pull_requests: raw.fork_pull_requests,
+            pr_properties: raw.pr_properties,
+            cancel_superseded: raw.cancel_superseded,
         })
     }
 

@@ -108,6 +108,8 @@ pub(super) struct RawSource {
     pub oauth_client_id: String,
     #[serde(default)]
     pub oauth_client_secret: String,
+    #[serde(default)]
+    pub status_token: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +177,16 @@ pub(super) struct RawRoute {
     pub vcs_root_id: String,
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    #[serde(default = "match_all")]
+    pub target_branches: Vec<String>,
+    #[serde(default)]
+    pub draft_pull_requests: bool,
+    #[serde(default)]
+    pub fork_pull_requests: bool,
+    #[serde(default)]
+    pub pr_properties: bool,
+    #[serde(default)]
+    pub cancel_superseded: bool,
 }
 
 fn match_all() -> Vec<String> {

@@ -3,7 +3,8 @@
 //! `tests/upgrade/store-a84aaec/` was written by bb2tc at commit a84aaec, the last release
 //! whose records carried no format version; `tests/upgrade/store-96cd6c8/` by commit
 //! 96cd6c8, the last release of store format 1 (versioned records, no intake log). Both hold
-//! the same things (`tests/upgrade/regenerate.sh` rebuilds them from those commits), and
+//! the same things, as does `tests/upgrade/store-551746f/` (format 2, with an intake log
+//! left by a crash) (`tests/upgrade/regenerate.sh` rebuilds them from those commits), and
 //! the same test opens each. Every later format change adds its own store here.
 
 use crate::support::*;
@@ -44,6 +45,13 @@ async fn a_store_of_a84aaec_opens_with_nothing_lost() {
 #[tokio::test]
 async fn a_store_of_96cd6c8_opens_with_nothing_lost() {
     opens_with_nothing_lost("96cd6c8").await;
+}
+
+/// Format 2, left as a crash leaves it: its intake log (frames of version 1, job records of
+/// version 1) is replayed at the first start.
+#[tokio::test]
+async fn a_store_of_551746f_opens_with_nothing_lost() {
+    opens_with_nothing_lost("551746f").await;
 }
 
 async fn opens_with_nothing_lost(release: &str) {

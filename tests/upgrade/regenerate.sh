@@ -3,10 +3,32 @@
 # worktree, runs write_store_<commit>.rs there as an example, and copies the store it wrote.
 #   a84aaec — the last release whose records carry no format version (format 0)
 #   96cd6c8 — the last release of store format 1 (versioned records, no intake log)
-# Usage: tests/upgrade/regenerate.sh [a84aaec|96cd6c8]   (default: both)
+#   551746f — the last release of store format 2 (job records v1, intake-log frames v1)
+# Usage: tests/upgrade/regenerate.sh [a84aaec|96cd6c8|551746f]   (default: all)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
-for commit in "${@:-a84aaec 96cd6c8}"; do
+
+# An intake log is allocated with zeros ahead of use (8 MiB a segment): keep only its
+# frames, up to the first zero header, and drop the segment prepared for later.
+trim_intake_log() {
+  rm -f "$1"/intake-next.prep
+  for log in "$1"/intake-*.log; do
+    [ -e "$log" ] || continue
+    python3 - "$log" <<'PY'
+import struct, sys
+path = sys.argv[1]
+data = open(path, "rb").read()
+at = 0
+while at + 8 <= len(data):
+    length, _crc = struct.unpack_from("<II", data, at)
+    if length == 0:
+        break
+    at += 8 + length
+open(path, "r+b").truncate(at)
+PY
+  done
+}
+for commit in "${@:-a84aaec 96cd6c8 551746f}"; do
   for c in $commit; do
     work="$(mktemp -d)"
     git -C "$repo" worktree add --detach "$work/src" "$c" >/dev/null
@@ -17,6 +39,7 @@ for commit in "${@:-a84aaec 96cd6c8}"; do
     rm -rf "$repo/tests/upgrade/store-$c"
     mkdir -p "$repo/tests/upgrade/store-$c"
     cp -r "$work/out/." "$repo/tests/upgrade/store-$c/"
+    trim_intake_log "$repo/tests/upgrade/store-$c/data"
     git -C "$repo" worktree remove --force "$work/src" >/dev/null 2>&1 || true
     rm -rf "$work"
     du -sh "$repo/tests/upgrade/store-$c"
