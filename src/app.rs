@@ -29,6 +29,8 @@ pub struct App {
     pub web: WebState,
     /// Memory for webhook bodies being received.
     pub body_budget: crate::http::body_budget::BodyBudget,
+    /// Bitbucket Cloud's API, for pull requests' head commits.
+    pub cloud_api: crate::bitbucket::cloud_api::CloudApi,
     admin_token_hash: [u8; 32],
 }
 
@@ -42,8 +44,10 @@ impl App {
         metrics: Arc<Metrics>,
         web: WebState,
         admin_token_hash: [u8; 32],
+        cloud_api: crate::bitbucket::cloud_api::CloudApi,
     ) -> Self {
         Self {
+            cloud_api,
             body_budget: crate::http::body_budget::BodyBudget::new(config.http.body_budget_bytes),
             config,
             store,

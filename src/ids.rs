@@ -73,7 +73,9 @@ impl fmt::Display for UserKey {
     }
 }
 
-/// A full git object id: 40 (SHA-1) or 64 (SHA-256) hex digits, stored lower-case.
+/// A git object id, stored lower-case: in full — 40 (SHA-1) or 64 (SHA-256) hex digits — or,
+/// where Bitbucket Cloud sends no more and it could not be looked up, abbreviated
+/// ([`Sha::parse_abbreviated`], at least 7 digits).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Sha(String);
@@ -83,6 +85,24 @@ impl Sha {
     pub fn parse(raw: &str) -> Option<Self> {
         let ok = matches!(raw.len(), 40 | 64) && raw.bytes().all(|b| b.is_ascii_hexdigit());
         ok.then(|| Self(raw.to_ascii_lowercase()))
+    }
+
+    /// Accepts a full id or an abbreviated one of at least 7 hex digits (Bitbucket Cloud's
+    /// pull-request payloads carry 12).
+    pub fn parse_abbreviated(raw: &str) -> Option<Self> {
+        let ok = (7..=64).contains(&raw.len()) && raw.bytes().all(|b| b.is_ascii_hexdigit());
+        ok.then(|| Self(raw.to_ascii_lowercase()))
+    }
+
+    /// Whether this is the whole id (TeamCity can pin only a whole one).
+    pub fn is_full(&self) -> bool {
+        matches!(self.0.len(), 40 | 64)
+    }
+
+    /// The first twelve digits (or all, when fewer): what a full id and Cloud's abbreviated
+    /// one of the same commit share, for de-duplication.
+    pub fn prefix12(&self) -> &str {
+        &self.0[..self.0.len().min(12)]
     }
 
     /// True for git's "no object" id (all zeros), which Bitbucket sends for deletions.
@@ -151,6 +171,12 @@ mod tests {
             Some("2f46e2f".to_owned())
         );
         assert!(Sha::parse("2f46e2fa1a1").is_none());
+        let short = Sha::parse_abbreviated("D31DF3425C5B").unwrap();
+        assert_eq!((short.as_str(), short.is_full()), ("d31df3425c5b", false));
+        assert!(Sha::parse_abbreviated("d31df3").is_none());
+        assert!(Sha::parse_abbreviated("d31df3425c5g").is_none());
+        let full = Sha::parse("2f46e2fa1a1a067bd1b87e7aa16d7e0caf90d801").unwrap();
+        assert_eq!((full.prefix12(), full.is_full()), ("2f46e2fa1a1a", true));
         assert!(Sha::parse("zz46e2fa1a1a067bd1b87e7aa16d7e0caf90d801").is_none());
         assert!(Sha::parse(&"0".repeat(40)).is_some_and(|s| s.is_zero()));
     }

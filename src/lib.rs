@@ -45,6 +45,7 @@
 //! - [`token_registration`] — checking a token with TeamCity and keeping it (API and page).
 //! - [`metrics`] — the Prometheus metrics of SPEC §10; [`log_text`] — payload text in logs.
 //! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
+//! - [`answer`] — reading TeamCity's and Bitbucket's answers within a size limit.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
 //!
 //! Outside `src/`: `tests/it/` (black-box tests against a fake TeamCity and a fake Bitbucket,
@@ -52,6 +53,7 @@
 //! (benchmarks, see `BENCHMARKS.md`), `fuzz/` (cargo-fuzz targets), `deploy/`.
 
 pub mod admin_client;
+pub mod answer;
 pub mod app;
 pub mod bitbucket;
 pub mod cli;
@@ -98,6 +100,9 @@ pub enum Error {
     /// The token page's Bitbucket client could not be set up.
     #[error(transparent)]
     Bitbucket(#[from] bitbucket::identity::IdentityError),
+    /// The Bitbucket Cloud API client could not be set up.
+    #[error(transparent)]
+    CloudApi(#[from] bitbucket::cloud_api::CloudApiError),
 }
 
 /// Runs the bridge on `listener` until `shutdown` resolves: opens the store, resumes queued
@@ -142,8 +147,9 @@ pub async fn run(
         .map(|c| (c.server().id.clone(), c))
         .collect();
     let web = web::WebState::new(&config)?;
+    let cloud_api = bitbucket::cloud_api::CloudApi::new()?;
     let app = Arc::new(App::new(
-        config, store, queue, clients, metrics, web, admin_hash,
+        config, store, queue, clients, metrics, web, admin_hash, cloud_api,
     ));
     let applied = app.store.take_applied();
     let handing = tokio::spawn(hand_applied_jobs(app.clone(), applied, stopping.clone()));

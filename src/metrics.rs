@@ -68,6 +68,7 @@ pub struct Metrics {
     jobs_enqueued: Family<ServerLabels, Counter>,
     jobs_coalesced: Family<ServerLabels, Counter>,
     triggers: Family<TriggerLabels, Counter>,
+    builds_cancelled: Family<TriggerLabels, Counter>,
     trigger_duration: DurationFamily,
     queue_depth: Family<DepthLabels, Gauge>,
     queue_oldest_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
@@ -146,6 +147,7 @@ impl Default for Metrics {
             jobs_enqueued: Family::default(),
             jobs_coalesced: Family::default(),
             triggers: Family::default(),
+            builds_cancelled: Family::default(),
             trigger_duration: Family::new_with_constructor(duration_histogram),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
@@ -180,6 +182,11 @@ impl Default for Metrics {
             "bb2tc_triggers",
             "TeamCity calls by outcome (queued, retry, dead)",
             metrics.triggers.clone(),
+        );
+        registry.register(
+            "bb2tc_builds_cancelled",
+            "Superseded builds bb2tc tried to cancel in TeamCity's queue, by outcome (cancelled; started: TeamCity had started it, left running; failed)",
+            metrics.builds_cancelled.clone(),
         );
         registry.register(
             "bb2tc_trigger_duration_seconds",
@@ -310,6 +317,17 @@ impl Metrics {
         self.jobs_enqueued
             .get_or_create(&ServerLabels {
                 server: server.into(),
+            })
+            .inc();
+    }
+
+    /// A superseded build bb2tc tried to cancel: `cancelled`, `started` (left running) or
+    /// `failed`.
+    pub fn build_cancel(&self, server: &str, outcome: &str) {
+        self.builds_cancelled
+            .get_or_create(&TriggerLabels {
+                server: server.into(),
+                outcome: outcome.into(),
             })
             .inc();
     }

@@ -309,6 +309,48 @@ impl TeamCityClient {
         Ok(builds.build)
     }
 
+    /// `GET /app/rest/buildQueue/id:N` (which finds the build after it started too): its
+    /// `state` — `queued`, `running` or `finished`.
+    pub async fn build_state(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+    ) -> Result<String, TeamCityError> {
+        let url = format!(
+            "{}?fields=id,state",
+            self.server
+                .endpoint(&format!("app/rest/buildQueue/id:{build_id}"))
+        );
+        let build: BuildState = self.get_json(url, token).await?;
+        Ok(build.state.unwrap_or_default())
+    }
+
+    /// `POST /app/rest/buildQueue/id:N` with a `buildCancelRequest`: removes a build that is
+    /// still queued. A build that has started is no longer found there (404): the queue's
+    /// endpoint never stops a running build.
+    pub async fn cancel_queued(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+        comment: &str,
+    ) -> Result<(), TeamCityError> {
+        let response = self
+            .http
+            .post(
+                self.server
+                    .endpoint(&format!("app/rest/buildQueue/id:{build_id}")),
+            )
+            .header(AUTHORIZATION, bearer(token)?)
+            .header(CONTENT_TYPE, "application/json")
+            .header(ACCEPT, "application/json")
+            .body(cancel_request(comment).to_string())
+            .send()
+            .await
+            .map_err(transport_error)?;
+        check_status(response).await?;
+        Ok(())
+    }
+
     /// `GET /app/rest/users/current`: the TeamCity user name the token belongs to.
     pub async fn current_user(&self, token: &TeamCityToken) -> Result<String, TeamCityError> {
         let url = self.server.endpoint("app/rest/users/current");
@@ -332,6 +374,17 @@ impl TeamCityClient {
             .map_err(transport_error)?;
         read_json(check_status(response).await?).await
     }
+}
+
+/// TeamCity's `buildCancelRequest`: `comment` is a plain string (its REST schema), and a
+/// queued build cannot be put back into the queue.
+pub fn cancel_request(comment: &str) -> serde_json::Value {
+    serde_json::json!({"comment": comment, "readdIntoQueue": false})
+}
+
+#[derive(serde::Deserialize)]
+struct BuildState {
+    state: Option<String>,
 }
 
 /// The locator of [`TeamCityClient::recent_builds`]. A branch name with parentheses would
@@ -358,22 +411,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| TeamCityError::AnswerUnread(format!("not TeamCity's JSON: {e}")))
 }
 
-/// The body, at most [`MAX_ANSWER_BYTES`]; a slow body ends at the client's timeout.
-async fn read_limited(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                    return Err(format!("larger than {MAX_ANSWER_BYTES} bytes"));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(body),
-            Err(e) if e.is_timeout() => return Err("it did not arrive in time".into()),
-            Err(e) => return Err(format!("the connection broke: {}", e.without_url())),
-        }
-    }
+/// The body, at most [`MAX_ANSWER_BYTES`].
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    crate::answer::read_limited(response, MAX_ANSWER_BYTES).await
 }
 
 fn bearer(token: &TeamCityToken) -> Result<HeaderValue, TeamCityError> {

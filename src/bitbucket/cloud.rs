@@ -15,7 +15,7 @@ struct Payload {
 }
 
 #[derive(Deserialize)]
-struct User {
+pub(super) struct User {
     uuid: Option<String>,
     account_id: Option<String>,
     display_name: Option<String>,
@@ -23,8 +23,8 @@ struct User {
 }
 
 #[derive(Deserialize)]
-struct Repository {
-    full_name: String,
+pub(super) struct Repository {
+    pub full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -80,27 +80,44 @@ pub fn parse_push(body: &[u8]) -> Result<Push, PayloadError> {
         };
         changes.push(RefChange::from_full_ref(full_ref, target));
     }
-    let actor = payload.actor.map(|user| Actor {
-        keys: [user.uuid.as_deref(), user.account_id.as_deref()]
-            .into_iter()
-            .flatten()
-            .filter_map(UserKey::parse)
-            .collect(),
-        name: user
-            .display_name
-            .or(user.nickname)
-            .or(user.uuid)
-            .unwrap_or_else(|| "unknown".into()),
-    });
+    let actor = payload.actor.map(actor_of);
     let full_name = payload.repository.full_name;
     Ok(Push {
-        clone_urls: vec![
-            format!("https://bitbucket.org/{full_name}.git"),
-            format!("git@bitbucket.org:{full_name}.git"),
-        ],
+        clone_urls: clone_urls(&full_name),
         repository: full_name,
         actor,
         changes,
         ref_limit_exceeded: false,
     })
+}
+
+/// The clone URLs of a Cloud repository, for check-for-changes mode.
+pub(super) fn clone_urls(full_name: &str) -> Vec<String> {
+    vec![
+        format!("https://bitbucket.org/{full_name}.git"),
+        format!("git@bitbucket.org:{full_name}.git"),
+    ]
+}
+
+/// The user a token is looked up for (uuid, then account id), named for comments.
+pub(super) fn actor_of(user: User) -> Actor {
+    Actor {
+        name: user.name(),
+        keys: [user.uuid.as_deref(), user.account_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .filter_map(UserKey::parse)
+            .collect(),
+    }
+}
+
+impl User {
+    /// How to name the user: display name, nickname, uuid.
+    pub fn name(&self) -> String {
+        self.display_name
+            .clone()
+            .or_else(|| self.nickname.clone())
+            .or_else(|| self.uuid.clone())
+            .unwrap_or_else(|| "unknown".into())
+    }
 }

@@ -21,17 +21,29 @@ struct Payload {
 }
 
 #[derive(Deserialize)]
-struct User {
-    name: String,
-    slug: Option<String>,
+pub(super) struct User {
+    pub name: String,
+    pub slug: Option<String>,
 }
 
 #[derive(Deserialize)]
-struct Repository {
+pub(super) struct Repository {
     slug: String,
     project: Project,
     #[serde(default)]
     links: Links,
+}
+
+impl Repository {
+    /// `PROJECTKEY/repo-slug`.
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.project.key, self.slug)
+    }
+
+    /// Its clone URLs.
+    pub fn clone_urls(&self) -> Vec<String> {
+        self.links.clone.iter().map(|h| h.href.clone()).collect()
+    }
 }
 
 #[derive(Deserialize)]
@@ -46,8 +58,8 @@ struct Links {
 }
 
 #[derive(Deserialize)]
-struct Href {
-    href: String,
+pub(super) struct Href {
+    pub href: String,
 }
 
 #[derive(Deserialize)]
@@ -107,7 +119,19 @@ pub fn parse_push(body: &[u8]) -> Result<Push, PayloadError> {
         let target = (!deleted).then(|| peeled.unwrap_or(to_hash));
         changes.push(RefChange::from_full_ref(full_ref, target));
     }
-    let actor = actor.map(|user| Actor {
+    let actor = actor.map(actor_of);
+    Ok(Push {
+        repository: repository.name(),
+        actor,
+        changes,
+        clone_urls: repository.clone_urls(),
+        ref_limit_exceeded,
+    })
+}
+
+/// The user a token is looked up for: by login name, then slug.
+pub(super) fn actor_of(user: User) -> Actor {
+    Actor {
         keys: [Some(user.name.as_str()), user.slug.as_deref()]
             .into_iter()
             .flatten()
@@ -119,12 +143,5 @@ pub fn parse_push(body: &[u8]) -> Result<Push, PayloadError> {
                 keys
             }),
         name: user.name,
-    });
-    Ok(Push {
-        repository: format!("{}/{}", repository.project.key, repository.slug),
-        actor,
-        changes,
-        clone_urls: repository.links.clone.into_iter().map(|h| h.href).collect(),
-        ref_limit_exceeded,
-    })
+    }
 }

@@ -427,6 +427,7 @@ mod tests {
             url: Some(reqwest::Url::parse(url).unwrap()),
             oauth_client_id: Some("client id".into()),
             oauth_client_secret: Some(Secret::new("secret")),
+            status_token: None,
         }
     }
 

@@ -1,12 +1,18 @@
 //! Everything about Bitbucket's webhooks: the signature, the event keys, and parsing Data
-//! Center and Cloud payloads into one normalised [`Push`].
+//! Center and Cloud payloads into one normalised [`Push`] or [`PullRequest`]; and the one
+//! Cloud API call a pull request may need ([`cloud_api`]).
 
 mod cloud;
+pub mod cloud_api;
+mod cloud_pull_request;
 mod datacenter;
+mod datacenter_pull_request;
 pub mod identity;
+mod pull_request;
 mod push;
 pub mod signature;
 
+pub use pull_request::{Action as PullRequestAction, PullRequest};
 pub use push::{Actor, Push, RefChange, RefKind};
 
 use crate::config::SourceKind;
@@ -18,7 +24,7 @@ pub enum EventClass {
     Ping,
     /// A push: Data Center `repo:refs_changed` / `mirror:repo_synchronized`, Cloud `repo:push`.
     Push,
-    /// Pull request opened or updated; not acted on yet.
+    /// A pull request opened, updated, made ready, or ended (SPEC §5.4).
     PullRequest,
     /// Anything else.
     Other,
@@ -31,11 +37,23 @@ pub fn classify(kind: SourceKind, event_key: &str) -> EventClass {
         (SourceKind::DataCenter, "repo:refs_changed" | "mirror:repo_synchronized") => {
             EventClass::Push
         }
-        (SourceKind::DataCenter, "pr:opened" | "pr:from_ref_updated") => EventClass::PullRequest,
+        (
+            SourceKind::DataCenter,
+            "pr:opened"
+            | "pr:from_ref_updated"
+            | "pr:modified"
+            | "pr:merged"
+            | "pr:declined"
+            | "pr:deleted",
+        ) => EventClass::PullRequest,
         (SourceKind::Cloud, "repo:push") => EventClass::Push,
-        (SourceKind::Cloud, "pullrequest:created" | "pullrequest:updated") => {
-            EventClass::PullRequest
-        }
+        (
+            SourceKind::Cloud,
+            "pullrequest:created"
+            | "pullrequest:updated"
+            | "pullrequest:fulfilled"
+            | "pullrequest:rejected",
+        ) => EventClass::PullRequest,
         _ => EventClass::Other,
     }
 }
@@ -44,7 +62,7 @@ pub fn classify(kind: SourceKind, event_key: &str) -> EventClass {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PayloadError {
     /// Not JSON, or JSON of the wrong shape (serde names the field and position).
-    #[error("payload is not a valid push: {0}")]
+    #[error("payload does not fit its event: {0}")]
     Json(String),
     /// A field the event needs is absent.
     #[error("payload lacks {0}")]
@@ -65,6 +83,18 @@ pub fn parse_push(kind: SourceKind, body: &[u8]) -> Result<Push, PayloadError> {
     match kind {
         SourceKind::DataCenter => datacenter::parse_push(body),
         SourceKind::Cloud => cloud::parse_push(body),
+    }
+}
+
+/// Parses a pull-request event of `event_key` (one [`classify`] calls a pull request).
+pub fn parse_pull_request(
+    kind: SourceKind,
+    event_key: &str,
+    body: &[u8],
+) -> Result<PullRequest, PayloadError> {
+    match kind {
+        SourceKind::DataCenter => datacenter_pull_request::parse(event_key, body),
+        SourceKind::Cloud => cloud_pull_request::parse(event_key, body),
     }
 }
 

@@ -119,6 +119,7 @@ mod tests {
             Arc::default(),
             web,
             [0; 32],
+            crate::bitbucket::cloud_api::CloudApi::new().unwrap(),
         );
         let response = ready(&app).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);

@@ -4,7 +4,7 @@
 use super::error::ApiError;
 use super::response::{Body, declared_length, json, read_body};
 use crate::app::App;
-use crate::bitbucket::{self, EventClass, signature};
+use crate::bitbucket::{self, EventClass, PullRequest, PullRequestAction, signature};
 use crate::clock;
 use crate::config::Source;
 use crate::ingest;
@@ -99,25 +99,33 @@ async fn deliver(
         received_at: clock::now_ms(),
     };
     let class = bitbucket::classify(source.kind, event_key);
-    if class != EventClass::Push {
-        let reason = match class {
-            EventClass::PullRequest => {
-                format!("{event_key}: pull request events are not acted on yet")
-            }
-            _ => format!("{event_key} is not an event bb2tc acts on"),
-        };
-        tracing::info!(source = %source.id, event = event_key, %reason, "ignored");
-        note(app, &record).await;
-        let answer = json!({"result": "ignored", "reason": reason});
-        return Ok((json(StatusCode::ACCEPTED, &answer), "ignored"));
-    }
-    let push = bitbucket::parse_push(source.kind, &body)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let plan = ingest::plan(&app.config, &app.store, source, &push, request_id).await?;
+    let (plan, repository) = match class {
+        EventClass::Push => {
+            let push = bitbucket::parse_push(source.kind, &body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let plan = ingest::plan(&app.config, &app.store, source, &push, request_id).await?;
+            (plan, push.repository)
+        }
+        EventClass::PullRequest => {
+            let mut pr = bitbucket::parse_pull_request(source.kind, event_key, &body)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            complete_head_commit(app, source, &mut pr).await;
+            let plan =
+                ingest::plan_pull_request(&app.config, &app.store, source, &pr, request_id).await?;
+            (plan, pr.repository)
+        }
+        _ => {
+            let reason = format!("{event_key} is not an event bb2tc acts on");
+            tracing::info!(source = %source.id, event = event_key, %reason, "ignored");
+            note(app, &record).await;
+            let answer = json!({"result": "ignored", "reason": reason});
+            return Ok((json(StatusCode::ACCEPTED, &answer), "ignored"));
+        }
+    };
     if let Some(jobs) = plan.too_many_jobs {
         app.metrics.delivery_too_large(source.id.as_str());
         tracing::warn!(
-            source = %source.id, event = event_key, repository = %Escaped(&push.repository), jobs,
+            source = %source.id, event = event_key, repository = %Escaped(&repository), jobs,
             limit = app.config.http.max_jobs_per_delivery,
             "delivery would make more jobs than server.max_jobs_per_delivery; nothing queued"
         );
@@ -145,7 +153,7 @@ async fn deliver(
         app.metrics.job_enqueued(job.server.as_str());
     }
     tracing::info!(
-        source = %source.id, event = event_key, repository = %Escaped(&push.repository),
+        source = %source.id, event = event_key, repository = %Escaped(&repository),
         jobs = jobs.len(), skipped = delivery.skipped.len(), "accepted"
     );
     let answer = json!({
@@ -155,6 +163,32 @@ async fn deliver(
         "skipped": delivery.skipped,
     });
     Ok((json(StatusCode::ACCEPTED, &answer), "accepted"))
+}
+
+/// A Cloud pull request's 12-digit head made whole through the Cloud API, with the source's
+/// `status_token` (SPEC §5.4). Without the token, or when Cloud cannot answer, the jobs keep
+/// the short hash: TeamCity builds the branch without pinning the commit, and the push of
+/// the same commit is still recognised by the first 12 digits.
+async fn complete_head_commit(app: &App, source: &Source, pr: &mut PullRequest) {
+    let (Some(sha), Some(token), Some(api)) =
+        (&pr.source.target, &source.status_token, &source.url)
+    else {
+        return;
+    };
+    if sha.is_full() || !matches!(pr.action, PullRequestAction::Build) {
+        return;
+    }
+    match app
+        .cloud_api
+        .full_commit(api, &pr.source_repository, sha, token)
+        .await
+    {
+        Ok(full) => pr.source.target = Some(full),
+        Err(e) => tracing::warn!(
+            source = %source.id, pull_request = pr.id, commit = sha.as_str(), error = %e,
+            "cannot make the pull request's head commit whole; building its branch without pinning the commit"
+        ),
+    }
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

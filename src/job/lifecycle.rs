@@ -15,8 +15,17 @@
 //! newest is replaced at once (coalescing, SPEC §5.3). A job that was in flight when a newer
 //! one arrived is *superseded*: if its call fails and would be retried, or it is put back
 //! unsent, it is dropped instead, so an older commit is never built after a newer one.
+//!
+//! **Cancelling superseded builds** (a route's `cancel_superseded`, SPEC §3). A job on such
+//! a route that finds the newest job of its key already sent, with a TeamCity build, takes
+//! that build into its `supersedes`; one that replaces a pending job takes over what that
+//! one superseded. Once its own build is queued, it cancels them — those TeamCity still
+//! holds in the queue. An older job whose call was still under way when a newer one came
+//! hands its build to the newer one if that is still pending, or else cancels its own build
+//! at once. A job that only cancels ([`Purpose::CancelQueued`], a pull request ended) is
+//! enqueued the same way, but never replaces a build another route asked for.
 
-use super::{Finish, Job, JobState};
+use super::{Finish, Job, JobState, Purpose, Superseded};
 
 /// One change to make to the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,19 +101,40 @@ fn superseded(job: &Job, latest: Option<u64>) -> bool {
 
 /// A new job (its id assigned) for a key whose newest job is `latest`: that one is replaced
 /// when it is still pending; one in flight or finished is left alone.
-pub fn enqueue(job: Job, latest: Option<&Job>) -> Transition {
+pub fn enqueue(mut job: Job, latest: Option<&Job>) -> Transition {
     let key = job.coalescing_key();
     let mut writes = Vec::new();
     let mut coalesced = None;
+    let mut becomes_latest = true;
     if let Some(old) = latest
-        && old.state == JobState::Pending
         && old.id != job.id
     {
-        writes.push(Write::Delete(old.id));
-        coalesced = Some(old.clone());
+        match old.state {
+            JobState::Pending if job.purpose == Purpose::CancelQueued && !old.cancel_superseded => {
+                // An ended pull request leaves alone a build another route asked for.
+                becomes_latest = false;
+            }
+            JobState::Pending => {
+                writes.push(Write::Delete(old.id));
+                if job.cancel_superseded {
+                    job.supersedes.extend(old.supersedes.iter().cloned());
+                }
+                coalesced = Some(old.clone());
+            }
+            JobState::Done => {
+                if let Some(build) = queued_build(old)
+                    && job.cancel_superseded
+                {
+                    job.supersedes.push(build);
+                }
+            }
+            JobState::Inflight | JobState::Dead => {}
+        }
     }
     writes.push(Write::Put(Box::new(job.clone())));
-    writes.push(Write::SetLatest { key, id: job.id });
+    if becomes_latest {
+        writes.push(Write::SetLatest { key, id: job.id });
+    }
     Transition {
         writes,
         job: Some(job),
@@ -121,11 +151,29 @@ pub fn claim(job: &Job) -> Result<Transition, Refused> {
     Ok(Transition::put(job))
 }
 
-/// The call ended with `finish` at `now` (ms).
+/// The build a finished job queued, for a newer job to cancel: only a build job of a route
+/// with `cancel_superseded` that TeamCity gave an id.
+fn queued_build(job: &Job) -> Option<Superseded> {
+    let build_id = job.build_id?;
+    (job.cancel_superseded && job.purpose == Purpose::Build).then(|| Superseded {
+        job: job.id,
+        build_id,
+        token: job.token.clone(),
+    })
+}
+
+/// The call ended with `finish` at `now` (ms). `newest` is the newest job of the key when it
+/// is another one (what `latest` names, if it can be read).
+///
+/// A job done is done with what it superseded (the call cancelled those). When a newer job
+/// came in while this one was under way, its build is superseded at once: handed to the
+/// newer job if that is still pending, else left in this job's `supersedes` for the worker
+/// to cancel now.
 pub fn sent(
     job: &Job,
     finish: &Finish,
     latest: Option<u64>,
+    newest: Option<&Job>,
     now: u64,
 ) -> Result<Transition, Refused> {
     require(job, JobState::Inflight)?;
@@ -142,6 +190,25 @@ pub fn sent(
             job.web_url = web_url.clone();
             job.warning = warning.clone();
             job.finished_at = Some(now);
+            job.supersedes.clear();
+            if let Some(build) = queued_build(&job)
+                && superseded(&job, latest)
+                && let Some(newer) = newest.filter(|n| n.id != job.id && n.cancel_superseded)
+            {
+                if newer.state == JobState::Pending {
+                    let mut newer = newer.clone();
+                    newer.supersedes.push(build);
+                    return Ok(Transition {
+                        writes: vec![
+                            Write::Put(Box::new(job.clone())),
+                            Write::Put(Box::new(newer)),
+                        ],
+                        job: Some(job),
+                        coalesced: None,
+                    });
+                }
+                job.supersedes.push(build);
+            }
         }
         Finish::Dead { error } => {
             job.state = JobState::Dead;
@@ -250,6 +317,7 @@ pub fn remove(job: &Job, latest: Option<u64>) -> Transition {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::TokenRef;
     use crate::store::test_support::job;
     use std::time::Duration;
 
@@ -333,7 +401,10 @@ mod tests {
             web_url: Some("http://tc/7".into()),
             warning: None,
         };
-        let job = sent(&inflight, &done, Some(1), 500).unwrap().job.unwrap();
+        let job = sent(&inflight, &done, Some(1), None, 500)
+            .unwrap()
+            .job
+            .unwrap();
         assert_eq!(
             (job.state, job.build_id, job.finished_at),
             (JobState::Done, Some(7), Some(500))
@@ -341,16 +412,24 @@ mod tests {
         let dead = Finish::Dead {
             error: "404".into(),
         };
-        let job = sent(&inflight, &dead, Some(1), 500).unwrap().job.unwrap();
+        let job = sent(&inflight, &dead, Some(1), None, 500)
+            .unwrap()
+            .job
+            .unwrap();
         assert_eq!(
             (job.state, job.last_error.as_deref()),
             (JobState::Dead, Some("404"))
         );
         // Superseded does not matter for a call that ended for good.
-        assert!(sent(&inflight, &done, Some(9), 500).unwrap().job.is_some());
+        assert!(
+            sent(&inflight, &done, Some(9), None, 500)
+                .unwrap()
+                .job
+                .is_some()
+        );
         // A job removed while its call ran (or finished twice) is left alone.
         assert_eq!(
-            sent(&with_id(1, JobState::Done), &done, Some(1), 500),
+            sent(&with_id(1, JobState::Done), &done, Some(1), None, 500),
             Err(Refused::WrongState(JobState::Done))
         );
     }
@@ -359,7 +438,7 @@ mod tests {
     fn sent_retry_waits_on_its_own_clock() {
         let mut inflight = with_id(1, JobState::Inflight);
         inflight.interrupted = true;
-        let job = sent(&inflight, &retry(30), Some(1), 1_000)
+        let job = sent(&inflight, &retry(30), Some(1), None, 1_000)
             .unwrap()
             .job
             .unwrap();
@@ -371,10 +450,18 @@ mod tests {
             error: "TeamCity answered 200 but the answer could not be read".into(),
             check_first: true,
         };
-        let job = sent(&inflight, &unread, Some(1), 0).unwrap().job.unwrap();
+        let job = sent(&inflight, &unread, Some(1), None, 0)
+            .unwrap()
+            .job
+            .unwrap();
         assert!(job.interrupted, "the next attempt asks TeamCity first");
         // No newest job recorded (e.g. the index entry was pruned): still retried.
-        assert!(sent(&inflight, &retry(1), None, 0).unwrap().job.is_some());
+        assert!(
+            sent(&inflight, &retry(1), None, None, 0)
+                .unwrap()
+                .job
+                .is_some()
+        );
     }
 
     /// The race of the storage issue: A in flight, B (newer) enqueued and already claimed;
@@ -387,7 +474,7 @@ mod tests {
         assert!(b.coalesced.is_none(), "in flight: not replaced");
         let b = claim(b.job.as_ref().unwrap()).unwrap().job.unwrap();
         assert_eq!(b.state, JobState::Inflight);
-        let t = sent(&a, &retry(1), Some(2), 0).unwrap();
+        let t = sent(&a, &retry(1), Some(2), None, 0).unwrap();
         assert_eq!(t.writes, vec![Write::Delete(1)]);
         assert!(t.job.is_none());
     }
@@ -471,5 +558,120 @@ mod tests {
                 }
             ]
         );
+    }
+
+    fn cancelling(id: u64, state: JobState) -> Job {
+        let mut job = with_id(id, state);
+        job.cancel_superseded = true;
+        job
+    }
+
+    fn done_with_build(id: u64, build_id: u64) -> Job {
+        let mut job = cancelling(id, JobState::Done);
+        job.build_id = Some(build_id);
+        job
+    }
+
+    #[test]
+    fn a_newer_job_takes_the_queued_build_of_a_sent_one_to_cancel() {
+        let t = enqueue(
+            cancelling(2, JobState::Pending),
+            Some(&done_with_build(1, 501)),
+        );
+        let job = t.job.unwrap();
+        assert_eq!(
+            job.supersedes,
+            vec![Superseded {
+                job: 1,
+                build_id: 501,
+                token: TokenRef::Service
+            }]
+        );
+        // Not when either route does not cancel, nor for a build TeamCity gave no id.
+        assert!(
+            enqueue(
+                with_id(2, JobState::Pending),
+                Some(&done_with_build(1, 501))
+            )
+            .job
+            .unwrap()
+            .supersedes
+            .is_empty()
+        );
+        let mut other_route = done_with_build(1, 501);
+        other_route.cancel_superseded = false;
+        assert!(
+            enqueue(cancelling(2, JobState::Pending), Some(&other_route))
+                .job
+                .unwrap()
+                .supersedes
+                .is_empty()
+        );
+        // Replacing a pending job takes over what it superseded.
+        let mut pending = cancelling(2, JobState::Pending);
+        pending.supersedes = job.supersedes.clone();
+        let t = enqueue(cancelling(3, JobState::Pending), Some(&pending));
+        assert_eq!(t.coalesced.map(|c| c.id), Some(2));
+        assert_eq!(t.job.unwrap().supersedes, job.supersedes);
+    }
+
+    #[test]
+    fn an_ended_pull_request_replaces_only_builds_that_cancel() {
+        let mut end = cancelling(2, JobState::Pending);
+        end.purpose = Purpose::CancelQueued;
+        let t = enqueue(end.clone(), Some(&cancelling(1, JobState::Pending)));
+        assert_eq!(t.coalesced.map(|c| c.id), Some(1));
+        let t = enqueue(end.clone(), Some(&with_id(1, JobState::Pending)));
+        assert!(t.coalesced.is_none());
+        assert_eq!(
+            t.writes,
+            vec![Write::Put(Box::new(end.clone()))],
+            "not the newest"
+        );
+        let t = enqueue(end, Some(&done_with_build(1, 7)));
+        assert_eq!(t.job.unwrap().supersedes[0].build_id, 7);
+        // A build that only cancelled queued none to cancel.
+        let mut ended = done_with_build(1, 7);
+        ended.purpose = Purpose::CancelQueued;
+        let t = enqueue(cancelling(3, JobState::Pending), Some(&ended));
+        assert!(t.job.unwrap().supersedes.is_empty());
+    }
+
+    #[test]
+    fn a_build_queued_after_a_newer_job_came_is_superseded_at_once() {
+        let done = Finish::Done {
+            build_id: Some(900),
+            web_url: None,
+            warning: None,
+        };
+        let mut inflight = cancelling(1, JobState::Inflight);
+        inflight.supersedes = vec![Superseded {
+            job: 0,
+            build_id: 800,
+            token: TokenRef::Service,
+        }];
+        // The newer job is still pending: it gets the build to cancel after its own.
+        let newer = cancelling(2, JobState::Pending);
+        let t = sent(&inflight, &done, Some(2), Some(&newer), 5).unwrap();
+        let job = t.job.unwrap();
+        assert!(job.supersedes.is_empty(), "done with what it cancelled");
+        let Write::Put(handed) = &t.writes[1] else {
+            panic!("{:?}", t.writes)
+        };
+        assert_eq!((handed.id, handed.supersedes[0].build_id), (2, 900));
+        // The newer job was sent already: this one's build is cancelled now.
+        let sent_newer = cancelling(2, JobState::Inflight);
+        let job = sent(&inflight, &done, Some(2), Some(&sent_newer), 5)
+            .unwrap()
+            .job
+            .unwrap();
+        assert_eq!(job.supersedes[0].build_id, 900);
+        // Not superseded, or the route does not cancel: nothing.
+        let t = sent(&inflight, &done, Some(1), None, 5).unwrap();
+        assert!(t.job.unwrap().supersedes.is_empty());
+        let mut keeps = inflight.clone();
+        keeps.cancel_superseded = false;
+        let t = sent(&keeps, &done, Some(2), Some(&newer), 5).unwrap();
+        assert_eq!(t.writes.len(), 1);
     }
 }

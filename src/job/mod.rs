@@ -58,6 +58,29 @@ pub enum TokenRef {
     Service,
 }
 
+/// What a job asks of TeamCity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Queue a build (or notify the commit hook), then cancel what it supersedes.
+    #[default]
+    Build,
+    /// Only cancel what it supersedes: a pull request ended (merged, declined, deleted).
+    CancelQueued,
+}
+
+/// An older build of a job's branch, queued in TeamCity, that the job cancels once its own
+/// build is queued — if TeamCity still holds it in the queue (a started build runs on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superseded {
+    /// The job that queued it.
+    pub job: u64,
+    /// TeamCity's id of the queued build.
+    pub build_id: u64,
+    /// The token that queued it: TeamCity lets a user cancel what they queued.
+    pub token: TokenRef,
+}
+
 /// One pending or finished TeamCity call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -114,6 +137,15 @@ pub struct Job {
     pub warning: Option<String>,
     /// When it finished (done or dead), ms.
     pub finished_at: Option<u64>,
+    /// The pull request it builds, when a pull-request event made it (the comment names it).
+    pub pull_request: Option<u64>,
+    /// Its route's `cancel_superseded`: a newer commit on the branch cancels this job's build
+    /// while TeamCity still holds it queued.
+    pub cancel_superseded: bool,
+    /// Older builds of its branch this job cancels (filled as it is enqueued).
+    pub supersedes: Vec<Superseded>,
+    /// Build, or only cancel.
+    pub purpose: Purpose,
 }
 
 impl Job {
@@ -128,6 +160,37 @@ impl Job {
                 "{}\0hook\0{}",
                 self.server,
                 self.repository.to_ascii_lowercase()
+            ),
+        }
+        .into_bytes()
+    }
+
+    /// The de-duplication mark of the build this job asks for: one build per (server, build
+    /// type, branch, commit) whichever event asks first — a push or a pull request (SPEC
+    /// §5.4). The commit is its first 12 digits, which Cloud's pull requests carry too.
+    /// Commit-hook jobs are per (server, repository, ref, commit).
+    pub fn dedup_key(&self) -> Vec<u8> {
+        match (&self.purpose, &self.mode, &self.build_type) {
+            (Purpose::CancelQueued, _, build_type) => format!(
+                "end\0{}\0{}\0{}\0{}",
+                self.server,
+                build_type.as_ref().map_or("", |b| b.as_str()),
+                self.branch,
+                self.sha.prefix12()
+            ),
+            (Purpose::Build, TriggerMode::Build, Some(build_type)) => format!(
+                "build\0{}\0{}\0{}\0{}",
+                self.server,
+                build_type,
+                self.branch,
+                self.sha.prefix12()
+            ),
+            _ => format!(
+                "hook\0{}\0{}\0{}\0{}",
+                self.server,
+                self.repository.to_ascii_lowercase(),
+                self.full_ref,
+                self.sha.prefix12()
             ),
         }
         .into_bytes()

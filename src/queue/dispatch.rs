@@ -1,23 +1,31 @@
 //! One TeamCity call for one job, and what its answer means for the job (SPEC §6).
 
+use super::cancel::cancel_superseded;
+use super::rate_limit::RateLimit;
 use super::retry;
 use super::trigger::Trigger;
 use crate::config::TriggerMode;
 use crate::ids::TeamCityToken;
+use crate::job::Purpose;
 use crate::log_text::Escaped;
 use crate::metrics::Metrics;
 use crate::store::{Finish, Job, Store, TokenRef};
 use crate::teamcity::{BuildRequest, FoundBuild, TeamCityError};
 use std::time::Duration;
 
-/// Sends `job` and decides its fate. `jitter` is in [-1, 1].
+/// Sends `job` and decides its fate. `jitter` is in [-1, 1]; `pace` is the server's rate
+/// limit, which the cancellations after the call pass too.
 pub async fn dispatch<T: Trigger>(
     store: &Store,
     teamcity: &T,
     metrics: &Metrics,
     job: &Job,
     jitter: f64,
+    pace: &RateLimit,
 ) -> Finish {
+    if job.purpose == Purpose::CancelQueued {
+        return cancel_only(store, teamcity, metrics, job, pace).await;
+    }
     let retry_or_dead = |error: String, retry_after: Option<Duration>, check_first: bool| {
         let schedule = &teamcity.server().retry_schedule;
         match retry::next_delay(schedule, job.attempts, retry_after, jitter) {
@@ -76,13 +84,84 @@ pub async fn dispatch<T: Trigger>(
         },
     };
     record_call(job, &finish, Some(elapsed), metrics);
-    finish
+    match finish {
+        Finish::Done {
+            build_id,
+            web_url,
+            warning,
+        } if !job.supersedes.is_empty() => {
+            let comment = format!("superseded by {} (bb2tc)", job.sha.as_str());
+            let notes =
+                cancel_superseded(store, teamcity, metrics, pace, job, Some(&token), &comment)
+                    .await;
+            Finish::Done {
+                build_id,
+                web_url,
+                warning: join_notes(warning, notes),
+            }
+        }
+        finish => finish,
+    }
 }
 
-/// The build comment: who pushed what, ending with the job's mark (SPEC §6), by which an
-/// interrupted job's build is recognised in TeamCity.
+/// A job that only cancels (its pull request ended): no build of its own.
+async fn cancel_only<T: Trigger>(
+    store: &Store,
+    teamcity: &T,
+    metrics: &Metrics,
+    job: &Job,
+    pace: &RateLimit,
+) -> Finish {
+    let token = resolve_token(store, teamcity, job)
+        .await
+        .ok()
+        .map(|(t, _)| t);
+    let comment = match job.pull_request {
+        Some(id) => format!("pull request #{id} ended (bb2tc)"),
+        None => "its branch ended (bb2tc)".into(),
+    };
+    let notes = cancel_superseded(
+        store,
+        teamcity,
+        metrics,
+        pace,
+        job,
+        token.as_ref(),
+        &comment,
+    )
+    .await;
+    let warning = if notes.is_empty() {
+        Some("nothing was queued to cancel".into())
+    } else {
+        join_notes(None, notes)
+    };
+    Finish::Done {
+        build_id: None,
+        web_url: None,
+        warning,
+    }
+}
+
+/// A warning followed by notes, `; `-separated.
+fn join_notes(warning: Option<String>, notes: Vec<String>) -> Option<String> {
+    let all: Vec<String> = warning.into_iter().chain(notes).collect();
+    (!all.is_empty()).then(|| all.join("; "))
+}
+
+/// The build comment: who pushed what (or which pull request, SPEC §5.4), ending with the
+/// job's mark (SPEC §6), by which an interrupted job's build is recognised in TeamCity.
 pub fn comment(job: &Job, store_id: &str) -> String {
-    format!("{} ({})", legacy_comment(job), job_mark(job, store_id))
+    let what = match job.pull_request {
+        Some(id) => format!(
+            "Bitbucket pull request #{id} by {}: {} {} {}",
+            job.user,
+            job.repository,
+            job.branch,
+            job.sha.short()
+        ),
+        None => legacy_comment(job),
+    };
+    format!("{what} ({})", job_mark(job, store_id))
 }
 
 /// `bb2tc job <store id>-<job id>`: unique across bb2tc installations sharing a TeamCity.
@@ -186,6 +265,23 @@ async fn queue_build<T: Trigger>(
         }
     }
     let properties: Vec<(String, String)> = job.properties.clone().into_iter().collect();
+    // Only a whole commit id can be pinned (a Cloud pull request's may be 12 digits).
+    let vcs_root_id = job.vcs_root_id.as_deref().filter(|_| job.sha.is_full());
+    if job.vcs_root_id.is_some() && vcs_root_id.is_none() {
+        recovery_note = Some(
+            [
+                recovery_note,
+                Some(format!(
+                    "the commit {} is abbreviated, so it was not pinned: TeamCity builds the branch's head",
+                    job.sha.as_str()
+                )),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("; "),
+        );
+    }
     let request = BuildRequest {
         build_type,
         branch: &job.branch,
@@ -193,7 +289,7 @@ async fn queue_build<T: Trigger>(
         sha: &job.sha,
         comment: comment(job, store_id),
         properties: &properties,
-        vcs_root_id: job.vcs_root_id.as_deref(),
+        vcs_root_id,
     };
     let queued = teamcity.queue_build(token, &request).await?;
     let branch_warning = queued

@@ -3,6 +3,7 @@
 //! Jobs live in the store; the queue only tells each server's worker which job ids to send
 //! and when. On start, jobs left pending or in flight are resumed.
 
+mod cancel;
 mod dispatch;
 pub mod rate_limit;
 pub mod retry;

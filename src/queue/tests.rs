@@ -110,6 +110,21 @@ impl Trigger for Scripted {
         self.record(format!("GET builds {branch}"));
         Ok(self.builds.lock().unwrap().clone())
     }
+
+    async fn build_state(&self, _: &TeamCityToken, build_id: u64) -> Result<String, TeamCityError> {
+        self.record(format!("GET state {build_id}"));
+        Ok("queued".into())
+    }
+
+    async fn cancel_queued(
+        &self,
+        _: &TeamCityToken,
+        build_id: u64,
+        _: &str,
+    ) -> Result<(), TeamCityError> {
+        self.record(format!("CANCEL {build_id}"));
+        Ok(())
+    }
 }
 
 fn job(branch: &str) -> Job {
@@ -122,7 +137,7 @@ async fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
         .into_iter()
         .map(|job| ChangeJobs {
             reference: job.full_ref.clone(),
-            seen_key: format!("{}\0{}", job.full_ref, job.sha.as_str()).into_bytes(),
+            legacy_mark: None,
             jobs: vec![job],
         })
         .collect();

@@ -25,6 +25,21 @@ pub trait Trigger: Clone + Send + Sync + 'static {
         clone_urls: &[String],
     ) -> impl Future<Output = Result<bool, TeamCityError>> + Send;
 
+    /// A queued build's state (`queued`, `running`, `finished`).
+    fn build_state(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+    ) -> impl Future<Output = Result<String, TeamCityError>> + Send;
+
+    /// Removes a build still in the queue.
+    fn cancel_queued(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+        comment: &str,
+    ) -> impl Future<Output = Result<(), TeamCityError>> + Send;
+
     /// The latest builds of a build type on a branch, queued, running or finished.
     fn recent_builds(
         &self,
@@ -62,5 +77,22 @@ impl Trigger for TeamCityClient {
         branch: &str,
     ) -> impl Future<Output = Result<Vec<FoundBuild>, TeamCityError>> + Send {
         TeamCityClient::recent_builds(self, token, build_type, branch)
+    }
+
+    fn build_state(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+    ) -> impl Future<Output = Result<String, TeamCityError>> + Send {
+        TeamCityClient::build_state(self, token, build_id)
+    }
+
+    fn cancel_queued(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+        comment: &str,
+    ) -> impl Future<Output = Result<(), TeamCityError>> + Send {
+        TeamCityClient::cancel_queued(self, token, build_id, comment)
     }
 }

@@ -6,6 +6,7 @@
 //! 24 bytes per queued job — and the jobs themselves stay in the store, so a long backlog
 //! behind a dead server costs little memory.
 
+use super::cancel::cancel_superseded;
 use super::dispatch::dispatch;
 use super::rate_limit::RateLimit;
 use super::trigger::Trigger;
@@ -183,15 +184,18 @@ impl<T: Trigger> Call<T> {
         }
         // The call runs in a task of its own, so that a panic in it cannot strand the job.
         let dispatched = {
-            let (store, teamcity, metrics, job, jitter) = (
+            let (store, teamcity, metrics, job, jitter, pace) = (
                 self.store.clone(),
                 self.teamcity.clone(),
                 self.metrics.clone(),
                 job.clone(),
                 self.jitter,
+                self.pace.clone(),
             );
-            tokio::spawn(async move { dispatch(&store, &teamcity, &metrics, &job, jitter).await })
-                .await
+            tokio::spawn(
+                async move { dispatch(&store, &teamcity, &metrics, &job, jitter, &pace).await },
+            )
+            .await
         };
         let finish = match dispatched {
             Ok(finish) => finish,
@@ -218,8 +222,24 @@ impl<T: Trigger> Call<T> {
                 async move { store.finish_job(job.id, finish, now).await }
             })
             .await;
-        if let (Some(Ok(Some(_))), Some(delay)) = (kept, retry_in) {
-            self.reschedule(job.id, delay);
+        match (kept, retry_in) {
+            (Some(Ok(Some(_))), Some(delay)) => self.reschedule(job.id, delay),
+            // A newer job was sent while this one was under way: its build is superseded
+            // already (see `lifecycle::sent`).
+            (Some(Ok(Some(done))), None) if !done.supersedes.is_empty() => {
+                let comment = format!("superseded by a newer commit of {} (bb2tc)", done.branch);
+                cancel_superseded(
+                    &self.store,
+                    &self.teamcity,
+                    &self.metrics,
+                    &self.pace,
+                    &done,
+                    None,
+                    &comment,
+                )
+                .await;
+            }
+            _ => {}
         }
     }
 

@@ -33,13 +33,15 @@ pub struct DeliveryRecord {
     pub received_at: u64,
 }
 
-/// The jobs one ref change asks for, with its de-duplication mark.
+/// The jobs one ref change asks for. Each job's build is de-duplicated by its own mark
+/// ([`Job::dedup_key`]), so a push and a pull request of one commit make one build.
 #[derive(Debug, Clone)]
 pub struct ChangeJobs {
     /// The ref, for `skipped`.
     pub reference: String,
-    /// `source \0 repository \0 ref \0 sha`.
-    pub seen_key: Vec<u8>,
+    /// The change's mark as bb2tc up to 551746f wrote it, `source \0 repository \0 ref \0
+    /// sha`: looked at (such marks live 24 h after an upgrade), never written.
+    pub legacy_mark: Option<Vec<u8>>,
     /// Jobs to create (their `id` is assigned here).
     pub jobs: Vec<Job>,
 }

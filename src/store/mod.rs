@@ -490,7 +490,7 @@ pub(crate) mod test_support {
     pub fn change(branch: &str, sha: char) -> ChangeJobs {
         ChangeJobs {
             reference: format!("refs/heads/{branch}"),
-            seen_key: format!("dc\0p/r\0{branch}\0{sha}").into_bytes(),
+            legacy_mark: None,
             jobs: vec![job(branch, sha)],
         }
     }
@@ -537,6 +537,10 @@ pub(crate) mod test_support {
             web_url: None,
             warning: None,
             finished_at: None,
+            pull_request: None,
+            cancel_superseded: false,
+            supersedes: Vec::new(),
+            purpose: crate::job::Purpose::Build,
         }
     }
 }

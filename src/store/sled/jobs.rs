@@ -278,9 +278,15 @@ impl Trees {
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
         #[cfg(test)]
         self.faults.check("finish_job")?;
-        let t = self.transition(id, |job, newest, _| {
-            Ok(lifecycle::sent(job, finish, newest, now))
+        let bad = Unreadable::default();
+        let t = self.transition(id, |job, latest, jobs| {
+            let newest = match latest.filter(|&l| l != id) {
+                Some(newest) => read_job(jobs, newest, &bad)?,
+                None => None,
+            };
+            Ok(lifecycle::sent(job, finish, latest, newest.as_ref(), now))
         })?;
+        self.set_aside_jobs(bad);
         Ok(t.map(|t| t.job))
     }
 

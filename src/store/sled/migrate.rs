@@ -18,8 +18,11 @@ use sled::transaction::ConflictableTransactionError;
 /// The store format this bb2tc writes: 1 = every record starts with its version byte;
 /// 2 = the same records, and deliveries reach them through the intake log (`intake-*.log`
 /// beside sled's files; `meta` keeps the last delivery applied and the next job id). A
-/// bb2tc of format 1 would not read that log, so it must refuse a format-2 store.
-pub const FORMAT_VERSION: u8 = 2;
+/// bb2tc of format 1 would not read that log, so it must refuse a format-2 store; 3 = job
+/// records of version 2 and intake-log frames of version 2 (pull requests, cancellation),
+/// which a bb2tc of format 2 would set aside as unreadable — so it must refuse them too.
+/// Formats 1 and 2 need no rewrite: their jobs and frames are read into the current types.
+pub const FORMAT_VERSION: u8 = 3;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const CURSOR_KEY: &[u8] = b"migration_cursor";
@@ -56,11 +59,11 @@ pub fn migrate(
 ) -> Result<usize, StoreError> {
     match meta.get(FORMAT_KEY)?.as_deref() {
         Some([FORMAT_VERSION]) => return Ok(0),
-        Some([1]) => {
-            // Format 1 had no intake log: nothing to rewrite, only the version to raise.
+        Some([old @ (1 | 2)]) => {
+            // Versioned records already: older jobs and log frames are read as they are.
             meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             db.flush()?;
-            tracing::info!(format = FORMAT_VERSION, "store format raised (intake log)");
+            tracing::info!(from = old, format = FORMAT_VERSION, "store format raised");
             return Ok(0);
         }
         Some([newer]) if *newer > FORMAT_VERSION => {

@@ -27,6 +27,7 @@
 
 pub(crate) mod group_commit;
 mod intake;
+mod job_v1;
 mod jobs;
 mod key_rotation;
 mod migrate;

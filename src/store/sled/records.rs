@@ -12,13 +12,19 @@
 //!
 //! | record | version | layout |
 //! |---|---|---|
-//! | job | 0, 1 | [`Job`] as it is |
+//! | job | 0, 1 | [`JobV1`]: no pull request, `cancel_superseded`, `supersedes`, `purpose` |
+//! | job | 2 | [`Job`] as it is |
 //! | delivery | 0, 1 | [`DeliveryRecord`] as it is |
 //! | session | 0, 1 | [`Session`] as it is |
 //! | token | 0 | [`StoredTokenV0`]: no `revision` |
 //! | token | 1 | [`StoredToken`]: `revision` counts replacements |
 //! | de-duplication mark | 0 | 8 bytes, big-endian ms; 1: the same after the version byte |
+//!
+//! De-duplication marks are keyed by what they stand for: a delivery id, or (since 551746f)
+//! a build — [`Job::dedup_key`]. Older releases keyed changes by (source, repository, ref,
+//! commit); such marks are still looked at until they expire (24 h), never written.
 
+use super::job_v1::JobV1;
 use super::tokens::{StoredToken, StoredTokenV0};
 use crate::job::Job;
 use crate::store::{DeliveryRecord, Session, StoreError};
@@ -48,7 +54,17 @@ fn unknown_version(version: u8) -> String {
 
 impl Record for Job {
     const KIND: &'static str = "job";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            0 | 1 => postcard::from_bytes::<JobV1>(body)
+                .map(Job::from)
+                .map_err(|e| e.to_string()),
+            2 => postcard::from_bytes(body).map_err(|e| e.to_string()),
+            other => Err(unknown_version(other)),
+        }
+    }
 }
 
 impl Record for DeliveryRecord {
@@ -138,10 +154,21 @@ mod tests {
     fn records_carry_their_version_and_round_trip() {
         let job = job("main", 'a');
         let bytes = encode(&job).unwrap();
-        assert_eq!(bytes[0], 1);
+        assert_eq!(bytes[0], 2);
         assert_eq!(decode::<Job>(&bytes).unwrap(), job);
-        // The unversioned form of a84aaec is the same layout without the byte.
-        assert_eq!(decode_unversioned::<Job>(&bytes[1..]).unwrap(), job);
+    }
+
+    #[test]
+    fn jobs_of_version_1_and_0_read_as_pushes_without_cancellation() {
+        let job = job("main", 'a');
+        let mut old = vec![1];
+        postcard::to_io(&JobV1::from(job.clone()), &mut old).unwrap();
+        let read = decode::<Job>(&old).unwrap();
+        assert_eq!(read, job);
+        assert_eq!((read.pull_request, read.cancel_superseded), (None, false));
+        assert!(read.supersedes.is_empty());
+        // The unversioned form of a84aaec is version 1's layout without the byte.
+        assert_eq!(decode_unversioned::<Job>(&old[1..]).unwrap(), job);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub mod segment;
 mod writer;
 
 use super::Trees;
+use crate::job::Job;
 use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, Skipped};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use segment::{Accepted, Entry};
@@ -76,6 +77,38 @@ impl Pending {
 }
 
 type Shared = Arc<Mutex<Pending>>;
+
+/// What the answer says of a change's jobs whose build was already asked for (by a push or
+/// a pull request, SPEC §5.4): one line for the change when none was left, else one per job.
+fn already_seen(reference: &str, seen: &[Job], none_left: bool) -> Vec<Skipped> {
+    let hours = DEDUP_WINDOW_MS / 3_600_000;
+    let skip = |reason: String| Skipped {
+        reference: reference.to_owned(),
+        reason,
+    };
+    match seen {
+        [] => Vec::new(),
+        [first, ..] if none_left => vec![skip(format!(
+            "already seen: same ref and commit within {hours} h (a push or pull request of {} asked for {} build{} already)",
+            first.sha.short(),
+            seen.len(),
+            if seen.len() == 1 { "" } else { "s" }
+        ))],
+        _ => seen
+            .iter()
+            .map(|job| {
+                skip(format!(
+                    "already seen: {} on {} for {} within {hours} h",
+                    job.build_type
+                        .as_ref()
+                        .map_or("commit hook", |b| b.as_str()),
+                    job.server,
+                    job.sha.short()
+                ))
+            })
+            .collect(),
+    }
+}
 
 fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     pending
@@ -210,24 +243,32 @@ impl Intake {
         let mut jobs = Vec::new();
         let mut marks = Vec::new();
         for change in changes {
-            if pending.marks.contains(&change.seen_key)
-                || trees.change_seen(&change.seen_key, now)?
-            {
-                record.skipped.push(Skipped {
-                    reference: change.reference,
-                    reason: format!(
-                        "already seen: same ref and commit within {} h",
-                        DEDUP_WINDOW_MS / 3_600_000
-                    ),
-                });
-                continue;
-            }
-            marks.push(change.seen_key);
+            // A change marked by bb2tc up to 551746f (per ref, not per build) still counts.
+            let legacy_seen = match &change.legacy_mark {
+                Some(mark) => trees.change_seen(mark, now)?,
+                None => false,
+            };
+            let mut seen = Vec::new();
+            let mut made = 0;
             for mut job in change.jobs {
+                let mark = job.dedup_key();
+                if legacy_seen
+                    || pending.marks.contains(&mark)
+                    || marks.contains(&mark)
+                    || trees.change_seen(&mark, now)?
+                {
+                    seen.push(job);
+                    continue;
+                }
+                marks.push(mark);
                 job.id = pending.next_job_id;
                 pending.next_job_id += 1;
                 jobs.push(job);
+                made += 1;
             }
+            record
+                .skipped
+                .extend(already_seen(&change.reference, &seen, made == 0));
         }
         record.jobs = jobs.len();
         let accepted = Accepted {

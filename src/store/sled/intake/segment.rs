@@ -4,20 +4,22 @@
 //! A frame is `[payload length: u32 LE][CRC-32 of the payload: u32 LE][payload]`, and the
 //! payload is a format version byte followed by the postcard encoding of
 //! `(sequence number, Entry)`. The version says what the entry's layout is (like the store's
-//! records, see `records`): version 1 holds a [`Job`] of record version 1.
+//! records, see `records`): version 1 (up to 551746f) holds jobs of record version 1,
+//! version 2 jobs of record version 2; a version-1 frame is read into the current types.
 //!
 //! A segment is allocated with zeros before use, so its entries end where a frame header of
 //! zeros begins. A crash can leave the last frame of the newest segment cut short (torn):
 //! it was never acknowledged, and reading stops before it. Anything else that does not read — a frame
 //! whose checksum fails in the middle of a segment — is damage, reported with its place.
 
+use super::super::job_v1::JobV1;
 use crate::job::Job;
 use crate::store::{DeliveryRecord, StoreError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The layout of entries written now.
-const ENTRY_VERSION: u8 = 1;
+const ENTRY_VERSION: u8 = 2;
 
 /// Frame header: length and checksum.
 pub const HEADER_BYTES: usize = 8;
@@ -55,6 +57,37 @@ pub struct Accepted {
     pub marks: Vec<Vec<u8>>,
     /// The jobs, ids assigned.
     pub jobs: Vec<Job>,
+}
+
+/// [`Entry`] as frame version 1 laid it out: its jobs of record version 1.
+#[derive(Serialize, Deserialize)]
+enum EntryV1 {
+    Delivery(AcceptedV1),
+    Claim { job: u64, attempt: u32 },
+    Probe,
+}
+
+#[derive(Serialize, Deserialize)]
+struct AcceptedV1 {
+    delivery: DeliveryRecord,
+    dedup_id: bool,
+    marks: Vec<Vec<u8>>,
+    jobs: Vec<JobV1>,
+}
+
+impl From<EntryV1> for Entry {
+    fn from(old: EntryV1) -> Self {
+        match old {
+            EntryV1::Delivery(a) => Entry::Delivery(Accepted {
+                delivery: a.delivery,
+                dedup_id: a.dedup_id,
+                marks: a.marks,
+                jobs: a.jobs.into_iter().map(Job::from).collect(),
+            }),
+            EntryV1::Claim { job, attempt } => Entry::Claim { job, attempt },
+            EntryV1::Probe => Entry::Probe,
+        }
+    }
 }
 
 /// Frames `entry` with sequence number `seq`.
@@ -126,6 +159,9 @@ fn next(bytes: &[u8]) -> Result<(u64, Entry, usize), String> {
         Some((&ENTRY_VERSION, body)) => postcard::from_bytes::<(u64, Entry)>(body)
             .map(|(seq, entry)| (seq, entry, end))
             .map_err(|e| format!("an entry that does not decode: {e}")),
+        Some((1, body)) => postcard::from_bytes::<(u64, EntryV1)>(body)
+            .map(|(seq, entry)| (seq, entry.into(), end))
+            .map_err(|e| format!("an entry of format version 1 that does not decode: {e}")),
         Some((version, _)) => Err(format!(
             "an entry of format version {version}, newer than this bb2tc knows"
         )),
@@ -217,5 +253,26 @@ mod tests {
         let read = super::read(&allocated);
         assert_eq!((read.entries.len(), read.bad_tail), (1, None));
         assert!(super::read(&[1, 0, 0]).bad_tail.is_some());
+    }
+
+    #[test]
+    fn frames_of_version_1_read_into_the_current_entries() {
+        let Entry::Delivery(current) = accepted("a") else {
+            unreachable!()
+        };
+        let old = EntryV1::Delivery(AcceptedV1 {
+            delivery: current.delivery.clone(),
+            dedup_id: true,
+            marks: current.marks.clone(),
+            jobs: current.jobs.iter().cloned().map(JobV1::from).collect(),
+        });
+        let mut payload = vec![1];
+        postcard::to_io(&(4u64, &old), &mut payload).unwrap();
+        let mut bytes = (payload.len() as u32).to_le_bytes().to_vec();
+        bytes.extend(crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend(&payload);
+        let read = read(&bytes);
+        assert_eq!(read.bad_tail, None);
+        assert_eq!(read.entries, vec![(4, accepted("a"))]);
     }
 }
