@@ -312,7 +312,7 @@ async fn deliveries_are_listed_with_their_outcome() {
     app.dc_push(&strangers_push, "listed-2").await;
     app.webhook(
         "dc",
-        Some("pr:merged"),
+        Some("pr:reviewer:approved"),
         b"{}",
         Some(DC_SECRET),
         Some("listed-3"),

@@ -11,6 +11,7 @@ mod exactly_once;
 mod hostile_input;
 mod intake_log;
 mod observability;
+mod pull_requests;
 mod pushes;
 mod rate_limit;
 mod restart;

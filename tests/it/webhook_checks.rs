@@ -215,13 +215,27 @@ async fn other_events_are_ignored_with_202() {
             .unwrap()
             .contains("pr:comment:added")
     );
+    // Reviewer and approval events (the wire key is `needs_work`, not the documented
+    // `changes_requested`) are not pull-request events bb2tc acts on.
     let pr = fixture("dc-pr-opened.json");
-    let (status, json) = body(
-        app.webhook("dc", Some("pr:opened"), &pr, Some(DC_SECRET), None)
-            .await,
-    )
-    .await;
-    assert_eq!((status, json["result"].as_str()), (202, Some("ignored")));
+    for key in [
+        "pr:reviewer:needs_work",
+        "pr:reviewer:approved",
+        "pr:reviewer:unapproved",
+        "pr:reviewer:updated",
+        "pr:comment:edited",
+    ] {
+        let (status, json) = body(
+            app.webhook("dc", Some(key), &pr, Some(DC_SECRET), None)
+                .await,
+        )
+        .await;
+        assert_eq!(
+            (status, json["result"].as_str()),
+            (202, Some("ignored")),
+            "{key}"
+        );
+    }
     assert!(tc.requests().is_empty());
 }
 

@@ -8,6 +8,9 @@
 //! - Data Center identity: `/rest/api/latest/application-properties` answers with
 //!   `X-AUSERNAME` (percent-encoded) and `X-AUSERID`; `/rest/api/latest/users?filter=`.
 //! - Cloud identity: `/2.0/user` with a Bearer token or Basic email + API token.
+//! - Cloud commits: `/2.0/repositories/{workspace}/{slug}/commit/{hash}` with a repository
+//!   (or workspace) access token as Bearer; a short hash finds the commit it begins, as
+//!   Cloud's does; errors are Cloud's JSON (`{"type": "error", "error": {"message"}}`).
 //! - `/forged?action=…`: a page of another origin with a form that posts to bb2tc without a
 //!   CSRF value, for the browser test.
 
@@ -88,6 +91,11 @@ struct State {
     grants: HashMap<String, Grant>,
     /// (path, query) of every request.
     requests: Vec<(String, String)>,
+    /// Access tokens → the repository (`workspace/slug`) or workspace (`workspace/*`) they
+    /// may read.
+    access_tokens: HashMap<String, String>,
+    /// Commits: (repository, whole hash).
+    commits: Vec<(String, String)>,
 }
 
 /// A running fake Bitbucket on 127.0.0.1.
@@ -118,6 +126,24 @@ impl FakeBitbucket {
         state.accounts.push(account);
         let index = state.accounts.len() - 1;
         state.tokens.insert(token.into(), index);
+    }
+
+    /// A repository (`workspace/slug`) or workspace (`workspace/*`) access token.
+    pub fn add_access_token(&self, token: &str, scope: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.access_tokens.insert(token.into(), scope.into());
+    }
+
+    /// A commit of a Cloud repository.
+    pub fn add_commit(&self, repository: &str, sha: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.commits.push((repository.into(), sha.into()));
+    }
+
+    /// How many requests asked for `path`.
+    pub fn count(&self, path: &str) -> usize {
+        let state = self.state.lock().unwrap();
+        state.requests.iter().filter(|(p, _)| p == path).count()
     }
 
     /// The consent screen approves as the account named `name` (Data Center name or Cloud
@@ -233,6 +259,46 @@ impl FakeBitbucket {
                     }),
                 )
             }
+            ("GET", p) if p.starts_with("/2.0/repositories/") => {
+                let parts: Vec<&str> = p
+                    .trim_start_matches("/2.0/repositories/")
+                    .split('/')
+                    .collect();
+                let [workspace, slug, "commit", hash] = parts.as_slice() else {
+                    return cloud_error(404, "Resource not found");
+                };
+                let repository = format!("{workspace}/{slug}");
+                let scope = authorization
+                    .strip_prefix("Bearer ")
+                    .and_then(|t| state.access_tokens.get(t));
+                let allowed = scope.is_some_and(|scope| {
+                    *scope == repository || *scope == format!("{workspace}/*")
+                });
+                if scope.is_none() {
+                    return cloud_error(
+                        401,
+                        "Token is invalid, expired, or not supported for this endpoint.",
+                    );
+                }
+                if !allowed {
+                    return cloud_error(
+                        403,
+                        "Your credentials lack one or more required privilege scopes.",
+                    );
+                }
+                let found = state
+                    .commits
+                    .iter()
+                    .find(|(r, sha)| *r == repository && hash.len() >= 4 && sha.starts_with(hash));
+                match found {
+                    Some((_, sha)) => json(
+                        200,
+                        serde_json::json!({"type": "commit", "hash": sha, "message": "a commit\n",
+                            "repository": {"full_name": repository}}),
+                    ),
+                    None => cloud_error(404, &format!("Commit not found: {hash}")),
+                }
+            }
             ("GET", "/forged") => {
                 let action = params.get("action").cloned().unwrap_or_default();
                 let page = format!(
@@ -341,6 +407,13 @@ fn basic<'a>(state: &'a State, authorization: &str) -> Option<&'a Account> {
     let &index = state.tokens.get(token)?;
     let account = &state.accounts[index];
     (account.email == email).then_some(account)
+}
+
+fn cloud_error(status: u16, message: &str) -> Response<Full<Bytes>> {
+    json(
+        status,
+        serde_json::json!({"type": "error", "error": {"message": message}}),
+    )
 }
 
 fn unauthorized() -> Response<Full<Bytes>> {

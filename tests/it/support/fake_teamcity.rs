@@ -7,6 +7,14 @@
 //! only those still queued, and `GET /app/rest/builds` follows TeamCity's build locator —
 //! without `state:any` (or `queued`/`running`) only finished builds, and without
 //! `defaultFilter:false` only builds of the default branch (when no `branch` is given).
+//! [`FakeTeamCity::start_queued`] starts every queued build at once, as free agents would.
+//!
+//! `GET /app/rest/buildQueue/id:N` finds a build in any state (TeamCity's queue endpoint
+//! follows a build after it started). `POST /app/rest/buildQueue/id:N` with a
+//! `buildCancelRequest` (`{"comment": "<text>", "readdIntoQueue": false}` — `comment` is a
+//! string in TeamCity's schema) removes a build **still queued**: it is then finished,
+//! status UNKNOWN, with `canceledInfo`; a started build is not in the queue (404), so this
+//! endpoint never stops one. A user may cancel only builds queued with their own token.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -52,6 +60,12 @@ struct Build {
     branch: Option<String>,
     comment: Option<String>,
     queued_at: Instant,
+    /// The TeamCity user whose token queued it.
+    triggered_by: String,
+    /// Started by [`FakeTeamCity::start_queued`].
+    started: bool,
+    /// Removed from the queue, with this comment.
+    canceled: Option<String>,
 }
 
 #[derive(Default)]
@@ -171,6 +185,36 @@ impl FakeTeamCity {
                     b.comment.clone(),
                 )
             })
+            .collect()
+    }
+
+    /// Free agents take every build still queued: they are running now.
+    pub fn start_queued(&self) {
+        let mut state = self.state.lock().unwrap();
+        let queued: Vec<usize> = (0..state.builds.len())
+            .filter(|&i| state.build_state(&state.builds[i]) == "queued")
+            .collect();
+        for i in queued {
+            state.builds[i].started = true;
+        }
+    }
+
+    /// The state of build `id` (`queued`, `running`, `finished`) and its cancel comment.
+    pub fn build_state(&self, id: u64) -> (String, Option<String>) {
+        let state = self.state.lock().unwrap();
+        let build = state
+            .builds
+            .iter()
+            .find(|b| b.id == id)
+            .expect("known build");
+        (state.build_state(build).to_owned(), build.canceled.clone())
+    }
+
+    /// Cancel requests received so far.
+    pub fn cancel_calls(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST" && r.path.starts_with("/app/rest/buildQueue/id:"))
             .collect()
     }
 
@@ -306,6 +350,9 @@ impl FakeTeamCity {
                     branch: branch.clone(),
                     comment: body["comment"]["text"].as_str().map(str::to_owned),
                     queued_at: Instant::now(),
+                    triggered_by: user.clone(),
+                    started: false,
+                    canceled: None,
                 });
                 let padding = "x".repeat(std::mem::take(&mut state.pad_next_answer));
                 json(serde_json::json!({
@@ -380,13 +427,89 @@ impl FakeTeamCity {
                     .collect();
                 json(serde_json::json!({"count": builds.len(), "build": builds}))
             }
+            ("GET", path) if path.starts_with("/app/rest/buildQueue/id:") => {
+                let Some(build) = build_by_id(&state.builds, path) else {
+                    return not_found(path);
+                };
+                json(state.build_json(build, &self.url))
+            }
+            ("POST", path) if path.starts_with("/app/rest/buildQueue/id:") => {
+                let Ok(body) = serde_json::from_str::<serde_json::Value>(&r.body) else {
+                    return text(400, "Error parsing request body: not JSON", None);
+                };
+                // TeamCity's buildCancelRequest: `comment` is a string.
+                let comment = match body.get("comment") {
+                    None => String::new(),
+                    Some(serde_json::Value::String(text)) => text.clone(),
+                    Some(_) => {
+                        return text(
+                            400,
+                            "Error parsing request body: Cannot deserialize value of type `java.lang.String` from Object value (token `JsonToken.START_OBJECT`) at \"comment\"",
+                            None,
+                        );
+                    }
+                };
+                if body.get("readdIntoQueue").and_then(|v| v.as_bool()) == Some(true) {
+                    return text(400, "Cannot re-add a queued build into the queue", None);
+                }
+                let Some(index) = state
+                    .builds
+                    .iter()
+                    .position(|b| Some(b.id) == build_id(path))
+                else {
+                    return not_found(path);
+                };
+                if state.build_state(&state.builds[index]) != "queued" {
+                    // Not in the queue any more: the queue's locator does not find it.
+                    return not_found(path);
+                }
+                if state.builds[index].triggered_by != user {
+                    return text(
+                        403,
+                        &format!(
+                            "You do not have enough permissions to cancel build with id: {}",
+                            state.builds[index].id
+                        ),
+                        None,
+                    );
+                }
+                state.builds[index].canceled = Some(comment);
+                let build = state.builds[index].clone();
+                json(state.build_json(&build, &self.url))
+            }
             _ => text(404, "Not found", None),
         }
     }
 }
 
+fn build_id(path: &str) -> Option<u64> {
+    path.strip_prefix("/app/rest/buildQueue/id:")?.parse().ok()
+}
+
+fn build_by_id<'a>(builds: &'a [Build], path: &str) -> Option<&'a Build> {
+    let id = build_id(path)?;
+    builds.iter().find(|b| b.id == id)
+}
+
+fn not_found(path: &str) -> Response<Full<Bytes>> {
+    let locator = path.trim_start_matches("/app/rest/buildQueue/");
+    text(
+        404,
+        &format!(
+            "Responding with error, status code: 404 (Not Found).\nDetails: jetbrains.buildServer.server.rest.errors.NotFoundException: No queued build found by locator '{locator}'."
+        ),
+        None,
+    )
+}
+
 impl State {
     fn build_state(&self, build: &Build) -> &'static str {
+        if build.canceled.is_some() {
+            return "finished";
+        }
+        if build.started {
+            return "running";
+        }
         let Some((start, run)) = self.agents else {
             return "queued";
         };
@@ -416,6 +539,10 @@ impl State {
         });
         if let Some(text) = &build.comment {
             value["comment"] = serde_json::json!({"text": text});
+        }
+        if let Some(text) = &build.canceled {
+            value["status"] = "UNKNOWN".into();
+            value["canceledInfo"] = serde_json::json!({"text": text});
         }
         value
     }
