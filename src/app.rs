@@ -35,7 +35,8 @@ pub struct App {
 }
 
 impl App {
-    /// Assembles the state; `admin_token_hash` comes from [`admin_token_hash`].
+    /// Assembles the state; `admin_token_hash` comes from [`admin_token_hash`]. Fails only
+    /// when the Bitbucket Cloud API client cannot be set up.
     pub fn new(
         config: Config,
         store: Arc<Store>,
@@ -44,10 +45,9 @@ impl App {
         metrics: Arc<Metrics>,
         web: WebState,
         admin_token_hash: [u8; 32],
-        cloud_api: crate::bitbucket::cloud_api::CloudApi,
-    ) -> Self {
-        Self {
-            cloud_api,
+    ) -> Result<Self, crate::bitbucket::cloud_api::CloudApiError> {
+        Ok(Self {
+            cloud_api: crate::bitbucket::cloud_api::CloudApi::new()?,
             body_budget: crate::http::body_budget::BodyBudget::new(config.http.body_budget_bytes),
             config,
             store,
@@ -56,7 +56,7 @@ impl App {
             metrics,
             web,
             admin_token_hash,
-        }
+        })
     }
 
     /// The client for a configured server.

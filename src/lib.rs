@@ -147,10 +147,9 @@ pub async fn run(
         .map(|c| (c.server().id.clone(), c))
         .collect();
     let web = web::WebState::new(&config)?;
-    let cloud_api = bitbucket::cloud_api::CloudApi::new()?;
     let app = Arc::new(App::new(
-        config, store, queue, clients, metrics, web, admin_hash, cloud_api,
-    ));
+        config, store, queue, clients, metrics, web, admin_hash,
+    )?);
     let applied = app.store.take_applied();
     let handing = tokio::spawn(hand_applied_jobs(app.clone(), applied, stopping.clone()));
     let pruner = tokio::spawn(prune_periodically(app.clone(), stopping.clone()));

@@ -1,4 +1,4 @@
-//! Any bytes as a Cloud push body: an error or a push, never a panic.
+//! Any bytes as a Cloud push or pull-request body: an error or the event, never a panic.
 #![no_main]
 
 use bb2tc::config::SourceKind;
@@ -9,6 +9,21 @@ fuzz_target!(|body: &[u8]| {
         for change in &push.changes {
             let _ = change.logical_name();
             let _ = change.target.as_ref().map(|sha| sha.short().len());
+        }
+    }
+    for key in [
+        "pullrequest:created",
+        "pullrequest:updated",
+        "pullrequest:fulfilled",
+        "pullrequest:rejected",
+    ] {
+        if let Ok(pr) = bb2tc::bitbucket::parse_pull_request(SourceKind::Cloud, key, body) {
+            let _ = (pr.is_fork(), pr.source.logical_name().len());
+            let _ = pr
+                .source
+                .target
+                .as_ref()
+                .map(|sha| (sha.short().len(), sha.prefix12().len()));
         }
     }
 });

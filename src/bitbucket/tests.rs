@@ -225,3 +225,134 @@ fn bad_bodies_are_payload_errors() {
         Err(PayloadError::Invalid("changes[].toHash"))
     );
 }
+
+fn pr(kind: SourceKind, event: &str, name: &str) -> PullRequest {
+    parse_pull_request(kind, event, &fixture(name)).unwrap()
+}
+
+#[test]
+fn pull_request_events_are_classified_and_reviews_are_not() {
+    use SourceKind::{Cloud, DataCenter};
+    for key in [
+        "pr:opened",
+        "pr:from_ref_updated",
+        "pr:modified",
+        "pr:merged",
+        "pr:declined",
+        "pr:deleted",
+    ] {
+        assert_eq!(classify(DataCenter, key), EventClass::PullRequest, "{key}");
+        assert_eq!(classify(Cloud, key), EventClass::Other, "{key}");
+    }
+    for key in [
+        "pullrequest:created",
+        "pullrequest:updated",
+        "pullrequest:fulfilled",
+        "pullrequest:rejected",
+    ] {
+        assert_eq!(classify(Cloud, key), EventClass::PullRequest, "{key}");
+    }
+    // The wire key is `needs_work` (the documented `changes_requested` is never sent).
+    for key in [
+        "pr:reviewer:needs_work",
+        "pr:reviewer:approved",
+        "pr:reviewer:unapproved",
+        "pr:comment:added",
+        "pullrequest:approved",
+        "pullrequest:comment_created",
+    ] {
+        assert_eq!(classify(DataCenter, key), EventClass::Other, "{key}");
+        assert_eq!(classify(Cloud, key), EventClass::Other, "{key}");
+    }
+}
+
+#[test]
+fn data_center_pull_requests_read_their_source_target_and_state() {
+    let opened = pr(SourceKind::DataCenter, "pr:opened", "dc-pr-opened.json");
+    assert_eq!(opened.id, 5);
+    assert_eq!(opened.repository, "~gopher/webhook-test");
+    assert!(!opened.is_fork());
+    assert_eq!(opened.source.full_ref, "refs/heads/feature/wip");
+    assert_eq!(
+        opened.source.target.as_ref().map(|s| s.as_str()),
+        Some("32a0b8a740c2963c6f56bd8baf3dc05683d299e0")
+    );
+    assert_eq!(opened.target_branch, "master");
+    assert_eq!(opened.action, PullRequestAction::Build);
+    assert_eq!(opened.author, "gopher");
+    assert_eq!(
+        opened.actor.unwrap().keys,
+        vec![UserKey::parse("gopher").unwrap()]
+    );
+    // Data Center 10: ISO timestamps, `draft`.
+    let dc10 = pr(SourceKind::DataCenter, "pr:opened", "dc10-pr-opened.json");
+    assert_eq!(
+        (dc10.source.logical_name(), dc10.draft),
+        ("feature/diffstat", false)
+    );
+    // A tag as the source.
+    let tag = pr(
+        SourceKind::DataCenter,
+        "pr:opened",
+        "dc-pr-opened-from-tag.json",
+    );
+    assert_eq!(tag.source.kind, RefKind::Tag);
+    let merged = pr(SourceKind::DataCenter, "pr:merged", "dc-pr-merged.json");
+    assert_eq!(merged.action, PullRequestAction::Ended("merged"));
+    // The sanitized capture's hashes are 39 digits: refused, not guessed.
+    assert_eq!(
+        parse_pull_request(
+            SourceKind::DataCenter,
+            "pr:from_ref_updated",
+            &fixture("dc-pr-from_ref_updated-sanitized.json")
+        ),
+        Err(PayloadError::Invalid("pullRequest.fromRef.latestCommit"))
+    );
+}
+
+#[test]
+fn cloud_pull_requests_keep_their_abbreviated_head() {
+    let created = pr(
+        SourceKind::Cloud,
+        "pullrequest:created",
+        "cloud-pullrequest-created.json",
+    );
+    assert_eq!(
+        (created.id, created.repository.as_str()),
+        (735, "amuniz/test-repos")
+    );
+    let head = created.source.target.clone().unwrap();
+    assert_eq!((head.as_str(), head.is_full()), ("d31df3425c5b", false));
+    assert_eq!(created.source.full_ref, "refs/heads/feature/test");
+    assert_eq!(created.target_branch, "master");
+    assert_eq!(
+        created.url.as_deref(),
+        Some("https://bitbucket.org/amuniz/test-repos/pull-requests/735")
+    );
+    assert!(!created.is_fork());
+    let updated = pr(
+        SourceKind::Cloud,
+        "pullrequest:updated",
+        "cloud-pullrequest-updated.json",
+    );
+    assert_eq!(updated.source.logical_name(), "release/release-1");
+    assert_eq!(updated.author, "Former user");
+    let fulfilled = pr(
+        SourceKind::Cloud,
+        "pullrequest:fulfilled",
+        "cloud-pullrequest-fulfilled-legacy.json",
+    );
+    assert_eq!(fulfilled.action, PullRequestAction::Ended("merged"));
+    // Another repository as the source: a fork.
+    let mut value: serde_json::Value =
+        serde_json::from_slice(&fixture("cloud-pullrequest-created.json")).unwrap();
+    value["pullrequest"]["source"]["repository"]["full_name"] = "someone/test-repos".into();
+    let fork = parse_pull_request(
+        SourceKind::Cloud,
+        "pullrequest:created",
+        value.to_string().as_bytes(),
+    )
+    .unwrap();
+    assert!(fork.is_fork());
+    assert_eq!(fork.source_repository, "someone/test-repos");
+}

@@ -860,6 +860,52 @@ mod tests {
     const MINIMAL: &str = "[[bitbucket]]\nid = \"dc\"\nkind = \"datacenter\"\nsecrets = [\"s\"]\n";
 
     #[test]
+    fn pull_request_keys_are_read_and_checked() {
+        let route = "[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com\"\n[[route]]\nrepository = \"*\"\nteamcity = \"main\"\nbuild_types = [\"B\"]\n";
+        let config = Config::from_toml_str(
+            &format!("{MINIMAL}status_token = \"bbtok\"\n{route}events = [\"pull_request\"]\ntarget_branches = [\"main\", \"release/*\"]\ndraft_pull_requests = true\nfork_pull_requests = true\npr_properties = true\ncancel_superseded = true\n"),
+            &no_env,
+        )
+        .unwrap();
+        let r = &config.routes[0];
+        assert_eq!(r.events, vec![EventKind::PullRequest]);
+        assert!(r.target_branches.matches("release/1.0") && !r.target_branches.matches("dev"));
+        assert!(r.draft_pull_requests && r.fork_pull_requests && r.pr_properties);
+        assert!(r.cancel_superseded);
+        assert_eq!(
+            config.sources[0].status_token.as_ref().map(|t| t.expose()),
+            Some("bbtok")
+        );
+        assert_eq!(
+            format!("{:?}", config.sources[0].status_token),
+            "Some([redacted])"
+        );
+        // Defaults: every target, no drafts, no forks, no parameters, no cancelling.
+        let config = Config::from_toml_str(&format!("{MINIMAL}{route}"), &no_env).unwrap();
+        let r = &config.routes[0];
+        assert!(r.target_branches.matches("anything/at/all"));
+        assert!(!(r.draft_pull_requests || r.fork_pull_requests || r.pr_properties));
+        assert!(!r.cancel_superseded && config.sources[0].status_token.is_none());
+        // A commit hook queues nothing to cancel; a token that cannot be a header.
+        let problems = problems_of(&format!(
+            "{MINIMAL}status_token = \"two words\"\n{route}mode = \"check-for-changes\"\ncancel_superseded = true\ntarget_branches = [\"[\"]\n"
+        ));
+        assert!(
+            problems.contains("route[0].cancel_superseded: needs mode = \"build\""),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("status_token: must be printable ASCII"),
+            "{problems}"
+        );
+        assert!(!problems.contains("two words"), "{problems}");
+        assert!(
+            problems.contains("route[0].target_branches: bad glob"),
+            "{problems}"
+        );
+    }
+
+    #[test]
     fn credentials_in_urls_are_refused_without_being_repeated() {
         let text = format!(
             "[server]\npublic_url = \"https://ops:hunter2@bb2tc.example.com\"\n{MINIMAL}url = \"https://svc:bbpass@bitbucket.example.com\"\n[[teamcity]]\nid = \"main\"\nurl = \"https://admin:tcpass@tc.example.com\"\n"

@@ -1,6 +1,6 @@
 //! A readable account of what a config means, for `bb2tc check-config`.
 
-use super::{BranchNaming, Config, TriggerMode};
+use super::{BranchNaming, Config, EventKind, SourceKind, TriggerMode};
 use std::fmt::Write;
 
 /// The secret the shipped config falls back to: public, so anyone could sign webhooks.
@@ -25,6 +25,27 @@ impl Config {
                     "bitbucket source {:?} uses the shipped webhook secret {SHIPPED_SECRET:?}, \
                      which anyone can read: set BB2TC_WEBHOOK_SECRET (or secrets) to a random value",
                     source.id.as_str()
+                ));
+            }
+        }
+        for route in &self.routes {
+            let takes_pull_requests = route.events.contains(&EventKind::PullRequest);
+            let cloud_without_token = self.sources.iter().any(|s| {
+                s.id == route.source && s.kind == SourceKind::Cloud && s.status_token.is_none()
+            });
+            if takes_pull_requests && cloud_without_token {
+                out.push(format!(
+                    "route[{}] builds pull requests of Cloud source {:?}, which has no \
+                     status_token: their 12-digit head commit cannot be made whole, so they are \
+                     triggered by branch only{} (set status_token to a repository or workspace \
+                     access token)",
+                    route.index,
+                    route.source.as_str(),
+                    if route.vcs_root_id.is_some() {
+                        ", without pinning the commit through vcs_root_id"
+                    } else {
+                        ""
+                    }
                 ));
             }
         }
@@ -132,6 +153,34 @@ impl Config {
             if r.tags {
                 let _ = write!(refs, "; tags {}", r.tag_patterns.as_written().join(", "));
             }
+            if r.events.contains(&EventKind::PullRequest) {
+                let _ = write!(
+                    refs,
+                    "; pull requests into {}{}{}{}",
+                    r.target_branches.as_written().join(", "),
+                    if r.draft_pull_requests {
+                        ", drafts too"
+                    } else {
+                        ""
+                    },
+                    if r.fork_pull_requests {
+                        ", forks too"
+                    } else {
+                        ""
+                    },
+                    if r.pr_properties {
+                        ", with bitbucket.pr.* parameters"
+                    } else {
+                        ""
+                    },
+                );
+                if !r.events.contains(&EventKind::Push) {
+                    refs.push_str(" (no pushes)");
+                }
+            }
+            if r.cancel_superseded {
+                refs.push_str("; newer commits cancel queued builds");
+            }
             let naming = match r.branch_name {
                 BranchNaming::Logical => "",
                 BranchNaming::Full => " (full ref names)",
@@ -218,6 +267,25 @@ mod tests {
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
             assert!(!config.warnings().join("\n").contains("readable by others"));
         }
+    }
+
+    #[test]
+    fn says_which_routes_build_pull_requests_and_warns_when_cloud_cannot_pin_them() {
+        let text = summary(
+            "[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com\"\n\
+             [[route]]\nsource = \"cloud\"\nrepository = \"*\"\nteamcity = \"main\"\nbuild_types = [\"B\"]\n\
+             events = [\"pull_request\"]\ntarget_branches = [\"main\"]\nvcs_root_id = \"Root\"\ncancel_superseded = true\n",
+        );
+        assert!(
+            text.contains(
+                "pull requests into main (no pushes); newer commits cancel queued builds"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("has no status_token") && text.contains("without pinning the commit"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -119,8 +119,8 @@ mod tests {
             Arc::default(),
             web,
             [0; 32],
-            crate::bitbucket::cloud_api::CloudApi::new().unwrap(),
-        );
+        )
+        .unwrap();
         let response = ready(&app).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body: Value =

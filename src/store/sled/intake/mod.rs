@@ -349,7 +349,9 @@ impl Intake {
 mod tests {
     use crate::clock;
     use crate::config::StorageSettings;
+    use crate::job::Job;
     use crate::job::JobState;
+    use crate::store::DeliveryRecord;
     use crate::store::RecordOutcome;
     use crate::store::sled::SledStore;
     use crate::store::test_support::{change, delivery, settings_in};
@@ -366,6 +368,76 @@ mod tests {
 
     fn segments(store: &SledStore) -> Vec<std::path::PathBuf> {
         super::segment::list(store.path()).unwrap()
+    }
+
+    fn recorded(outcome: RecordOutcome) -> (Vec<Job>, DeliveryRecord) {
+        match outcome {
+            RecordOutcome::Recorded { jobs, delivery } => (jobs, delivery),
+            RecordOutcome::Duplicate => panic!("a duplicate"),
+        }
+    }
+
+    #[test]
+    fn each_build_is_marked_so_a_push_and_a_pull_request_of_a_commit_make_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let (jobs, _) = recorded(push(&store, "push", "main", 'a'));
+        assert_eq!(jobs.len(), 1);
+        // The same build asked by another event (before or after sled has the first): none.
+        let mut pull_request = change("main", 'a');
+        pull_request.jobs[0].pull_request = Some(12);
+        let (outcome, _) = store
+            .record_push(delivery("pr"), true, vec![pull_request.clone()])
+            .unwrap();
+        let (jobs, record) = recorded(outcome);
+        assert!(jobs.is_empty());
+        assert!(
+            record.skipped[0].reason.starts_with("already seen"),
+            "{record:?}"
+        );
+        store.wait_applied();
+        // A change asking for that build and another one: only the other one is made, and the
+        // answer names the one left out.
+        let mut both = change("main", 'a');
+        let mut other = both.jobs[0].clone();
+        other.build_type = Some(crate::ids::BuildTypeId::new("Other"));
+        both.jobs.push(other);
+        let (jobs, record) = recorded(store.record_now(&delivery("both"), true, &[both]).unwrap());
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].build_type.as_ref().unwrap().as_str(), "Other");
+        assert_eq!(
+            record.skipped[0].reason,
+            "already seen: Bt on main for aaaaaaa within 24 h"
+        );
+        // A Cloud pull request's 12-digit head is the same build as the whole commit.
+        let mut short = change("main", 'a');
+        short.jobs[0].sha = crate::ids::Sha::parse_abbreviated(&"a".repeat(12)).unwrap();
+        let (jobs, _) = recorded(
+            store
+                .record_now(&delivery("cloud"), true, &[short])
+                .unwrap(),
+        );
+        assert!(jobs.is_empty());
+    }
+
+    #[test]
+    fn a_change_marked_by_an_older_release_is_still_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let legacy = b"dc\0p/r\0refs/heads/main\0aaaa".to_vec();
+        store
+            .trees
+            .seen_changes
+            .insert(
+                &legacy,
+                &crate::store::sled::records::encode_mark(crate::clock::now_ms()),
+            )
+            .unwrap();
+        let mut marked = change("main", 'a');
+        marked.legacy_mark = Some(legacy);
+        let (jobs, record) = recorded(store.record_now(&delivery("d"), true, &[marked]).unwrap());
+        assert!(jobs.is_empty());
+        assert!(record.skipped[0].reason.starts_with("already seen"));
     }
 
     #[test]
