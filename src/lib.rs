@@ -11,12 +11,16 @@
 //!    `POST /hooks/bitbucket/{source}` to the webhook endpoint.
 //! 2. The body is read within the size and time limits, the `X-Hub-Signature` HMAC is
 //!    checked against the source's secrets ([`bitbucket::signature`]), and the payload is
-//!    parsed into one normalised [`bitbucket::Push`].
-//! 3. [`ingest::plan`] matches every ref change against the routes ([`routing`]) and looks up
-//!    the pusher's token for each route's server: one job per build type, or a reason why not.
+//!    parsed into one normalised [`bitbucket::Push`] — or a [`bitbucket::PullRequest`], whose
+//!    source branch at its head commit is treated as a push of it (a Cloud one's 12-digit
+//!    head made whole through [`bitbucket::cloud_api`]).
+//! 3. [`ingest::plan`] (or [`ingest::plan_pull_request`]) matches every ref change against
+//!    the routes ([`routing`]) and looks up the pusher's token for each route's server: one
+//!    job per build type, or a reason why not.
 //!    (Developers register those tokens themselves on the token page, [`web`], after signing
 //!    in with Bitbucket; admins can through the API.)
-//! 4. The [`store`] checks the de-duplication marks, gives the jobs ids and appends the
+//! 4. The [`store`] checks the de-duplication marks (one per build: a push and a pull request
+//!    of one commit make one build), gives the jobs ids and appends the
 //!    delivery to its intake log — one `write` + `fdatasync` shared by all concurrent
 //!    deliveries — and only then is the 202 sent. A moment later the log's applier writes it
 //!    into sled's trees in a batch (coalescing older pending jobs for the same branch, as
@@ -24,20 +28,24 @@
 //! 5. The [`queue`] worker of each TeamCity server takes due jobs through its token bucket
 //!    and in-flight limit, and [`teamcity`] makes the `buildQueue` (or commit-hook) call with
 //!    `Authorization: Bearer <pusher's token>`. The answer decides: done, retry later, or dead.
+//!    A route's `cancel_superseded` then cancels the branch's older builds still in
+//!    TeamCity's queue ([`job::lifecycle`] says which).
 //!
 //! ## Layout
 //!
 //! - `main.rs` calls [`cli`] — the command line: parsing and one function per command.
 //! - [`config`] — the TOML file: `${VAR}` interpolation, defaults, validation.
 //! - [`ids`] — newtypes for ids and for secrets (redacted `Debug`).
-//! - [`bitbucket`] — signature, event keys, Data Center and Cloud payloads → [`bitbucket::Push`].
+//! - [`bitbucket`] — signature, event keys, Data Center and Cloud payloads → [`bitbucket::Push`]
+//!   or [`bitbucket::PullRequest`]; the Cloud API call for a pull request's head commit.
 //! - [`routing`] — globs and which routes a change matches.
 //! - [`ingest`] — from a push to jobs and skip reasons.
 //! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now).
 //! - [`store`] — the async store boundary (deliveries, jobs, tokens, sessions, counts) and the
 //!   sled backend behind it: the intake log, versioned records, migration, group commit,
 //!   encryption.
-//! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job.
+//! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job, and the
+//!   cancellation of superseded queued builds.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
 //! - [`web`] — the token page: sign-in (Bitbucket OAuth, pasted token, admin), sessions,
