@@ -31,7 +31,7 @@ pub enum CloudApiError {
     BadAnswer(String),
 }
 
-/// Calls the Cloud API: no redirects (they would carry the token elsewhere), no cookies.
+/// Calls the Cloud API.
 #[derive(Debug, Clone)]
 pub struct CloudApi {
     http: reqwest::Client,
@@ -43,15 +43,10 @@ struct CommitAnswer {
 }
 
 impl CloudApi {
-    /// A client with a short timeout.
+    /// A client with a short timeout (see `api_client`).
     pub fn new() -> Result<Self, CloudApiError> {
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .connect_timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("bb2tc/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| CloudApiError::Unreachable(e.to_string()))?;
+        let http =
+            super::api_client(TIMEOUT).map_err(|e| CloudApiError::Unreachable(e.to_string()))?;
         Ok(Self { http })
     }
 

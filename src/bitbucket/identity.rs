@@ -117,13 +117,8 @@ impl BitbucketClient {
     /// A client with a timeout that follows no redirects (they would carry the credential
     /// elsewhere) and keeps no cookies.
     pub fn new() -> Result<Self, IdentityError> {
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .connect_timeout(TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("bb2tc/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| IdentityError::Unreachable(e.to_string()))?;
+        let http =
+            super::api_client(TIMEOUT).map_err(|e| IdentityError::Unreachable(e.to_string()))?;
         Ok(Self { http })
     }
 

@@ -86,6 +86,17 @@ pub fn parse_push(kind: SourceKind, body: &[u8]) -> Result<Push, PayloadError> {
     }
 }
 
+/// A client for Bitbucket's REST API: a timeout, no redirects (they would carry the
+/// credential elsewhere), no cookies.
+fn api_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("bb2tc/", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 /// Parses a pull-request event of `event_key` (one [`classify`] calls a pull request).
 pub fn parse_pull_request(
     kind: SourceKind,

@@ -64,6 +64,9 @@ pub struct Transition {
     pub job: Option<Job>,
     /// A pending job replaced by this one (enqueue only).
     pub coalesced: Option<Job>,
+    /// Another job the writes change, as it was before (a newer job handed a build to
+    /// cancel): the store's counts need its state before and after.
+    pub also_changed: Option<Job>,
 }
 
 impl Transition {
@@ -72,6 +75,7 @@ impl Transition {
             writes: vec![Write::Put(Box::new(job.clone()))],
             job: Some(job),
             coalesced: None,
+            also_changed: None,
         }
     }
 
@@ -81,6 +85,7 @@ impl Transition {
             writes: vec![Write::Delete(job.id)],
             job: None,
             coalesced: None,
+            also_changed: None,
         }
     }
 }
@@ -139,6 +144,7 @@ pub fn enqueue(mut job: Job, latest: Option<&Job>) -> Transition {
         writes,
         job: Some(job),
         coalesced,
+        also_changed: None,
     }
 }
 
@@ -196,15 +202,16 @@ pub fn sent(
                 && let Some(newer) = newest.filter(|n| n.id != job.id && n.cancel_superseded)
             {
                 if newer.state == JobState::Pending {
-                    let mut newer = newer.clone();
-                    newer.supersedes.push(build);
+                    let mut handed = newer.clone();
+                    handed.supersedes.push(build);
                     return Ok(Transition {
                         writes: vec![
                             Write::Put(Box::new(job.clone())),
-                            Write::Put(Box::new(newer)),
+                            Write::Put(Box::new(handed)),
                         ],
                         job: Some(job),
                         coalesced: None,
+                        also_changed: Some(newer.clone()),
                     });
                 }
                 job.supersedes.push(build);
@@ -296,6 +303,7 @@ pub fn revive(job: &Job, latest: Option<&Job>, now: u64) -> Result<Transition, R
         writes,
         job: Some(job),
         coalesced: None,
+        also_changed: None,
     })
 }
 
@@ -311,6 +319,7 @@ pub fn remove(job: &Job, latest: Option<u64>) -> Transition {
         writes,
         job: None,
         coalesced: None,
+        also_changed: None,
     }
 }
 

@@ -238,7 +238,9 @@ impl Trees {
         });
         self.set_aside_jobs(bad);
         Ok(result?.map(|(before, t)| {
-            self.count_writes(&[&before], &t.writes);
+            let mut all_before = vec![&before];
+            all_before.extend(&t.also_changed);
+            self.count_writes(&all_before, &t.writes);
             t
         }))
     }
@@ -474,6 +476,59 @@ mod tests {
         assert!(jobs.is_empty());
         assert_eq!(record.skipped[0].reference, "refs/heads/main");
         assert_eq!(store.list_jobs(None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_build_queued_after_a_newer_push_came_is_handed_to_it_to_cancel() {
+        let (_dir, store) = temp_sled();
+        let cancelling = |sha| {
+            let mut change = change("main", sha);
+            change.jobs[0].cancel_superseded = true;
+            change
+        };
+        let (first, _) = recorded(
+            store
+                .record_now(&delivery("1"), true, &[cancelling('a')])
+                .unwrap(),
+        );
+        store.claim_job(first[0].id).unwrap().unwrap();
+        let (second, _) = recorded(
+            store
+                .record_now(&delivery("2"), true, &[cancelling('b')])
+                .unwrap(),
+        );
+        let done = Finish::Done {
+            build_id: Some(77),
+            web_url: None,
+            warning: None,
+        };
+        let finished = store
+            .finish_job(first[0].id, &done, now())
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            finished.supersedes.is_empty(),
+            "the pending newer job cancels it"
+        );
+        let newer = store.job(second[0].id).unwrap().unwrap();
+        assert_eq!(
+            newer
+                .supersedes
+                .iter()
+                .map(|s| s.build_id)
+                .collect::<Vec<_>>(),
+            vec![77]
+        );
+        // The counts saw the newer job change, not a new one appear.
+        let stats = store.stats.snapshot();
+        let count = |state| {
+            stats
+                .jobs
+                .get(&(ServerId::new("main"), state))
+                .map_or(0, |s| s.count)
+        };
+        assert_eq!((count(JobState::Pending), count(JobState::Done)), (1, 1));
     }
 
     #[test]
