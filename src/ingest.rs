@@ -373,6 +373,7 @@ fn route_jobs(
         cancel_superseded: route.cancel_superseded,
         supersedes: Vec::new(),
         purpose: Purpose::Build,
+        build: None,
     };
     match route.mode {
         TriggerMode::Build => route

@@ -42,6 +42,12 @@ struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    server: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DepthLabels {
     server: String,
     state: String,
@@ -69,6 +75,7 @@ pub struct Metrics {
     jobs_coalesced: Family<ServerLabels, Counter>,
     triggers: Family<TriggerLabels, Counter>,
     builds_cancelled: Family<TriggerLabels, Counter>,
+    builds: Family<ResultLabels, Counter>,
     trigger_duration: DurationFamily,
     queue_depth: Family<DepthLabels, Gauge>,
     queue_oldest_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
@@ -148,6 +155,7 @@ impl Default for Metrics {
             jobs_coalesced: Family::default(),
             triggers: Family::default(),
             builds_cancelled: Family::default(),
+            builds: Family::default(),
             trigger_duration: Family::new_with_constructor(duration_histogram),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
@@ -182,6 +190,11 @@ impl Default for Metrics {
             "bb2tc_triggers",
             "TeamCity calls by outcome (queued, retry, dead)",
             metrics.triggers.clone(),
+        );
+        registry.register(
+            "bb2tc_builds",
+            "Followed builds that finished, by result (success, failure, cancelled, failed_to_start, unknown)",
+            metrics.builds.clone(),
         );
         registry.register(
             "bb2tc_builds_cancelled",
@@ -317,6 +330,16 @@ impl Metrics {
         self.jobs_enqueued
             .get_or_create(&ServerLabels {
                 server: server.into(),
+            })
+            .inc();
+    }
+
+    /// A followed build finished with `result`.
+    pub fn build_finished(&self, server: &str, result: &str) {
+        self.builds
+            .get_or_create(&ResultLabels {
+                server: server.into(),
+                result: result.into(),
             })
             .inc();
     }

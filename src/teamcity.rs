@@ -5,6 +5,7 @@
 
 use crate::config::TeamCityServer;
 use crate::ids::{BuildTypeId, Sha, TeamCityToken};
+use crate::job::follow::Observation;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -309,6 +310,31 @@ impl TeamCityClient {
         Ok(builds.build)
     }
 
+    /// Follows build `build_id` (SPEC §6.1): `GET /app/rest/buildQueue/id:N` — which finds
+    /// the build after it started too — with the fields that say how it is doing.
+    pub async fn follow_build(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+    ) -> Result<Observation, TeamCityError> {
+        let url = format!(
+            "{}?fields={}",
+            self.server
+                .endpoint(&format!("app/rest/buildQueue/id:{build_id}")),
+            utf8_percent_encode(FOLLOW_FIELDS, QUERY_VALUE)
+        );
+        let build: FollowedBuild = self.get_json(url, token).await?;
+        Ok(Observation {
+            state: build.state.unwrap_or_default(),
+            status: build.status,
+            status_text: build.status_text,
+            number: build.number,
+            web_url: build.web_url,
+            failed_to_start: build.failed_to_start,
+            canceled: build.canceled_info.map(|c| c.text.unwrap_or_default()),
+        })
+    }
+
     /// `GET /app/rest/buildQueue/id:N` (which finds the build after it started too): its
     /// `state` — `queued`, `running` or `finished`.
     pub async fn build_state(
@@ -385,6 +411,28 @@ pub fn cancel_request(comment: &str) -> serde_json::Value {
 #[derive(serde::Deserialize)]
 struct BuildState {
     state: Option<String>,
+}
+
+/// The fields asked for when following a build (SPEC §6.1).
+pub const FOLLOW_FIELDS: &str =
+    "id,state,status,statusText,number,webUrl,branchName,failedToStart,canceledInfo(text)";
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FollowedBuild {
+    state: Option<String>,
+    status: Option<String>,
+    status_text: Option<String>,
+    number: Option<String>,
+    web_url: Option<String>,
+    #[serde(default)]
+    failed_to_start: bool,
+    canceled_info: Option<CanceledInfo>,
+}
+
+#[derive(serde::Deserialize)]
+struct CanceledInfo {
+    text: Option<String>,
 }
 
 /// The locator of [`TeamCityClient::recent_builds`]. A branch name with parentheses would

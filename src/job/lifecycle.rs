@@ -25,7 +25,7 @@
 //! at once. A job that only cancels ([`Purpose::CancelQueued`], a pull request ended) is
 //! enqueued the same way, but never replaces a build another route asked for.
 
-use super::{Finish, Job, JobState, Purpose, Superseded};
+use super::{Finish, Job, JobState, Purpose, Superseded, follow};
 
 /// One change to make to the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,6 +197,9 @@ pub fn sent(
             job.warning = warning.clone();
             job.finished_at = Some(now);
             job.supersedes.clear();
+            if job.build_id.is_some() && job.purpose == Purpose::Build {
+                job.build = Some(follow::started_following(job.id, now));
+            }
             if let Some(build) = queued_build(&job)
                 && superseded(&job, latest)
                 && let Some(newer) = newest.filter(|n| n.id != job.id && n.cancel_superseded)
@@ -236,6 +239,23 @@ pub fn sent(
                 now.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
             job.last_error = Some(error.clone());
         }
+    }
+    Ok(Transition::put(job))
+}
+
+/// TeamCity answered `seen` about the build of done job `job` at `now` (SPEC §6.1): what it
+/// learned is kept, and the next poll set (or following ends).
+pub fn followed(job: &Job, seen: &follow::Seen, now: u64) -> Result<Transition, Refused> {
+    require(job, JobState::Done)?;
+    let Some(progress) = job.build.as_ref().filter(|_| follow::is_followed(job)) else {
+        return Err(Refused::WrongState(job.state));
+    };
+    let queued_at = job.finished_at.unwrap_or(now);
+    let (progress, web_url) = follow::observe(progress, seen, job.id, queued_at, now);
+    let mut job = job.clone();
+    job.build = Some(progress);
+    if web_url.is_some() {
+        job.web_url = web_url;
     }
     Ok(Transition::put(job))
 }

@@ -3,6 +3,7 @@
 //! [`lifecycle`] decides every change of state as a pure function; the store only applies
 //! the writes it returns.
 
+pub mod follow;
 pub mod lifecycle;
 
 use crate::clock;
@@ -81,6 +82,50 @@ pub struct Superseded {
     pub token: TokenRef,
 }
 
+/// What bb2tc learned of a queued build by following it (SPEC §6.1).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BuildProgress {
+    /// `queued`, `running` or `finished`, as TeamCity said last.
+    pub state: String,
+    /// A finished build's `SUCCESS`, `FAILURE` or `UNKNOWN` (cancelled).
+    pub status: Option<String>,
+    /// TeamCity's status text, e.g. `Tests passed: 120`.
+    pub status_text: Option<String>,
+    /// The build number, once it started.
+    pub number: Option<String>,
+    /// Cancelled (in the queue or while running), with TeamCity's reason.
+    pub canceled: Option<String>,
+    /// TeamCity could not start it.
+    pub failed_to_start: bool,
+    /// Times it was asked about.
+    pub polls: u32,
+    /// When to ask next (ms); `None`: no longer followed.
+    pub next_poll_at: Option<u64>,
+    /// Why following stopped before the build finished (24 h passed, the build is gone).
+    pub stopped: Option<String>,
+}
+
+impl BuildProgress {
+    /// The outcome for `bb2tc_builds_total` and the page: `success`, `failure`,
+    /// `cancelled`, `failed_to_start`, or `None` while it is not finished.
+    pub fn result(&self) -> Option<&'static str> {
+        if self.state != "finished" {
+            return None;
+        }
+        Some(if self.canceled.is_some() {
+            "cancelled"
+        } else if self.failed_to_start {
+            "failed_to_start"
+        } else {
+            match self.status.as_deref() {
+                Some("SUCCESS") => "success",
+                Some("FAILURE" | "ERROR") => "failure",
+                _ => "unknown",
+            }
+        })
+    }
+}
+
 /// One pending or finished TeamCity call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -146,6 +191,8 @@ pub struct Job {
     pub supersedes: Vec<Superseded>,
     /// Build, or only cancel.
     pub purpose: Purpose,
+    /// The queued build as it is followed (build jobs TeamCity gave an id).
+    pub build: Option<BuildProgress>,
 }
 
 impl Job {

@@ -181,7 +181,7 @@ fn legacy_comment(job: &Job) -> String {
     )
 }
 
-enum TokenProblem {
+pub(super) enum TokenProblem {
     /// The token (or service token) is no longer there: the job cannot be sent.
     Gone(String),
     /// The store could not be read; try again later.
@@ -189,7 +189,7 @@ enum TokenProblem {
 }
 
 /// The token to send, and for a user's token the revision TeamCity's verdict is about.
-async fn resolve_token<T: Trigger>(
+pub(super) async fn resolve_token<T: Trigger>(
     store: &Store,
     teamcity: &T,
     job: &Job,

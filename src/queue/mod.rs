@@ -5,6 +5,7 @@
 
 mod cancel;
 mod dispatch;
+mod follow;
 pub mod rate_limit;
 pub mod retry;
 mod trigger;
@@ -23,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
-pub use worker::Scheduled;
+pub use worker::{Scheduled, Work};
 
 struct WorkerHandle {
     inbox: mpsc::UnboundedSender<Scheduled>,
@@ -72,6 +73,8 @@ impl Queue {
                 inbox: receiver,
                 outbox: inbox.clone(),
                 shutdown: shutdown.clone(),
+                poll_slot: None,
+                sending: Arc::default(),
             };
             let task = tokio::spawn(worker.run());
             workers.insert(
@@ -94,14 +97,23 @@ impl Queue {
         Ok((queue, tasks))
     }
 
-    /// Hands a stored pending job to its server's worker.
+    /// Hands a stored pending job — or a done one whose build is followed — to its
+    /// server's worker.
     pub fn schedule(&self, job: &Job) {
-        let delay = Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
         match self.workers.get(&job.server) {
             Some(worker) => {
+                if let Some(at) = job.build.as_ref().and_then(|b| b.next_poll_at)
+                    && job.state == crate::job::JobState::Done
+                {
+                    worker::follow_at(&worker.inbox, job.id, at);
+                    return;
+                }
+                let delay =
+                    Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
                 let _ = worker.inbox.send(Scheduled {
                     id: job.id,
                     due: Instant::now() + delay,
+                    work: Work::Send,
                 });
             }
             None => tracing::warn!(

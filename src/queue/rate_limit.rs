@@ -55,6 +55,13 @@ impl RateLimit {
         }
     }
 
+    /// Takes one call if it is allowed now; else how long until one is.
+    pub fn try_take(&self) -> Result<(), Duration> {
+        self.limiter
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
     /// Waits until one call is allowed, and takes it.
     pub async fn ready(&self) {
         while let Err(not_until) = self.limiter.check() {

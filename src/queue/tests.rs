@@ -24,6 +24,10 @@ struct Scripted {
     release: Arc<tokio::sync::Semaphore>,
     calls: Arc<Mutex<Vec<(Instant, String)>>>,
     called: Arc<Notify>,
+    /// Builds asked about (following), apart from `calls`.
+    follows: Arc<Mutex<Vec<(Instant, u64)>>>,
+    /// What following a build answers next (default: still queued).
+    observations: Arc<Mutex<VecDeque<Result<crate::job::follow::Observation, TeamCityError>>>>,
 }
 
 impl Scripted {
@@ -40,6 +44,8 @@ impl Scripted {
             release: Arc::new(tokio::sync::Semaphore::new(0)),
             calls: Arc::default(),
             called: Arc::default(),
+            observations: Arc::default(),
+            follows: Arc::default(),
         }
     }
 
@@ -109,6 +115,27 @@ impl Trigger for Scripted {
     ) -> Result<Vec<FoundBuild>, TeamCityError> {
         self.record(format!("GET builds {branch}"));
         Ok(self.builds.lock().unwrap().clone())
+    }
+
+    async fn follow_build(
+        &self,
+        _: &TeamCityToken,
+        build_id: u64,
+    ) -> Result<crate::job::follow::Observation, TeamCityError> {
+        self.follows
+            .lock()
+            .unwrap()
+            .push((Instant::now(), build_id));
+        self.observations
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| {
+                Ok(crate::job::follow::Observation {
+                    state: "queued".into(),
+                    ..Default::default()
+                })
+            })
     }
 
     async fn build_state(&self, _: &TeamCityToken, build_id: u64) -> Result<String, TeamCityError> {
@@ -491,4 +518,117 @@ async fn a_store_error_reading_the_token_retries_the_job() {
         "the first attempt could not read the token"
     );
     assert_eq!(teamcity.calls.lock().unwrap().len(), 1);
+}
+
+fn observed(
+    state: &str,
+    status: Option<&str>,
+) -> Result<crate::job::follow::Observation, TeamCityError> {
+    Ok(crate::job::follow::Observation {
+        state: state.into(),
+        status: status.map(str::to_owned),
+        status_text: status.map(|_| "Tests passed: 3".to_owned()),
+        number: Some("7".into()),
+        ..Default::default()
+    })
+}
+
+async fn wait_until_done(store: &Store, id: u64) -> Job {
+    for _ in 0..1000 {
+        if let Some(job) = store.job(id).await.unwrap()
+            && job.state == JobState::Done
+        {
+            return job;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("job {id} not done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queued_build_is_followed_every_five_to_ten_seconds_until_it_finishes() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let teamcity = Scripted::new("[1]", "");
+    teamcity.observations.lock().unwrap().extend([
+        observed("running", None),
+        observed("finished", Some("SUCCESS")),
+    ]);
+    let (_stop, queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let job = enqueue(&store, vec![job("main")]).await.remove(0);
+    queue.schedule(&job);
+    let done = wait_until_done(&store, job.id).await;
+    assert_eq!(done.build.as_ref().unwrap().state, "queued");
+    let called = teamcity.calls.lock().unwrap()[0].0;
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let follows = teamcity.follows.lock().unwrap().clone();
+    assert_eq!(
+        follows.len(),
+        2,
+        "asked until it finished, then no more: {follows:?}"
+    );
+    let first = follows[0].0 - called;
+    let second = follows[1].0 - follows[0].0;
+    for gap in [first, second] {
+        assert!(
+            (Duration::from_secs(5)..=Duration::from_secs(10)).contains(&gap),
+            "{gap:?}"
+        );
+    }
+    let kept = store.job(job.id).await.unwrap().unwrap();
+    let build = kept.build.unwrap();
+    assert_eq!(
+        (
+            build.state.as_str(),
+            build.status.as_deref(),
+            build.number.as_deref()
+        ),
+        ("finished", Some("SUCCESS"), Some("7"))
+    );
+    assert_eq!(
+        (build.next_poll_at, build.result()),
+        (None, Some("success"))
+    );
+    assert_eq!(build.status_text.as_deref(), Some("Tests passed: 3"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn polls_never_slow_a_backlog_of_triggers() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    // A build being followed, its first poll due in 5–10 s, and a backlog of 20 s of
+    // triggers, all there when the queue starts.
+    let followed = enqueue(&store, vec![job("followed")]).await.remove(0);
+    let claimed = store.claim_job(followed.id).await.unwrap().unwrap();
+    store.persist_claim(&claimed).await.unwrap();
+    let done = crate::store::Finish::Done {
+        build_id: Some(9),
+        web_url: None,
+        warning: None,
+    };
+    let kept = store
+        .finish_job(followed.id, done, crate::clock::now_ms())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(kept.build.unwrap().next_poll_at.is_some());
+    enqueue(&store, (0..20).map(|i| job(&format!("b{i}"))).collect()).await;
+    let teamcity = Scripted::new("[1]", "rate_per_second = 1.0\nburst = 1");
+    let (_stop, _queue, _tasks) = start(&store, &teamcity, || 0.0).await;
+    let calls = teamcity.wait_for_calls(20).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let follows = teamcity.follows.lock().unwrap().clone();
+    assert!(!follows.is_empty());
+    // The poll was due long before, and waited until no trigger was due.
+    assert!(
+        follows[0].0 > calls[19].0,
+        "a poll at {:?} before the last trigger at {:?}: {:?}",
+        follows[0].0 - calls[0].0,
+        calls[19].0 - calls[0].0,
+        calls
+            .iter()
+            .map(|(at, what)| (*at - calls[0].0, what.clone()))
+            .collect::<Vec<_>>()
+    );
 }

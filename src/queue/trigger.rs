@@ -3,6 +3,7 @@
 
 use crate::config::TeamCityServer;
 use crate::ids::{BuildTypeId, TeamCityToken};
+use crate::job::follow::Observation;
 use crate::teamcity::{BuildRequest, FoundBuild, QueuedBuild, TeamCityClient, TeamCityError};
 use std::future::Future;
 
@@ -24,6 +25,13 @@ pub trait Trigger: Clone + Send + Sync + 'static {
         token: &TeamCityToken,
         clone_urls: &[String],
     ) -> impl Future<Output = Result<bool, TeamCityError>> + Send;
+
+    /// How a queued build is doing (SPEC §6.1).
+    fn follow_build(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+    ) -> impl Future<Output = Result<Observation, TeamCityError>> + Send;
 
     /// A queued build's state (`queued`, `running`, `finished`).
     fn build_state(
@@ -85,6 +93,14 @@ impl Trigger for TeamCityClient {
         build_id: u64,
     ) -> impl Future<Output = Result<String, TeamCityError>> + Send {
         TeamCityClient::build_state(self, token, build_id)
+    }
+
+    fn follow_build(
+        &self,
+        token: &TeamCityToken,
+        build_id: u64,
+    ) -> impl Future<Output = Result<Observation, TeamCityError>> + Send {
+        TeamCityClient::follow_build(self, token, build_id)
     }
 
     fn cancel_queued(

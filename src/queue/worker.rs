@@ -16,18 +16,33 @@ use crate::store::{Finish, Job, Store, StoreError};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
-/// Asks the worker to send job `id` at `due`.
+/// Asks the worker to do `work` for job `id` at `due`.
 #[derive(Debug, Clone, Copy)]
 pub struct Scheduled {
     /// Job id.
     pub id: u64,
     /// Not before.
     pub due: Instant,
+    /// Send it, or ask about its build.
+    pub work: Work,
 }
+
+/// What a worker does for a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Send the pending job.
+    Send,
+    /// Ask TeamCity how the done job's build is doing (SPEC §6.1).
+    Follow,
+}
+
+/// How long a due poll waits for a free slot before it looks again.
+const SLOT_WAIT: Duration = Duration::from_millis(100);
 
 /// How long to wait before looking at a job again after the store failed to read it.
 const STORE_ERROR_BACKOFF: Duration = Duration::from_secs(5);
@@ -46,12 +61,43 @@ pub(super) struct Worker<T: Trigger> {
     pub inbox: mpsc::UnboundedReceiver<Scheduled>,
     pub outbox: mpsc::UnboundedSender<Scheduled>,
     pub shutdown: Shutdown,
+    /// The slot a poll about to start holds.
+    pub poll_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Sends taken off the schedule whose call has not passed the bucket yet: no poll
+    /// starts while there are any.
+    pub sending: Arc<AtomicUsize>,
+}
+
+/// Counts one send in [`Worker::sending`] until it is dropped (its call passed the bucket,
+/// or it ended before).
+struct Sending(Arc<AtomicUsize>);
+
+impl Sending {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<T: Trigger> Worker<T> {
     pub async fn run(mut self) {
         let mut schedule: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
+        let mut polls: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
         loop {
+            // Everything handed over so far counts, so that a send waiting in the inbox is
+            // seen as due before a poll is started.
+            while let Ok(s) = self.inbox.try_recv() {
+                match s.work {
+                    Work::Send => schedule.push(Reverse((s.due, s.id))),
+                    Work::Follow => polls.push(Reverse((s.due, s.id))),
+                }
+            }
             let next_due = schedule.peek().map(|Reverse((due, _))| *due);
             // A job already due goes at once: a timer would round up to the next
             // millisecond, and push → call is meant to take less than two.
@@ -64,21 +110,72 @@ impl<T: Trigger> Worker<T> {
                 }
                 continue;
             }
+            // Polls only while no send is due, and only with a free slot and a free call
+            // in the bucket: a backlog of triggers is never slowed by them.
+            let mut next_poll = polls.peek().map(|Reverse((due, _))| *due);
+            if let Some(due) = next_poll
+                && due <= Instant::now()
+            {
+                match self.start_poll() {
+                    Ok(()) => {
+                        if let Some(Reverse((_, id))) = polls.pop() {
+                            self.follow(id);
+                        }
+                        continue;
+                    }
+                    Err(wait) => next_poll = Some(Instant::now() + wait),
+                }
+            }
+            let wake = match (next_due, next_poll) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
                 message = self.inbox.recv() => match message {
-                    Some(s) => schedule.push(Reverse((s.due, s.id))),
+                    Some(s) if s.work == Work::Send => schedule.push(Reverse((s.due, s.id))),
+                    Some(s) => polls.push(Reverse((s.due, s.id))),
                     None => break,
                 },
-                _ = sleep_until(next_due), if next_due.is_some() => {
-                    let Some(Reverse((_, id))) = schedule.pop() else { continue };
-                    if !self.send(id).await {
-                        break;
-                    }
-                }
+                _ = sleep_until(wake), if wake.is_some() => {}
             }
         }
+    }
+
+    /// Takes a slot and a call for a poll, or says how long to wait for them. A poll takes
+    /// a call of both buckets, so that a send already admitted never finds its second call
+    /// taken by a poll.
+    fn start_poll(&mut self) -> Result<(), Duration> {
+        if self.sending.load(Ordering::SeqCst) > 0 {
+            return Err(SLOT_WAIT);
+        }
+        let slot = self
+            .slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| SLOT_WAIT)?;
+        self.admit.try_take()?;
+        self.pace.try_take()?;
+        self.poll_slot = Some(slot);
+        Ok(())
+    }
+
+    /// Asks about job `id`'s build in a task of its own, in the slot `start_poll` took.
+    fn follow(&mut self, id: u64) {
+        let Some(slot) = self.poll_slot.take() else {
+            return;
+        };
+        let poll = super::follow::Poll {
+            store: self.store.clone(),
+            teamcity: self.teamcity.clone(),
+            metrics: self.metrics.clone(),
+            outbox: self.outbox.clone(),
+        };
+        tokio::spawn(async move {
+            poll.run(id).await;
+            drop(slot);
+        });
     }
 
     /// Waits for a slot and the bucket, claims job `id`, and sends it. `false` on shutdown.
@@ -91,6 +188,7 @@ impl<T: Trigger> Worker<T> {
     async fn send(&mut self, id: u64) -> bool {
         // A job replaced by a newer push (or removed) is gone from the store and must not
         // use up a slot or a call; `claim_job` checks the rest.
+        let sending = Sending::new(&self.sending);
         match self.store.job_exists(id).await {
             Ok(true) => {}
             Ok(false) => return true,
@@ -132,7 +230,7 @@ impl<T: Trigger> Worker<T> {
             jitter: (self.jitter)(),
         };
         tokio::spawn(async move {
-            call.run(job).await;
+            call.run(job, sending).await;
             drop(slot);
         });
         true
@@ -148,6 +246,17 @@ fn schedule_in(outbox: &mpsc::UnboundedSender<Scheduled>, id: u64, delay: Durati
     let _ = outbox.send(Scheduled {
         id,
         due: Instant::now() + delay,
+        work: Work::Send,
+    });
+}
+
+/// Asks the worker to follow job `id`'s build at `at_ms` (wall clock, ms).
+pub(super) fn follow_at(outbox: &mpsc::UnboundedSender<Scheduled>, id: u64, at_ms: u64) {
+    let delay = Duration::from_millis(at_ms.saturating_sub(crate::clock::now_ms()));
+    let _ = outbox.send(Scheduled {
+        id,
+        due: Instant::now() + delay,
+        work: Work::Follow,
     });
 }
 
@@ -163,7 +272,7 @@ struct Call<T: Trigger> {
 }
 
 impl<T: Trigger> Call<T> {
-    async fn run(mut self, job: Job) {
+    async fn run(mut self, job: Job, sending: Sending) {
         // The in-flight mark must be on disk before the call, so that a crash after the
         // call is known to be one (SPEC §7). Without it, no call: the job goes back.
         if let Err(e) = self.store.persist_claim(&job).await {
@@ -176,6 +285,7 @@ impl<T: Trigger> Call<T> {
             _ = self.shutdown.wait() => true,
             _ = self.pace.ready() => false,
         };
+        drop(sending);
         if stopped {
             // Not sent: it stays pending for the next start.
             self.put_back(job.id, Duration::ZERO).await;
@@ -222,6 +332,11 @@ impl<T: Trigger> Call<T> {
                 async move { store.finish_job(job.id, finish, now).await }
             })
             .await;
+        if let Some(Ok(Some(done))) = &kept
+            && let Some(at) = done.build.as_ref().and_then(|b| b.next_poll_at)
+        {
+            follow_at(&self.outbox, done.id, at);
+        }
         match (kept, retry_in) {
             (Some(Ok(Some(_))), Some(delay)) => self.reschedule(job.id, delay),
             // A newer job was sent while this one was under way: its build is superseded

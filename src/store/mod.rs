@@ -311,9 +311,22 @@ impl Store {
         self.blocking(move |s| s.finish_job(id, &finish, now)).await
     }
 
-    /// At start: jobs left in flight become pending (flagged); every pending job.
+    /// At start: jobs left in flight become pending (flagged); every pending job, and every
+    /// done one whose build is still followed.
     pub async fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
         self.blocking(move |s| s.resume_jobs(now)).await
+    }
+
+    /// Keeps what TeamCity answered about done job `id`'s build (SPEC §6.1). Not synced on
+    /// its own: a poll lost in a crash is asked again.
+    pub async fn observe_build(
+        &self,
+        id: u64,
+        seen: crate::job::follow::Seen,
+        now: u64,
+    ) -> Result<Result<Job, Unchanged>, StoreError> {
+        self.blocking(move |s| s.observe_build(id, &seen, now))
+            .await
     }
 
     /// A dead job becomes pending again, due `now`.
@@ -541,6 +554,7 @@ pub(crate) mod test_support {
             cancel_superseded: false,
             supersedes: Vec::new(),
             purpose: crate::job::Purpose::Build,
+            build: None,
         }
     }
 }

@@ -40,7 +40,8 @@ pub(super) struct JobV1 {
 }
 
 impl From<JobV1> for Job {
-    /// A version-1 job was made by a push, on a route without `cancel_superseded`.
+    /// A version-1 job was made by a push, on a route without `cancel_superseded`; its
+    /// build (if done) was not followed, and is not followed now.
     fn from(old: JobV1) -> Self {
         Job {
             id: old.id,
@@ -72,6 +73,7 @@ impl From<JobV1> for Job {
             cancel_superseded: false,
             supersedes: Vec::new(),
             purpose: Purpose::Build,
+            build: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use super::Trees;
 use super::intake::segment::Accepted;
 use super::records::{decode, decode_mark, encode, encode_mark};
 use crate::job::lifecycle::{self, Refused, Transition, Write};
-use crate::job::{Finish, Job, JobState};
+use crate::job::{Finish, Job, JobState, follow};
 use crate::store::jobs::{Applied, DeliveryRecord, Unchanged};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use sled::Transactional;
@@ -292,8 +292,20 @@ impl Trees {
         Ok(t.map(|t| t.job))
     }
 
+    /// What TeamCity answered about a done job's build (SPEC §6.1); the job as kept.
+    pub fn observe_build(
+        &self,
+        id: u64,
+        seen: &follow::Seen,
+        now: u64,
+    ) -> Result<Result<Job, Unchanged>, StoreError> {
+        let t = self.transition(id, |job, _, _| Ok(lifecycle::followed(job, seen, now)))?;
+        Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
+    }
+
     /// On start: jobs left in flight by a stopped process become pending again (flagged
-    /// `interrupted`), or are dropped when superseded. Returns every pending job.
+    /// `interrupted`), or are dropped when superseded. Returns every pending job, and every
+    /// done one whose build is still followed.
     pub fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
         let mut pending = Vec::new();
         for item in self.records::<Job>(&self.jobs) {
@@ -305,6 +317,7 @@ impl Trees {
                         pending.push(job);
                     }
                 }
+                JobState::Done if follow::is_followed(&job) => pending.push(job),
                 JobState::Dead | JobState::Done => {}
             }
         }
@@ -626,8 +639,11 @@ mod tests {
         // jobs[2] stays in flight, as if the process died during the call.
         let resumed = store.resume_jobs(now()).unwrap();
         let ids: Vec<u64> = resumed.iter().map(|j| j.id).collect();
-        assert_eq!(ids, vec![jobs[0].id, jobs[2].id]);
-        assert!(resumed[1].interrupted && !resumed[0].interrupted);
+        // The done job's build is followed: it is resumed too.
+        assert_eq!(ids, vec![jobs[0].id, jobs[1].id, jobs[2].id]);
+        assert_eq!(resumed[1].state, JobState::Done);
+        assert!(resumed[1].build.as_ref().unwrap().next_poll_at.is_some());
+        assert!(resumed[2].interrupted && !resumed[0].interrupted);
         let dead = Finish::Dead {
             error: "400 bad".into(),
         };
