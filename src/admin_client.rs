@@ -127,6 +127,7 @@ pub fn jobs_table(jobs: &[Value]) -> String {
             "USER",
             "ATTEMPTS",
             "NEXT ATTEMPT",
+            "BUILD",
             "RESULT",
         ],
         jobs,
@@ -140,6 +141,7 @@ pub fn jobs_table(jobs: &[Value]) -> String {
             "user",
             "attempts",
             "next_attempt_at",
+            "build",
             "result",
         ],
     )
@@ -178,6 +180,22 @@ fn cell(row: &Value, key: &str) -> String {
             .as_str()
             .map(|s| s.chars().take(10).collect())
             .unwrap_or_default(),
+        // The followed build: its state, a finished one's status, its number.
+        "build" => match row[key]["state"].as_str() {
+            Some(state) => [
+                Some(state.to_owned()),
+                row[key]["status"]
+                    .as_str()
+                    .filter(|_| state == "finished")
+                    .map(str::to_owned),
+                row[key]["number"].as_str().map(|n| format!("#{n}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" "),
+            None => "-".into(),
+        },
         // What became of a job: its error, warning or build link.
         "result" => ["last_error", "warning", "web_url"]
             .iter()
@@ -206,5 +224,22 @@ mod tests {
         assert!(lines[0].starts_with("ID   SOURCE  USER"));
         assert!(lines[1].starts_with("abc  dc      jdoe"));
         assert!(lines[1].ends_with("2026-11-28T10:00:00Z  -"));
+    }
+
+    #[test]
+    fn jobs_show_their_followed_build() {
+        let rows = vec![
+            serde_json::json!({"id": "1", "state": "done", "build": {"state": "finished", "status": "FAILURE", "number": "41"}}),
+            serde_json::json!({"id": "2", "state": "done", "build": {"state": "running", "status": "SUCCESS"}}),
+            serde_json::json!({"id": "3", "state": "pending", "build": null}),
+        ];
+        let text = jobs_table(&rows);
+        assert!(text.contains("finished FAILURE #41"), "{text}");
+        let running = text.lines().nth(2).unwrap();
+        assert!(
+            running.contains("running") && !running.contains("SUCCESS"),
+            "{text}"
+        );
+        assert!(text.lines().nth(3).unwrap().contains(" -"), "{text}");
     }
 }

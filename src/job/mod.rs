@@ -252,6 +252,11 @@ impl Job {
                     map.insert(key.into(), clock::rfc3339(ms).into());
                 }
             }
+            if let Some(build) = map.get_mut("build").and_then(|b| b.as_object_mut())
+                && let Some(ms) = build.get("next_poll_at").and_then(|v| v.as_u64())
+            {
+                build.insert("next_poll_at".into(), clock::rfc3339(ms).into());
+            }
             map.insert("id".into(), self.id.to_string().into());
         }
         value

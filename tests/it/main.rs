@@ -8,6 +8,7 @@ mod delivery;
 mod disk_full;
 mod durability;
 mod exactly_once;
+mod following;
 mod hostile_input;
 mod intake_log;
 mod observability;

@@ -66,6 +66,8 @@ struct Build {
     started: bool,
     /// Removed from the queue, with this comment.
     canceled: Option<String>,
+    /// Finished by [`FakeTeamCity::finish_all`].
+    finished: bool,
 }
 
 #[derive(Default)]
@@ -84,6 +86,8 @@ struct State {
     next_build_id: u64,
     answer_branch: Option<String>,
     hang: bool,
+    /// How finished builds ended: (`SUCCESS`/`FAILURE`, status text).
+    finish_as: Option<(String, String)>,
 }
 
 /// A running fake TeamCity on 127.0.0.1.
@@ -186,6 +190,20 @@ impl FakeTeamCity {
                 )
             })
             .collect()
+    }
+
+    /// Finished builds report this status (`SUCCESS` or `FAILURE`) and status text
+    /// (default: `SUCCESS`, "Success").
+    pub fn finish_as(&self, status: &str, text: &str) {
+        self.state.lock().unwrap().finish_as = Some((status.into(), text.into()));
+    }
+
+    /// Every build queued or running finishes now, as [`finish_as`](Self::finish_as) says.
+    pub fn finish_all(&self) {
+        let mut state = self.state.lock().unwrap();
+        for build in &mut state.builds {
+            build.finished = true;
+        }
     }
 
     /// Free agents take every build still queued: they are running now.
@@ -353,6 +371,7 @@ impl FakeTeamCity {
                     triggered_by: user.clone(),
                     started: false,
                     canceled: None,
+                    finished: false,
                 });
                 let padding = "x".repeat(std::mem::take(&mut state.pad_next_answer));
                 json(serde_json::json!({
@@ -504,7 +523,7 @@ fn not_found(path: &str) -> Response<Full<Bytes>> {
 
 impl State {
     fn build_state(&self, build: &Build) -> &'static str {
-        if build.canceled.is_some() {
+        if build.canceled.is_some() || build.finished {
             return "finished";
         }
         if build.started {
@@ -540,9 +559,23 @@ impl State {
         if let Some(text) = &build.comment {
             value["comment"] = serde_json::json!({"text": text});
         }
+        if state != "queued" {
+            value["number"] = format!("{}", build.id - 100).into();
+        }
         if let Some(text) = &build.canceled {
             value["status"] = "UNKNOWN".into();
+            value["statusText"] = "Canceled".into();
             value["canceledInfo"] = serde_json::json!({"text": text});
+        } else if state == "finished" {
+            let (status, text) = self
+                .finish_as
+                .clone()
+                .unwrap_or_else(|| ("SUCCESS".into(), "Success".into()));
+            value["status"] = status.into();
+            value["statusText"] = text.into();
+        } else if state == "running" {
+            value["status"] = "SUCCESS".into();
+            value["statusText"] = "Running".into();
         }
         value
     }
