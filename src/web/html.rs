@@ -1,28 +1,19 @@
-//! The token page's HTML, rendered on the server: plain forms, no script, every value escaped.
+//! The token page's HTML, rendered on the server: plain forms, no script.
+//!
+//! Every page is a [maud] template: `html!` checks the markup at compile time and escapes
+//! every interpolated value (nothing here uses `PreEscaped`), so a Bitbucket or TeamCity
+//! value can never turn into markup.
+//! (maud rather than askama: the templates stay Rust code beside the views they render,
+//! typed and checked by the compiler, with no template files or runtime loading.)
 
 use crate::config::{Config, SourceKind};
 use crate::store::{Principal, TokenInfo, TokenStatus};
+use maud::{DOCTYPE, Markup, html};
 
 /// The stylesheet, served at [`STYLESHEET_PATH`].
 pub const STYLESHEET: &str = include_str!("style.css");
 /// Where the stylesheet is served.
 pub const STYLESHEET_PATH: &str = "/static/bb2tc.css";
-
-/// Escapes text for HTML content and quoted attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// A message shown above the page's content.
 #[derive(Debug, Clone)]
@@ -33,60 +24,55 @@ pub enum Banner {
     Error(String),
 }
 
-fn banner(banner: Option<&Banner>) -> String {
-    match banner {
-        None => String::new(),
-        Some(Banner::Notice(text)) => {
-            format!(r#"<p class="notice" role="status">{}</p>"#, escape(text))
-        }
-        Some(Banner::Error(text)) => {
-            format!(r#"<p class="error" role="alert">{}</p>"#, escape(text))
+fn banner(banner: Option<&Banner>) -> Markup {
+    html! {
+        @match banner {
+            None => {},
+            Some(Banner::Notice(text)) => p.notice role="status" { (text) },
+            Some(Banner::Error(text)) => p.error role="alert" { (text) },
         }
     }
 }
 
 /// A whole page. `who` and `csrf` are given when someone is signed in (for the sign-out form).
-pub fn layout(title: &str, who: Option<(&Principal, &str)>, content: &str) -> String {
-    document(title, "", who, content)
+pub fn layout(title: &str, who: Option<(&Principal, &str)>, content: Markup) -> String {
+    document(title, false, who, content)
 }
 
 fn document(
     title: &str,
-    head_extra: &str,
+    refresh_to_root: bool,
     who: Option<(&Principal, &str)>,
-    content: &str,
+    content: Markup,
 ) -> String {
-    let header = match who {
-        None => String::new(),
-        Some((principal, csrf)) => format!(
-            r#"<form class="who" method="post" action="/signout">
-<span>Signed in as <strong>{}</strong></span>
-<input type="hidden" name="csrf" value="{}">
-<button type="submit">Sign out</button>
-</form>"#,
-            escape(&describe(principal)),
-            escape(csrf)
-        ),
-    };
-    format!(
-        r#"<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title} · bb2tc</title>
-<link rel="stylesheet" href="{STYLESHEET_PATH}">
-{head_extra}</head>
-<body>
-<header><a class="brand" href="/">bb2tc</a>{header}</header>
-<main>
-{content}
-</main>
-</body>
-</html>
-"#,
-        title = escape(title),
-    )
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · bb2tc" }
+                link rel="stylesheet" href=(STYLESHEET_PATH);
+                @if refresh_to_root {
+                    meta http-equiv="refresh" content="0;url=/";
+                }
+            }
+            body {
+                header {
+                    a.brand href="/" { "bb2tc" }
+                    @if let Some((principal, csrf)) = who {
+                        form.who method="post" action="/signout" {
+                            span { "Signed in as " strong { (describe(principal)) } }
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                }
+                main { (content) }
+            }
+        }
+    }
+    .into_string()
 }
 
 /// "Jane Doe (jdoe) on dc" or "administrator".
@@ -111,87 +97,78 @@ pub fn describe(principal: &Principal) -> String {
 /// The sign-in page: per source, "Sign in with Bitbucket" (when OAuth is set up) and the
 /// pasted-token form; then the administrator's form.
 pub fn sign_in_page(config: &Config, csrf: &str, message: Option<&Banner>) -> String {
-    let csrf = escape(csrf);
-    let mut content = format!(
-        "<h1>TeamCity access tokens</h1>\n{}\n<p>Sign in with your Bitbucket account to manage \
-         the TeamCity access tokens bb2tc uses to start builds as you when you push.</p>\n",
-        banner(message)
-    );
-    for source in &config.sources {
-        let Some(url) = &source.url else { continue };
-        let id = escape(source.id.as_str());
-        let product = match source.kind {
-            SourceKind::DataCenter => "Bitbucket Data Center",
-            SourceKind::Cloud => "Bitbucket Cloud",
-        };
-        content.push_str(&format!(
-            r#"<section class="source" aria-labelledby="source-{id}">
-<h2 id="source-{id}">{product} <span class="muted">({id} · {url})</span></h2>
-"#,
-            url = escape(url.as_str().trim_end_matches('/')),
-        ));
-        if source.oauth_client_id.is_some() {
-            content.push_str(&format!(
-                r#"<p><a class="button primary" href="/signin/oauth/{id}">Sign in with Bitbucket</a></p>
-"#
-            ));
+    let content = html! {
+        h1 { "TeamCity access tokens" }
+        (banner(message))
+        p {
+            "Sign in with your Bitbucket account to manage the TeamCity access tokens bb2tc \
+             uses to start builds as you when you push."
         }
-        let (how, email) = match source.kind {
-            SourceKind::DataCenter => (
-                "a personal HTTP access token (Bitbucket: <em>Manage account → HTTP access \
-                 tokens</em>; read permissions are enough)",
-                String::new(),
-            ),
-            SourceKind::Cloud => (
-                "an Atlassian API token with your account's email (<em>Atlassian account → \
-                 Security → API tokens</em>)",
-                format!(
-                    r#"<label for="email-{id}">Email</label>
-<input id="email-{id}" name="email" type="email" autocomplete="username" required>
-"#
-                ),
-            ),
-        };
-        content.push_str(&format!(
-            r#"<details{open}>
-<summary>Sign in with a Bitbucket token</summary>
-<form method="post" action="/signin/token" class="stack">
-<p class="muted">Paste {how}. bb2tc uses it once to learn who you are and does not keep it.</p>
-<input type="hidden" name="csrf" value="{csrf}">
-<input type="hidden" name="source" value="{id}">
-{email}<label for="token-{id}">Bitbucket token</label>
-<input id="token-{id}" name="token" type="password" autocomplete="off" required>
-<button type="submit">Sign in</button>
-</form>
-</details>
-</section>
-"#,
-            open = if source.oauth_client_id.is_none() {
-                " open"
-            } else {
-                ""
-            },
-        ));
+        @for source in &config.sources {
+            @if let Some(url) = &source.url {
+                (source_sign_in(source, url.as_str().trim_end_matches('/'), csrf))
+            }
+        }
+        @if !config.sources.iter().any(|s| s.url.is_some()) {
+            p.error {
+                "No Bitbucket source has a " code { "url" } " in bb2tc's configuration, so \
+                 users cannot sign in yet. Ask your build engineers."
+            }
+        }
+        details.admin {
+            summary { "Administrator" }
+            form.stack method="post" action="/signin/admin" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="admin-token" { "Admin token" }
+                input #admin-token name="admin_token" type="password" autocomplete="off" required;
+                button type="submit" { "Sign in as administrator" }
+            }
+        }
+    };
+    layout("Sign in", None, content)
+}
+
+fn source_sign_in(source: &crate::config::Source, url: &str, csrf: &str) -> Markup {
+    let id = source.id.as_str();
+    let product = match source.kind {
+        SourceKind::DataCenter => "Bitbucket Data Center",
+        SourceKind::Cloud => "Bitbucket Cloud",
+    };
+    let how = match source.kind {
+        SourceKind::DataCenter => html! {
+            "a personal HTTP access token (Bitbucket: " em { "Manage account → HTTP access tokens" }
+            "; read permissions are enough)"
+        },
+        SourceKind::Cloud => html! {
+            "an Atlassian API token with your account's email ("
+            em { "Atlassian account → Security → API tokens" } ")"
+        },
+    };
+    html! {
+        section.source aria-labelledby={ "source-" (id) } {
+            h2 id={ "source-" (id) } { (product) " " span.muted { "(" (id) " · " (url) ")" } }
+            @if source.oauth_client_id.is_some() {
+                p { a.button.primary href={ "/signin/oauth/" (id) } { "Sign in with Bitbucket" } }
+            }
+            details open[source.oauth_client_id.is_none()] {
+                summary { "Sign in with a Bitbucket token" }
+                form.stack method="post" action="/signin/token" {
+                    p.muted {
+                        "Paste " (how) ". bb2tc uses it once to learn who you are and does not keep it."
+                    }
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="source" value=(id);
+                    @if source.kind == SourceKind::Cloud {
+                        label for={ "email-" (id) } { "Email" }
+                        input id={ "email-" (id) } name="email" type="email" autocomplete="username" required;
+                    }
+                    label for={ "token-" (id) } { "Bitbucket token" }
+                    input id={ "token-" (id) } name="token" type="password" autocomplete="off" required;
+                    button type="submit" { "Sign in" }
+                }
+            }
+        }
     }
-    if !config.sources.iter().any(|s| s.url.is_some()) {
-        content.push_str(
-            "<p class=\"error\">No Bitbucket source has a <code>url</code> in bb2tc's \
-             configuration, so users cannot sign in yet. Ask your build engineers.</p>\n",
-        );
-    }
-    content.push_str(&format!(
-        r#"<details class="admin">
-<summary>Administrator</summary>
-<form method="post" action="/signin/admin" class="stack">
-<input type="hidden" name="csrf" value="{csrf}">
-<label for="admin-token">Admin token</label>
-<input id="admin-token" name="admin_token" type="password" autocomplete="off" required>
-<button type="submit">Sign in as administrator</button>
-</form>
-</details>
-"#
-    ));
-    layout("Sign in", None, &content)
 }
 
 /// What the token page shows.
@@ -210,131 +187,135 @@ pub struct TokensView<'a> {
 
 /// The token page.
 pub fn tokens_page(config: &Config, view: &TokensView<'_>) -> String {
-    let csrf = escape(view.csrf);
     let admin = matches!(view.principal, Principal::Admin { .. });
-    let mut content = format!("<h1>TeamCity access tokens</h1>\n{}\n", banner(view.banner));
-    if admin {
-        content.push_str(&format!(
-            r#"<p>All users' tokens. Users add their own after signing in with Bitbucket; scripts use <code>bb2tc token add</code>.</p>
-<form method="get" action="/" class="inline" role="search">
-<label for="user-filter">User</label>
-<input id="user-filter" name="user" value="{}">
-<button type="submit">Filter</button>
-</form>
-"#,
-            escape(view.user_filter.unwrap_or(""))
-        ));
-    } else {
-        content.push_str(&add_form(config, &csrf));
-    }
-    content.push_str(&token_table(view.tokens, &csrf, admin));
+    let content = html! {
+        h1 { "TeamCity access tokens" }
+        (banner(view.banner))
+        @if admin {
+            p {
+                "All users' tokens. Users add their own after signing in with Bitbucket; \
+                 scripts use " code { "bb2tc token add" } "."
+            }
+            form.inline method="get" action="/" role="search" {
+                label for="user-filter" { "User" }
+                input #user-filter name="user" value=(view.user_filter.unwrap_or(""));
+                button type="submit" { "Filter" }
+            }
+        } @else {
+            (add_form(config, view.csrf))
+        }
+        (token_table(view.tokens, view.csrf, admin))
+    };
     layout(
         "TeamCity access tokens",
         Some((view.principal, view.csrf)),
-        &content,
+        content,
     )
 }
 
-fn add_form(config: &Config, csrf: &str) -> String {
-    let options: String = config
-        .servers
-        .iter()
-        .map(|s| {
-            format!(
-                r#"<option value="{}">{}</option>"#,
-                escape(s.id.as_str()),
-                escape(s.base_url())
-            )
-        })
-        .collect();
-    format!(
-        r#"<p>bb2tc starts TeamCity builds as you when you push. For that it needs an access token of yours for each TeamCity server: create one in TeamCity under <em>My Profile → Access Tokens</em> (TeamCity 2019.1 or later; an expiry date is optional) and add it here. A new token for the same server replaces the old one.</p>
-<details class="add" open>
-<summary>Add a token</summary>
-<form method="post" action="/tokens" class="stack">
-<input type="hidden" name="csrf" value="{csrf}">
-<label for="teamcity">TeamCity</label>
-<select id="teamcity" name="teamcity" required>{options}</select>
-<label for="token">Access token</label>
-<input id="token" name="token" type="password" autocomplete="off" required>
-<button type="submit" class="primary">Create</button>
-</form>
-</details>
-"#
-    )
-}
-
-fn token_table(tokens: &[TokenInfo], csrf: &str, admin: bool) -> String {
-    if tokens.is_empty() {
-        return "<p class=\"empty\">No tokens yet.</p>\n".into();
+fn add_form(config: &Config, csrf: &str) -> Markup {
+    html! {
+        p {
+            "bb2tc starts TeamCity builds as you when you push. For that it needs an access \
+             token of yours for each TeamCity server: create one in TeamCity under "
+            em { "My Profile → Access Tokens" }
+            " (TeamCity 2019.1 or later; an expiry date is optional) and add it here. A new \
+             token for the same server replaces the old one."
+        }
+        details.add open {
+            summary { "Add a token" }
+            form.stack method="post" action="/tokens" {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="teamcity" { "TeamCity" }
+                select #teamcity name="teamcity" required {
+                    @for server in &config.servers {
+                        option value=(server.id.as_str()) { (server.base_url()) }
+                    }
+                }
+                label for="token" { "Access token" }
+                input #token name="token" type="password" autocomplete="off" required;
+                button.primary type="submit" { "Create" }
+            }
+        }
     }
-    let user_header = if admin {
-        "<th scope=\"col\">User</th>"
-    } else {
-        ""
-    };
-    let mut rows = String::new();
-    for token in tokens {
-        let user_cell = if admin {
-            format!(
-                "<td>{} <span class=\"muted\">({})</span></td>",
-                escape(&token.user),
-                escape(token.source.as_str())
-            )
-        } else {
-            String::new()
-        };
-        let (status, advice) = match token.status {
-            TokenStatus::Valid => ("valid", ""),
-            TokenStatus::Invalid => (
-                "invalid",
+}
+
+fn token_table(tokens: &[TokenInfo], csrf: &str, admin: bool) -> Markup {
+    if tokens.is_empty() {
+        return html! { p.empty { "No tokens yet." } };
+    }
+    html! {
+        table {
+            caption {
+                "Deleting a token only removes it from bb2tc; it remains in TeamCity until you \
+                 revoke it there."
+            }
+            thead {
+                tr {
+                    @if admin { th scope="col" { "User" } }
+                    th scope="col" { "TeamCity" }
+                    th scope="col" { "TeamCity user" }
+                    th scope="col" { "Date added" }
+                    th scope="col" { "Last authenticated" }
+                    th scope="col" { "Status" }
+                    th scope="col" { span.visually-hidden { "Actions" } }
+                }
+            }
+            tbody {
+                @for token in tokens {
+                    (token_row(token, csrf, admin))
+                }
+            }
+        }
+    }
+}
+
+fn token_row(token: &TokenInfo, csrf: &str, admin: bool) -> Markup {
+    let (status, advice) = match token.status {
+        TokenStatus::Valid => ("valid", None),
+        TokenStatus::Invalid => (
+            "invalid",
+            Some(
                 "TeamCity no longer accepts this token (expired or revoked). Create a new one \
                  in TeamCity and add it: it replaces this one.",
             ),
-            TokenStatus::Unverified => ("unverified", "Not checked with TeamCity yet."),
-        };
-        rows.push_str(&format!(
-            r#"<tr>
-{user_cell}<td>{teamcity}</td>
-<td>{teamcity_user}</td>
-<td>{added}</td>
-<td>{last}</td>
-<td><span class="status {status}">{status}</span>{advice}</td>
-<td><form method="post" action="/tokens/{id}/delete">
-<input type="hidden" name="csrf" value="{csrf}">
-<button type="submit" class="danger" aria-label="Delete the token for {teamcity}">Delete</button>
-</form></td>
-</tr>
-"#,
-            teamcity = escape(&token.teamcity),
-            teamcity_user = escape(token.teamcity_user.as_deref().unwrap_or("—")),
-            added = shown_time(Some(&token.added_at)),
-            last = shown_time(token.last_authenticated_at.as_deref()),
-            advice = if advice.is_empty() {
-                String::new()
-            } else {
-                format!("<br><span class=\"advice\">{advice}</span>")
-            },
-            id = escape(&token.id),
-        ));
+        ),
+        TokenStatus::Unverified => ("unverified", Some("Not checked with TeamCity yet.")),
+    };
+    html! {
+        tr {
+            @if admin {
+                td { (token.user) " " span.muted { "(" (token.source.as_str()) ")" } }
+            }
+            td { (token.teamcity) }
+            td { (token.teamcity_user.as_deref().unwrap_or("—")) }
+            td { (shown_time(Some(&token.added_at))) }
+            td { (shown_time(token.last_authenticated_at.as_deref())) }
+            td {
+                span class={ "status " (status) } { (status) }
+                @if let Some(advice) = advice {
+                    br;
+                    span.advice { (advice) }
+                }
+            }
+            td {
+                form method="post" action={ "/tokens/" (token.id) "/delete" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    button.danger type="submit" aria-label={ "Delete the token for " (token.teamcity) } { "Delete" }
+                }
+            }
+        }
     }
-    format!(
-        r#"<table>
-<caption>Deleting a token only removes it from bb2tc; it remains in TeamCity until you revoke it there.</caption>
-<thead><tr>{user_header}<th scope="col">TeamCity</th><th scope="col">TeamCity user</th><th scope="col">Date added</th><th scope="col">Last authenticated</th><th scope="col">Status</th><th scope="col"><span class="visually-hidden">Actions</span></th></tr></thead>
-<tbody>
-{rows}</tbody>
-</table>
-"#
-    )
 }
 
 /// `2026-11-28T10:00:00Z` → `2026-11-28 10:00 UTC`; none → "never".
 fn shown_time(rfc3339: Option<&str>) -> String {
     match rfc3339 {
         None => "never".into(),
-        Some(t) if t.len() >= 16 => format!("{} {} UTC", &t[..10], &t[11..16]),
-        Some(t) => escape(t),
+        Some(t) => match (t.get(..10), t.get(11..16)) {
+            (Some(day), Some(minute)) => format!("{day} {minute} UTC"),
+            _ => t.to_owned(),
+        },
     }
 }
 
@@ -343,11 +324,11 @@ pub fn error_page(title: &str, message: &str) -> String {
     layout(
         title,
         None,
-        &format!(
-            "<h1>{}</h1>\n<p class=\"error\" role=\"alert\">{}</p>\n<p><a href=\"/\">Back to the token page</a></p>\n",
-            escape(title),
-            escape(message)
-        ),
+        html! {
+            h1 { (title) }
+            p.error role="alert" { (message) }
+            p { a href="/" { "Back to the token page" } }
+        },
     )
 }
 
@@ -356,22 +337,40 @@ pub fn error_page(title: &str, message: &str) -> String {
 pub fn continue_page() -> String {
     document(
         "Signed in",
-        "<meta http-equiv=\"refresh\" content=\"0;url=/\">\n",
+        true,
         None,
-        "<h1>Signed in</h1>\n<p><a class=\"button primary\" href=\"/\">Continue to your tokens</a></p>\n",
+        html! {
+            h1 { "Signed in" }
+            p { a.button.primary href="/" { "Continue to your tokens" } }
+        },
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::{SourceId, UserKey};
 
     #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape(r#"<a href="x">'&'</a>"#),
-            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+    fn values_from_outside_are_escaped_everywhere() {
+        let principal = Principal::User {
+            source: SourceId::new("dc"),
+            user: UserKey::parse("<b>x</b>").unwrap(),
+            aliases: vec![],
+            display_name: "\"><script>alert(1)</script>".into(),
+        };
+        let page = layout("t<i>", Some((&principal, "c\"sv")), html! { p { "ok" } });
+        assert!(
+            !page.contains("<script>") && !page.contains("<b>x"),
+            "{page}"
         );
+        assert!(
+            page.contains("&lt;script&gt;") && page.contains("c&quot;sv"),
+            "{page}"
+        );
+        assert!(page.contains("<title>t&lt;i&gt; · bb2tc</title>"), "{page}");
+        let error = error_page("<h1>", "a & b");
+        assert!(error.contains("<h1>&lt;h1&gt;</h1>") && error.contains("a &amp; b"));
     }
 
     #[test]
@@ -381,5 +380,6 @@ mod tests {
             "2026-11-28 10:05 UTC"
         );
         assert_eq!(shown_time(None), "never");
+        assert_eq!(shown_time(Some("ééééééééééé")), "ééééééééééé");
     }
 }
