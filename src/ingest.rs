@@ -93,7 +93,10 @@ pub async fn plan(
             };
             match token_for(&mut tokens, store, &ctx, server, route).await? {
                 Ok(token) => jobs.extend(route_jobs(&ctx, route, server, change, sha, &token)),
-                Err(reason) => plan.skipped.push(skip(reason)),
+                Err(reason) => {
+                    jobs.extend(no_token_statuses(&ctx, route, server, change, sha, &reason));
+                    plan.skipped.push(skip(reason));
+                }
             }
         }
         planned += jobs.len();
@@ -249,7 +252,10 @@ pub async fn plan_pull_request(
         }
         match token_for(&mut tokens, store, &ctx, server, route).await? {
             Ok(token) => jobs.extend(route_jobs(&ctx, route, server, change, sha, &token)),
-            Err(reason) => plan.skipped.push(skip(reason)),
+            Err(reason) => {
+                jobs.extend(no_token_statuses(&ctx, route, server, change, sha, &reason));
+                plan.skipped.push(skip(reason));
+            }
         }
     }
     let planned = jobs.len();
@@ -374,6 +380,13 @@ fn route_jobs(
         supersedes: Vec::new(),
         purpose: Purpose::Build,
         build: None,
+        // Only a source with a status token can be reported to.
+        report_status: if source.status_token.is_some() {
+            route.report_status
+        } else {
+            crate::config::ReportStatus::Off
+        },
+        status: None,
     };
     match route.mode {
         TriggerMode::Build => route
@@ -389,6 +402,25 @@ fn route_jobs(
             ..template
         }],
     }
+}
+
+/// With `report_status`, the `FAILED` statuses that say why no build will run: one per
+/// build type, as jobs of their own (SPEC §6.2).
+fn no_token_statuses(
+    ctx: &Context<'_>,
+    route: &Route,
+    server: &TeamCityServer,
+    change: &RefChange,
+    sha: &Sha,
+    reason: &str,
+) -> Vec<Job> {
+    route_jobs(ctx, route, server, change, sha, &TokenRef::Service)
+        .into_iter()
+        .filter_map(|job| {
+            crate::job::status::no_token(&job, reason)
+                .map(|report| crate::job::status::status_job(&job, report))
+        })
+        .collect()
 }
 
 /// The route's build parameters, and with `pr_properties` the pull request's (SPEC §5.4).

@@ -141,10 +141,12 @@ pub async fn run(
         .collect::<Result<Vec<_>, _>>()?;
     let (stop_workers, stopping) = Shutdown::new();
     let metrics = Arc::new(metrics::Metrics::for_config(&config));
+    let statuses = status_sources(&config);
     let (queue, queue_tasks) = Queue::start(
         store.clone(),
         metrics.clone(),
         &clients,
+        statuses,
         stopping.clone(),
         queue::retry::random_jitter,
     )
@@ -185,6 +187,26 @@ pub async fn run(
 
 /// Hands the jobs of recorded deliveries to their workers as the store applies them
 /// (shortly after each 202), and counts the pending jobs they replaced.
+/// The sources build statuses are posted to: those with a `status_token`.
+fn status_sources(config: &Config) -> Vec<queue::status_worker::StatusSource> {
+    config
+        .sources
+        .iter()
+        .filter_map(|source| {
+            Some(queue::status_worker::StatusSource {
+                token: source.status_token.clone()?,
+                source: source.clone(),
+                token_page: format!("{}/", config.http.public_url.trim_end_matches('/')),
+                teamcity: config
+                    .servers
+                    .iter()
+                    .map(|s| (s.id.clone(), s.base_url().to_owned()))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
 async fn hand_applied_jobs(
     app: Arc<App>,
     applied: Option<tokio::sync::mpsc::UnboundedReceiver<store::Applied>>,

@@ -42,6 +42,12 @@ struct TriggerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusPostLabels {
+    source: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     server: String,
     result: String,
@@ -76,6 +82,7 @@ pub struct Metrics {
     triggers: Family<TriggerLabels, Counter>,
     builds_cancelled: Family<TriggerLabels, Counter>,
     builds: Family<ResultLabels, Counter>,
+    status_posts: Family<StatusPostLabels, Counter>,
     trigger_duration: DurationFamily,
     queue_depth: Family<DepthLabels, Gauge>,
     queue_oldest_age: Family<ServerLabels, Gauge<f64, AtomicU64>>,
@@ -156,6 +163,7 @@ impl Default for Metrics {
             triggers: Family::default(),
             builds_cancelled: Family::default(),
             builds: Family::default(),
+            status_posts: Family::default(),
             trigger_duration: Family::new_with_constructor(duration_histogram),
             queue_depth: Family::default(),
             queue_oldest_age: Family::default(),
@@ -195,6 +203,11 @@ impl Default for Metrics {
             "bb2tc_builds",
             "Followed builds that finished, by result (success, failure, cancelled, failed_to_start, unknown)",
             metrics.builds.clone(),
+        );
+        registry.register(
+            "bb2tc_status_posts",
+            "Build statuses posted to Bitbucket, by source and outcome (posted, retry, dead)",
+            metrics.status_posts.clone(),
         );
         registry.register(
             "bb2tc_builds_cancelled",
@@ -330,6 +343,16 @@ impl Metrics {
         self.jobs_enqueued
             .get_or_create(&ServerLabels {
                 server: server.into(),
+            })
+            .inc();
+    }
+
+    /// A status post to Bitbucket source `source` ended with `outcome`.
+    pub fn status_post(&self, source: &str, outcome: &str) {
+        self.status_posts
+            .get_or_create(&StatusPostLabels {
+                source: source.into(),
+                outcome: outcome.into(),
             })
             .inc();
     }

@@ -2,6 +2,7 @@
 //! Center and Cloud payloads into one normalised [`Push`] or [`PullRequest`]; and the one
 //! Cloud API call a pull request may need ([`cloud_api`]).
 
+pub mod build_status;
 mod cloud;
 pub mod cloud_api;
 mod cloud_pull_request;

@@ -220,6 +220,19 @@ pub enum TriggerMode {
     CheckForChanges,
 }
 
+/// What a route reports to Bitbucket as build statuses (SPEC §6.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportStatus {
+    /// Nothing.
+    #[default]
+    Off,
+    /// One status per trigger: queued as the user, or why no build will run.
+    Triggers,
+    /// As `Triggers`, then the followed build's state until it finishes.
+    Builds,
+}
+
 /// Whether TeamCity gets `feature/x` or `refs/heads/feature/x`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BranchNaming {
@@ -270,6 +283,8 @@ pub struct Route {
     pub pr_properties: bool,
     /// A newer commit on a branch cancels this route's older builds still in TeamCity's queue.
     pub cancel_superseded: bool,
+    /// Build statuses posted to Bitbucket (SPEC §6.2).
+    pub report_status: ReportStatus,
 }
 
 impl Config {
@@ -784,6 +799,26 @@ impl Validator {
                 None
             }
         };
+        let report_status = match raw.report_status.as_str() {
+            "off" => Some(ReportStatus::Off),
+            "triggers" => Some(ReportStatus::Triggers),
+            "builds" => Some(ReportStatus::Builds),
+            other => {
+                self.problem(
+                    format!("{table}.report_status"),
+                    format!("{other:?} must be \"off\", \"triggers\" or \"builds\""),
+                );
+                None
+            }
+        };
+        if report_status.is_some_and(|r| r != ReportStatus::Off)
+            && mode == Some(TriggerMode::CheckForChanges)
+        {
+            self.problem(
+                format!("{table}.report_status"),
+                "needs mode = \"build\": a commit-hook call has no build to report",
+            );
+        }
         if raw.cancel_superseded && mode == Some(TriggerMode::CheckForChanges) {
             self.problem(
                 format!("{table}.cancel_superseded"),
@@ -810,6 +845,7 @@ impl Validator {
             fork_pull_requests: raw.fork_pull_requests,
             pr_properties: raw.pr_properties,
             cancel_superseded: raw.cancel_superseded,
+            report_status: report_status?,
         })
     }
 

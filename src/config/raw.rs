@@ -187,6 +187,8 @@ pub(super) struct RawRoute {
     pub pr_properties: bool,
     #[serde(default)]
     pub cancel_superseded: bool,
+    #[serde(default = "default_report_status")]
+    pub report_status: String,
 }
 
 fn match_all() -> Vec<String> {
@@ -194,6 +196,9 @@ fn match_all() -> Vec<String> {
 }
 fn default_events() -> Vec<String> {
     vec!["push".into()]
+}
+fn default_report_status() -> String {
+    "off".into()
 }
 fn default_mode() -> String {
     "build".into()

@@ -98,10 +98,16 @@ mod tests {
             .map(|s| TeamCityClient::new(s).unwrap())
             .collect();
         let (_stop, stopping) = Shutdown::new();
-        let (queue, _tasks) =
-            Queue::start(store.clone(), Arc::default(), &clients, stopping, || 0.0)
-                .await
-                .unwrap();
+        let (queue, _tasks) = Queue::start(
+            store.clone(),
+            Arc::default(),
+            &clients,
+            Vec::new(),
+            stopping,
+            || 0.0,
+        )
+        .await
+        .unwrap();
         queue.abort_worker(&ServerId::new("main"));
         while queue
             .liveness()

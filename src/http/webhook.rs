@@ -154,12 +154,12 @@ async fn deliver(
     }
     tracing::info!(
         source = %source.id, event = event_key, repository = %Escaped(&repository),
-        jobs = jobs.len(), skipped = delivery.skipped.len(), "accepted"
+        jobs = delivery.jobs, skipped = delivery.skipped.len(), "accepted"
     );
     let answer = json!({
         "result": "accepted",
         "delivery": delivery.id,
-        "jobs": jobs.len(),
+        "jobs": delivery.jobs,
         "skipped": delivery.skipped,
     });
     Ok((json(StatusCode::ACCEPTED, &answer), "accepted"))

@@ -5,6 +5,7 @@
 
 pub mod follow;
 pub mod lifecycle;
+pub mod status;
 
 use crate::clock;
 use crate::config::TriggerMode;
@@ -68,6 +69,8 @@ pub enum Purpose {
     Build,
     /// Only cancel what it supersedes: a pull request ended (merged, declined, deleted).
     CancelQueued,
+    /// Post a build status to Bitbucket (its `status`), for the job `status.of_job`.
+    ReportStatus,
 }
 
 /// An older build of a job's branch, queued in TeamCity, that the job cancels once its own
@@ -193,12 +196,28 @@ pub struct Job {
     pub purpose: Purpose,
     /// The queued build as it is followed (build jobs TeamCity gave an id).
     pub build: Option<BuildProgress>,
+    /// Its route's `report_status`.
+    pub report_status: crate::config::ReportStatus,
+    /// A status job's status.
+    pub status: Option<status::StatusReport>,
 }
 
 impl Job {
     /// The coalescing key: one waiting job per (server, build type, branch), or per
     /// (server, repository) for commit-hook jobs, which check every branch anyway.
     pub fn coalescing_key(&self) -> Vec<u8> {
+        if self.purpose == Purpose::ReportStatus {
+            // One status waiting per (source, repository, commit, build type): a newer one
+            // replaces it.
+            return format!(
+                "{}\0status\0{}\0{}\0{}",
+                self.source,
+                self.repository.to_ascii_lowercase(),
+                self.sha.as_str(),
+                self.build_type.as_ref().map_or("", |b| b.as_str())
+            )
+            .into_bytes();
+        }
         match (&self.mode, &self.build_type) {
             (TriggerMode::Build, Some(build_type)) => {
                 format!("{}\0build\0{}\0{}", self.server, build_type, self.branch)
@@ -218,6 +237,11 @@ impl Job {
     /// Commit-hook jobs are per (server, repository, ref, commit).
     pub fn dedup_key(&self) -> Vec<u8> {
         match (&self.purpose, &self.mode, &self.build_type) {
+            (Purpose::ReportStatus, _, _) => {
+                let mut key = b"report\0".to_vec();
+                key.extend(self.coalescing_key());
+                return key;
+            }
             (Purpose::CancelQueued, _, build_type) => format!(
                 "end\0{}\0{}\0{}\0{}",
                 self.server,

@@ -8,6 +8,7 @@ mod dispatch;
 mod follow;
 pub mod rate_limit;
 pub mod retry;
+pub mod status_worker;
 mod trigger;
 mod worker;
 
@@ -34,6 +35,8 @@ struct WorkerHandle {
 /// Hands jobs to the running workers.
 pub struct Queue {
     workers: HashMap<ServerId, WorkerHandle>,
+    /// The status worker of each source that has a `status_token`.
+    status_workers: HashMap<crate::ids::SourceId, mpsc::UnboundedSender<Scheduled>>,
 }
 
 /// What shutdown waits for: the worker tasks and their in-flight calls.
@@ -48,6 +51,7 @@ impl Queue {
         store: Arc<Store>,
         metrics: Arc<Metrics>,
         servers: &[T],
+        statuses: Vec<status_worker::StatusSource>,
         shutdown: Shutdown,
         jitter: fn() -> f64,
     ) -> Result<(Self, QueueTasks), StoreError> {
@@ -86,7 +90,36 @@ impl Queue {
             );
             tasks.workers.push((task, slots, server.max_in_flight));
         }
-        let queue = Self { workers };
+        let mut status_workers = HashMap::new();
+        for source in statuses {
+            let Ok(client) = crate::bitbucket::build_status::StatusClient::new() else {
+                tracing::error!(source = %source.source.id, "cannot set up the Bitbucket status client; statuses of this source wait");
+                continue;
+            };
+            let (inbox, receiver) = mpsc::unbounded_channel();
+            status_workers.insert(source.source.id.clone(), inbox.clone());
+            let worker = status_worker::StatusWorker {
+                store: store.clone(),
+                metrics: metrics.clone(),
+                client,
+                source,
+                limit: rate_limit::RateLimit::new(
+                    status_worker::RATE_PER_SECOND,
+                    status_worker::BURST,
+                ),
+                inbox: receiver,
+                outbox: inbox,
+                shutdown: shutdown.clone(),
+                jitter,
+            };
+            tasks
+                .workers
+                .push((tokio::spawn(worker.run()), Arc::new(Semaphore::new(1)), 1));
+        }
+        let queue = Self {
+            workers,
+            status_workers,
+        };
         let resumed = store.resume_jobs(clock::now_ms()).await?;
         if !resumed.is_empty() {
             tracing::info!(jobs = resumed.len(), "resuming queued jobs");
@@ -100,6 +133,24 @@ impl Queue {
     /// Hands a stored pending job — or a done one whose build is followed — to its
     /// server's worker.
     pub fn schedule(&self, job: &Job) {
+        if job.purpose == crate::job::Purpose::ReportStatus {
+            match self.status_workers.get(&job.source) {
+                Some(inbox) => {
+                    let delay =
+                        Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
+                    let _ = inbox.send(Scheduled {
+                        id: job.id,
+                        due: Instant::now() + delay,
+                        work: Work::Send,
+                    });
+                }
+                None => tracing::warn!(
+                    job = job.id, source = %job.source,
+                    "build status for a source without a status_token stays queued"
+                ),
+            }
+            return;
+        }
         match self.workers.get(&job.server) {
             Some(worker) => {
                 if let Some(at) = job.build.as_ref().and_then(|b| b.next_poll_at)

@@ -188,6 +188,7 @@ async fn start(
         store.clone(),
         Arc::default(),
         std::slice::from_ref(teamcity),
+        Vec::new(),
         stopping,
         jitter,
     )

@@ -395,7 +395,7 @@ impl<T: Trigger> Call<T> {
     }
 }
 
-async fn sleep_until(due: Option<Instant>) {
+pub(super) async fn sleep_until(due: Option<Instant>) {
     if let Some(due) = due {
         tokio::time::sleep_until(due).await;
     }

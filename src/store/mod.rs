@@ -555,6 +555,8 @@ pub(crate) mod test_support {
             supersedes: Vec::new(),
             purpose: crate::job::Purpose::Build,
             build: None,
+            report_status: crate::config::ReportStatus::Off,
+            status: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! store in a temp dir, and a fake TeamCity that records what it receives.
 
 mod browser;
+mod build_statuses;
 mod check_for_changes;
 mod cli;
 mod delivery;

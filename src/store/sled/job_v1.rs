@@ -74,6 +74,8 @@ impl From<JobV1> for Job {
             supersedes: Vec::new(),
             purpose: Purpose::Build,
             build: None,
+            report_status: crate::config::ReportStatus::Off,
+            status: None,
         }
     }
 }

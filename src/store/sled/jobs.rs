@@ -7,7 +7,7 @@ use super::Trees;
 use super::intake::segment::Accepted;
 use super::records::{decode, decode_mark, encode, encode_mark};
 use crate::job::lifecycle::{self, Refused, Transition, Write};
-use crate::job::{Finish, Job, JobState, follow};
+use crate::job::{Finish, Job, JobState, follow, status};
 use crate::store::jobs::{Applied, DeliveryRecord, Unchanged};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use sled::Transactional;
@@ -289,6 +289,11 @@ impl Trees {
             Ok(lifecycle::sent(job, finish, latest, newest.as_ref(), now))
         })?;
         self.set_aside_jobs(bad);
+        if let Ok(Transition { job: Some(job), .. }) = &t
+            && let Some(report) = status::after_trigger(job, finish)
+        {
+            self.enqueue_made(status::status_job(job, report), now)?;
+        }
         Ok(t.map(|t| t.job))
     }
 
@@ -299,8 +304,44 @@ impl Trees {
         seen: &follow::Seen,
         now: u64,
     ) -> Result<Result<Job, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, _, _| Ok(lifecycle::followed(job, seen, now)))?;
+        let before = RefCell::new(None);
+        let t = self.transition(id, |job, _, _| {
+            *before.borrow_mut() = job.build.clone();
+            Ok(lifecycle::followed(job, seen, now))
+        })?;
+        let before = before.into_inner();
+        if let Ok(Transition { job: Some(job), .. }) = &t
+            && let Some(report) = status::after_poll(before.as_ref(), job)
+        {
+            self.enqueue_made(status::status_job(job, report), now)?;
+        }
         Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
+    }
+
+    /// Enqueues a job the store made itself (a status report), due `now`, replacing one of
+    /// its key still waiting, and hands it to the workers. Its own transaction, after the
+    /// one that called for it: a crash between the two loses the status, not the build.
+    fn enqueue_made(&self, mut job: Job, now: u64) -> Result<(), StoreError> {
+        job.id = self.take_job_id();
+        job.created_at = now;
+        job.next_attempt_at = now;
+        let bad = Unreadable::default();
+        let t = (&self.jobs, &self.latest).transaction(|(jobs, latest)| {
+            bad.borrow_mut().clear();
+            let newest = match latest_id(latest, &job.coalescing_key())? {
+                Some(id) => read_job(jobs, id, &bad)?,
+                None => None,
+            };
+            let t = lifecycle::enqueue(job.clone(), newest.as_ref());
+            apply(jobs, latest, &t.writes)?;
+            Ok(t)
+        });
+        self.set_aside_jobs(bad);
+        let t = t?;
+        let before: Vec<&Job> = t.coalesced.iter().collect();
+        self.count_writes(&before, &t.writes);
+        self.announce(t.job.into_iter().collect());
+        Ok(())
     }
 
     /// On start: jobs left in flight by a stopped process become pending again (flagged

@@ -80,6 +80,7 @@ impl SledStore {
         events: mpsc::UnboundedSender<Applied>,
     ) -> Result<Self, StoreError> {
         let trees = Arc::new(Trees::open(settings)?);
+        *lock_announce(&trees.announce) = Some(events.clone());
         let intake = intake::Intake::start(trees.clone(), settings.intake_segment_bytes, events)?;
         Ok(Self { intake, trees })
     }
@@ -164,12 +165,46 @@ pub struct Trees {
     id: String,
     /// (device, inode) of the store directory when it was opened.
     identity: Option<(u64, u64)>,
+    /// The next job id to give: set by the intake log's replay at start, then taken by the
+    /// intake (a delivery's jobs) and by the store itself (status reports, made as jobs
+    /// finish), so that both draw from one sequence.
+    next_job_id: std::sync::atomic::AtomicU64,
+    /// Where jobs the store makes itself are announced (as the applier announces a
+    /// delivery's), for the workers.
+    announce: std::sync::Mutex<Option<mpsc::UnboundedSender<Applied>>>,
     /// Test-only: operations made to fail, to test what heals after a store error.
     #[cfg(test)]
     pub(crate) faults: test_support::Faults,
 }
 
+fn lock_announce(
+    announce: &std::sync::Mutex<Option<mpsc::UnboundedSender<Applied>>>,
+) -> std::sync::MutexGuard<'_, Option<mpsc::UnboundedSender<Applied>>> {
+    announce
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Trees {
+    /// The next job id (see `next_job_id`).
+    pub(super) fn take_job_id(&self) -> u64 {
+        self.next_job_id
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Hands jobs the store made itself to the workers.
+    pub(super) fn announce(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        if let Some(events) = lock_announce(&self.announce).as_ref() {
+            let _ = events.send(Applied {
+                jobs,
+                coalesced: Vec::new(),
+            });
+        }
+    }
+
     /// Opens (creating if missing) the store at `settings.path` and checks the master key.
     fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         let path = settings.path.clone();
@@ -202,6 +237,8 @@ impl Trees {
             id,
             #[cfg(test)]
             faults: Default::default(),
+            next_job_id: Default::default(),
+            announce: Default::default(),
         };
         store.count_all()?;
         Ok(store)

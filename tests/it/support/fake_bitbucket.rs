@@ -11,6 +11,13 @@
 //! - Cloud commits: `/2.0/repositories/{workspace}/{slug}/commit/{hash}` with a repository
 //!   (or workspace) access token as Bearer; a short hash finds the commit it begins, as
 //!   Cloud's does; errors are Cloud's JSON (`{"type": "error", "error": {"message"}}`).
+//! - Build statuses: Data Center `POST /rest/api/latest/projects/{key}/repos/{slug}/commits/
+//!   {sha}/builds` (204; `key`, `state`, `url` required; `key`, `name`, `description` at most
+//!   255 characters, `url` 450; states INPROGRESS, SUCCESSFUL, FAILED) and Cloud `POST
+//!   /2.0/repositories/{workspace}/{slug}/commit/{sha}/statuses/build` (201; `key` at most
+//!   40 characters; states INPROGRESS, SUCCESSFUL, FAILED, STOPPED), each with an access
+//!   token for that repository as Bearer. [`FakeBitbucket::fail_statuses`] answers the next
+//!   ones 503.
 //! - `/forged?action=…`: a page of another origin with a form that posts to bb2tc without a
 //!   CSRF value, for the browser test.
 
@@ -96,6 +103,22 @@ struct State {
     access_tokens: HashMap<String, String>,
     /// Commits: (repository, whole hash).
     commits: Vec<(String, String)>,
+    /// Statuses taken.
+    statuses: Vec<PostedStatus>,
+    /// How many status posts to answer 503 first.
+    failing_statuses: usize,
+}
+
+/// A build status as Bitbucket took it.
+#[derive(Debug, Clone)]
+pub struct PostedStatus {
+    /// `datacenter` or `cloud`.
+    pub kind: &'static str,
+    /// `KEY/slug` or `workspace/slug`.
+    pub repository: String,
+    pub sha: String,
+    pub body: serde_json::Value,
+    pub authorization: String,
 }
 
 /// A running fake Bitbucket on 127.0.0.1.
@@ -132,6 +155,28 @@ impl FakeBitbucket {
     pub fn add_access_token(&self, token: &str, scope: &str) {
         let mut state = self.state.lock().unwrap();
         state.access_tokens.insert(token.into(), scope.into());
+    }
+
+    /// The statuses taken so far.
+    pub fn statuses(&self) -> Vec<PostedStatus> {
+        self.state.lock().unwrap().statuses.clone()
+    }
+
+    /// The next `n` status posts are answered 503.
+    pub fn fail_statuses(&self, n: usize) {
+        self.state.lock().unwrap().failing_statuses = n;
+    }
+
+    /// Waits (15 s at most) for `n` statuses taken.
+    pub async fn wait_for_statuses(&self, n: usize) -> Vec<PostedStatus> {
+        for _ in 0..1500 {
+            let statuses = self.statuses();
+            if statuses.len() >= n {
+                return statuses;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("expected {n} statuses, got {:#?}", self.statuses());
     }
 
     /// A commit of a Cloud repository.
@@ -258,6 +303,12 @@ impl FakeBitbucket {
                         "account_status": if a.active { "active" } else { "inactive" },
                     }),
                 )
+            }
+            ("POST", p)
+                if (p.starts_with("/rest/api/latest/projects/") && p.ends_with("/builds"))
+                    || (p.starts_with("/2.0/repositories/") && p.ends_with("/statuses/build")) =>
+            {
+                post_status(&mut state, p, &authorization, &body)
             }
             ("GET", p) if p.starts_with("/2.0/repositories/") => {
                 let parts: Vec<&str> = p
@@ -407,6 +458,110 @@ fn basic<'a>(state: &'a State, authorization: &str) -> Option<&'a Account> {
     let &index = state.tokens.get(token)?;
     let account = &state.accounts[index];
     (account.email == email).then_some(account)
+}
+
+fn post_status(
+    state: &mut State,
+    path: &str,
+    authorization: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (kind, repository, sha) = match parts.as_slice() {
+        [
+            "rest",
+            "api",
+            "latest",
+            "projects",
+            key,
+            "repos",
+            slug,
+            "commits",
+            sha,
+            "builds",
+        ] => ("datacenter", format!("{key}/{slug}"), sha.to_string()),
+        [
+            "2.0",
+            "repositories",
+            ws,
+            slug,
+            "commit",
+            sha,
+            "statuses",
+            "build",
+        ] => ("cloud", format!("{ws}/{slug}"), sha.to_string()),
+        _ => {
+            return json(
+                404,
+                serde_json::json!({"errors": [{"message": "not found"}]}),
+            );
+        }
+    };
+    let error = |status: u16, message: &str| match kind {
+        "cloud" => cloud_error(status, message),
+        _ => json(
+            status,
+            serde_json::json!({"errors": [{"message": message}]}),
+        ),
+    };
+    let scope = authorization
+        .strip_prefix("Bearer ")
+        .and_then(|t| state.access_tokens.get(t));
+    let (owner, _) = repository.split_once('/').unwrap();
+    if !scope.is_some_and(|s| *s == repository || *s == format!("{owner}/*")) {
+        return error(
+            401,
+            "Authentication failed. Please check your credentials and try again.",
+        );
+    }
+    if state.failing_statuses > 0 {
+        state.failing_statuses -= 1;
+        return error(503, "Service Unavailable");
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return error(400, "the body is not JSON");
+    };
+    let text = |field: &str| value[field].as_str().map(str::to_owned);
+    let (key_max, states): (usize, &[&str]) = match kind {
+        "cloud" => (40, &["INPROGRESS", "SUCCESSFUL", "FAILED", "STOPPED"]),
+        _ => (255, &["INPROGRESS", "SUCCESSFUL", "FAILED"]),
+    };
+    for field in ["key", "state", "url"] {
+        if text(field).is_none_or(|v| v.is_empty()) {
+            return error(400, &format!("{field} is required"));
+        }
+    }
+    if text("key").unwrap().chars().count() > key_max {
+        return error(400, &format!("key must be at most {key_max} characters"));
+    }
+    for (field, max) in [("name", 255), ("description", 255), ("url", 450)] {
+        if text(field).is_some_and(|v| v.chars().count() > max) {
+            return error(400, &format!("{field} must be at most {max} characters"));
+        }
+    }
+    if !states.contains(&text("state").unwrap().as_str()) {
+        return error(
+            400,
+            &format!("{} is not a build state", text("state").unwrap()),
+        );
+    }
+    state.statuses.push(PostedStatus {
+        kind,
+        repository,
+        sha,
+        body: value.clone(),
+        authorization: authorization.to_owned(),
+    });
+    match kind {
+        "cloud" => json(
+            201,
+            serde_json::json!({"type": "commitstatus", "key": value["key"], "state": value["state"]}),
+        ),
+        _ => Response::builder()
+            .status(204)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    }
 }
 
 fn cloud_error(status: u16, message: &str) -> Response<Full<Bytes>> {

@@ -51,7 +51,6 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, Default)]
 struct Pending {
     next_seq: u64,
-    next_job_id: u64,
     /// The sequence number of the last delivery queued (for `wait_applied`).
     #[cfg(test)]
     last_delivery: u64,
@@ -180,6 +179,9 @@ impl Intake {
         events: mpsc::UnboundedSender<Applied>,
     ) -> Result<Self, StoreError> {
         let replayed = replay::replay(&trees)?;
+        trees
+            .next_job_id
+            .store(replayed.next_job_id, std::sync::atomic::Ordering::SeqCst);
         if !replayed.jobs.is_empty() {
             let _ = events.send(Applied {
                 jobs: replayed.jobs,
@@ -188,7 +190,6 @@ impl Intake {
         }
         let pending: Shared = Arc::new(Mutex::new(Pending {
             next_seq: replayed.next_seq,
-            next_job_id: replayed.next_job_id,
             ..Pending::default()
         }));
         let closed = Arc::new(Mutex::new(Vec::new()));
@@ -261,8 +262,8 @@ impl Intake {
                     continue;
                 }
                 marks.push(mark);
-                job.id = pending.next_job_id;
-                pending.next_job_id += 1;
+                // Under the lock, so that ids follow the log's order.
+                job.id = trees.take_job_id();
                 jobs.push(job);
                 made += 1;
             }
@@ -270,7 +271,11 @@ impl Intake {
                 .skipped
                 .extend(already_seen(&change.reference, &seen, made == 0));
         }
-        record.jobs = jobs.len();
+        // Status reports are jobs too, but not builds.
+        record.jobs = jobs
+            .iter()
+            .filter(|j| j.purpose != crate::job::Purpose::ReportStatus)
+            .count();
         let accepted = Accepted {
             delivery: record,
             dedup_id,
