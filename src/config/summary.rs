@@ -1,6 +1,6 @@
 //! A readable account of what a config means, for `bb2tc check-config`.
 
-use super::{BranchNaming, Config, EventKind, SourceKind, TriggerMode};
+use super::{BranchNaming, Config, EventKind, ReportStatus, SourceKind, TriggerMode};
 use std::fmt::Write;
 
 /// The secret the shipped config falls back to: public, so anyone could sign webhooks.
@@ -29,6 +29,18 @@ impl Config {
             }
         }
         for route in &self.routes {
+            let without_token = self
+                .sources
+                .iter()
+                .any(|s| s.id == route.source && s.status_token.is_none());
+            if route.report_status != ReportStatus::Off && without_token {
+                out.push(format!(
+                    "route[{}] has report_status, but source {:?} has no status_token: no build \
+                     statuses are posted",
+                    route.index,
+                    route.source.as_str()
+                ));
+            }
             let takes_pull_requests = route.events.contains(&EventKind::PullRequest);
             let cloud_without_token = self.sources.iter().any(|s| {
                 s.id == route.source && s.kind == SourceKind::Cloud && s.status_token.is_none()
@@ -181,6 +193,11 @@ impl Config {
             if r.cancel_superseded {
                 refs.push_str("; newer commits cancel queued builds");
             }
+            match r.report_status {
+                ReportStatus::Off => {}
+                ReportStatus::Triggers => refs.push_str("; trigger statuses to Bitbucket"),
+                ReportStatus::Builds => refs.push_str("; build statuses to Bitbucket"),
+            }
             let naming = match r.branch_name {
                 BranchNaming::Logical => "",
                 BranchNaming::Full => " (full ref names)",
@@ -286,6 +303,13 @@ mod tests {
             text.contains("has no status_token") && text.contains("without pinning the commit"),
             "{text}"
         );
+        let text = summary(
+            "[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com\"\n\
+             [[route]]\nsource = \"dc\"\nrepository = \"*\"\nteamcity = \"main\"\nbuild_types = [\"B\"]\n\
+             report_status = \"builds\"\n",
+        );
+        assert!(text.contains("; build statuses to Bitbucket"), "{text}");
+        assert!(text.contains("no build statuses are posted"), "{text}");
     }
 
     #[test]

@@ -195,3 +195,145 @@ pub fn status_job(job: &Job, report: StatusReport) -> Job {
         ..job.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::job;
+
+    fn reporting(mode: ReportStatus) -> Job {
+        let mut job = job("main", 'a');
+        job.id = 3;
+        job.report_status = mode;
+        job.web_url = Some("https://tc/viewQueued.html?itemId=9".into());
+        job
+    }
+
+    fn done(warning: Option<&str>) -> Finish {
+        Finish::Done {
+            build_id: Some(9),
+            web_url: None,
+            warning: warning.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_trigger_says_queued_or_why_no_build_will_run() {
+        let triggers = reporting(ReportStatus::Triggers);
+        let queued = after_trigger(&triggers, &done(None)).unwrap();
+        assert_eq!((queued.state, queued.of_job), (State::Successful, 3));
+        assert_eq!(queued.description, "Queued in TeamCity as jdoe");
+        assert_eq!(
+            queued.link,
+            Link::Build("https://tc/viewQueued.html?itemId=9".into())
+        );
+        let builds = reporting(ReportStatus::Builds);
+        assert_eq!(
+            after_trigger(&builds, &done(None)).unwrap().state,
+            State::Inprogress
+        );
+        let fell_back = after_trigger(
+            &triggers,
+            &done(Some("requested branch \"x\" but TeamCity queued \"main\"")),
+        )
+        .unwrap();
+        assert_eq!(fell_back.state, State::Failed);
+        for (error, says, link) in [
+            (
+                "TeamCity rejected the token (401): Authentication required",
+                "(401)",
+                Link::TokenPage,
+            ),
+            (
+                "TeamCity answered 403: no permission",
+                "(403)",
+                Link::TeamCity,
+            ),
+            (
+                "TeamCity answered 404: No build type",
+                "(404)",
+                Link::TeamCity,
+            ),
+        ] {
+            let dead = Finish::Dead {
+                error: error.into(),
+            };
+            let report = after_trigger(&triggers, &dead).unwrap();
+            assert_eq!(report.state, State::Failed);
+            assert!(report.description.contains(says), "{}", report.description);
+            assert_eq!(report.link, link);
+        }
+        let retry = Finish::Retry {
+            delay: std::time::Duration::from_secs(1),
+            error: "503".into(),
+            check_first: false,
+        };
+        assert_eq!(after_trigger(&triggers, &retry), None, "still trying");
+        assert_eq!(
+            after_trigger(&reporting(ReportStatus::Off), &done(None)),
+            None
+        );
+    }
+
+    #[test]
+    fn a_followed_build_is_reported_when_it_starts_and_when_it_ends() {
+        let mut job = reporting(ReportStatus::Builds);
+        let queued = BuildProgress {
+            state: "queued".into(),
+            ..BuildProgress::default()
+        };
+        job.build = Some(BuildProgress {
+            state: "running".into(),
+            number: Some("12".into()),
+            ..BuildProgress::default()
+        });
+        let running = after_poll(Some(&queued), &job).unwrap();
+        assert_eq!(
+            (running.state, running.description.as_str()),
+            (State::Inprogress, "Running #12 as jdoe")
+        );
+        assert_eq!(
+            after_poll(job.build.as_ref(), &job),
+            None,
+            "no change, no status"
+        );
+        let before = job.build.clone();
+        job.build = Some(BuildProgress {
+            state: "finished".into(),
+            status: Some("UNKNOWN".into()),
+            canceled: Some("superseded".into()),
+            number: Some("12".into()),
+            ..BuildProgress::default()
+        });
+        assert_eq!(
+            after_poll(before.as_ref(), &job).unwrap().state,
+            State::Cancelled
+        );
+        job.build.as_mut().unwrap().canceled = None;
+        job.build.as_mut().unwrap().status = Some("SUCCESS".into());
+        assert_eq!(
+            after_poll(before.as_ref(), &job).unwrap().state,
+            State::Successful
+        );
+        job.report_status = ReportStatus::Triggers;
+        assert_eq!(
+            after_poll(before.as_ref(), &job),
+            None,
+            "triggers report no builds"
+        );
+    }
+
+    #[test]
+    fn a_status_job_is_about_the_same_commit_and_replaces_a_waiting_one() {
+        let trigger = reporting(ReportStatus::Triggers);
+        let report = after_trigger(&trigger, &done(None)).unwrap();
+        let status = status_job(&trigger, report);
+        assert_eq!(status.purpose, Purpose::ReportStatus);
+        assert_eq!(
+            (status.sha.clone(), status.state),
+            (trigger.sha.clone(), super::super::JobState::Pending)
+        );
+        assert_ne!(status.coalescing_key(), trigger.coalescing_key());
+        assert_ne!(status.dedup_key(), trigger.dedup_key());
+    }
+}
