@@ -149,7 +149,10 @@ async fn deliver(
     };
     // The workers get the jobs from the store once it applied them (`Store::take_applied`).
     durable?;
-    for job in &jobs {
+    for job in jobs
+        .iter()
+        .filter(|j| j.purpose != crate::job::Purpose::ReportStatus)
+    {
         app.metrics.job_enqueued(job.server.as_str());
     }
     tracing::info!(

@@ -56,7 +56,11 @@ impl Stats {
     }
 
     /// A job was written (`after`), removed (`after: None`) or created (`before: None`).
+    /// Status posts to Bitbucket are not counted: the queue's depth and age are about
+    /// TeamCity servers (statuses have `bb2tc_status_posts_total`).
     pub fn job_changed(&self, before: Option<&Job>, after: Option<&Job>) {
+        let counted = |job: &&Job| job.purpose != crate::job::Purpose::ReportStatus;
+        let (before, after) = (before.filter(counted), after.filter(counted));
         self.with(|c| {
             if let Some(job) = before {
                 let key = (job.server.clone(), job.state);
