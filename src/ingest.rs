@@ -128,6 +128,7 @@ fn change_jobs(ctx: &Context<'_>, change: &RefChange, sha: &Sha, jobs: Vec<Job>)
             .into_bytes()
         }),
         jobs,
+        deduplicate: true,
     }
 }
 

@@ -165,6 +165,7 @@ async fn enqueue(store: &Store, jobs: Vec<Job>) -> Vec<Job> {
         .map(|job| ChangeJobs {
             reference: job.full_ref.clone(),
             legacy_mark: None,
+            deduplicate: true,
             jobs: vec![job],
         })
         .collect();

@@ -44,6 +44,9 @@ pub struct ChangeJobs {
     pub legacy_mark: Option<Vec<u8>>,
     /// Jobs to create (their `id` is assigned here).
     pub jobs: Vec<Job>,
+    /// Whether builds asked for before are left out (and these marked). A build run again
+    /// from the token page is not: it was asked for again on purpose.
+    pub deduplicate: bool,
 }
 
 /// Result of recording a push.

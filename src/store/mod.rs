@@ -363,6 +363,16 @@ impl Store {
         self.blocking(move |s| s.list_jobs(state, limit)).await
     }
 
+    /// The newest build jobs sent with one of `tokens` (all: `None`), at most `limit`.
+    pub async fn recent_builds(
+        &self,
+        tokens: Option<Vec<String>>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.blocking(move |s| s.recent_builds(tokens.as_deref(), limit))
+            .await
+    }
+
     /// Recent deliveries, newest first.
     pub async fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
         self.blocking(move |s| s.list_deliveries(limit)).await
@@ -504,6 +514,7 @@ pub(crate) mod test_support {
         ChangeJobs {
             reference: format!("refs/heads/{branch}"),
             legacy_mark: None,
+            deduplicate: true,
             jobs: vec![job(branch, sha)],
         }
     }

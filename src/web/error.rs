@@ -37,6 +37,9 @@ pub enum PageError {
     /// Too many tokens added (each checked with TeamCity) by this user.
     #[error("You have added many tokens in a short time. Wait a minute and try again.")]
     TooManyTokenChecks,
+    /// Too many builds run from the page by this user.
+    #[error("You have run many builds in a short time. Wait a minute and try again.")]
+    TooManyRuns,
     /// The store did not take a write.
     #[error("{0}")]
     Unavailable(String),
@@ -56,7 +59,7 @@ impl PageError {
             PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
             PageError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             PageError::Timeout => StatusCode::REQUEST_TIMEOUT,
-            PageError::TooManyAttempts | PageError::TooManyTokenChecks => {
+            PageError::TooManyAttempts | PageError::TooManyTokenChecks | PageError::TooManyRuns => {
                 StatusCode::TOO_MANY_REQUESTS
             }
             PageError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -81,7 +84,9 @@ impl PageError {
             _ => "Bad request",
         };
         let mut response = respond::html(self.status(), html::error_page(title, &self.to_string()));
-        if let PageError::TooManyAttempts | PageError::TooManyTokenChecks = self {
+        if let PageError::TooManyAttempts | PageError::TooManyTokenChecks | PageError::TooManyRuns =
+            self
+        {
             response
                 .headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("60"));

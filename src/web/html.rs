@@ -183,6 +183,8 @@ pub struct TokensView<'a> {
     pub user_filter: Option<&'a str>,
     /// A message to show.
     pub banner: Option<&'a Banner>,
+    /// Recent builds: the user's, or (for the admin) everyone's.
+    pub builds: &'a [crate::job::Job],
 }
 
 /// The token page.
@@ -205,6 +207,7 @@ pub fn tokens_page(config: &Config, view: &TokensView<'_>) -> String {
             (add_form(config, view.csrf))
         }
         (token_table(view.tokens, view.csrf, admin))
+        (super::builds_view::builds_section(view.builds, view.csrf, !admin))
     };
     layout(
         "TeamCity access tokens",

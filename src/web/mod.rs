@@ -14,6 +14,8 @@
 //! - `html.rs` + `style.css`: rendering; `respond.rs`: headers; `cookies.rs`, `forms.rs`
 //! - `error.rs`: failures and their status codes
 
+mod builds;
+mod builds_view;
 mod cookies;
 mod error;
 mod forms;
@@ -44,7 +46,12 @@ pub struct WebState {
     /// Token checks per signed-in user, so the page cannot be used to flood TeamCity with
     /// `users/current` calls (or to try tokens against it).
     token_check_limiter: DefaultKeyedRateLimiter<String>,
+    /// Builds run from the page per signed-in user.
+    run_limiter: DefaultKeyedRateLimiter<String>,
 }
+
+/// Builds a user may run from the page per minute (each queues TeamCity builds).
+const RUNS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(10).unwrap();
 
 /// Tokens a user may add (each checked with TeamCity) per minute.
 const TOKEN_CHECKS_PER_MINUTE: NonZeroU32 = NonZeroU32::new(10).unwrap();
@@ -59,6 +66,7 @@ impl WebState {
                 config.web.sign_in_attempts_per_minute,
             )),
             token_check_limiter: RateLimiter::keyed(Quota::per_minute(TOKEN_CHECKS_PER_MINUTE)),
+            run_limiter: RateLimiter::keyed(Quota::per_minute(RUNS_PER_MINUTE)),
         })
     }
 
@@ -67,6 +75,7 @@ impl WebState {
     pub fn forget_quiet_addresses(&self) {
         self.sign_in_limiter.retain_recent();
         self.token_check_limiter.retain_recent();
+        self.run_limiter.retain_recent();
     }
 }
 
@@ -75,6 +84,7 @@ pub fn is_page_path(segments: &[&str]) -> bool {
     matches!(
         segments,
         [""] | ["tokens", ..]
+            | ["builds", ..]
             | ["signin", ..]
             | ["signout"]
             | ["oauth", "callback"]
@@ -95,6 +105,8 @@ pub async fn handle(
         [""] if get => token_page::show(app, &request).await,
         ["tokens"] if post => token_page::add(app, request).await,
         ["tokens", id, "delete"] if post => token_page::delete(app, request, id).await,
+        ["builds"] if post => builds::run(app, request).await,
+        ["builds", id, "again"] if post => builds::run_again(app, request, id).await,
         ["signin"] if get => sign_in::page(app, &request).await,
         ["signin", "token"] if post => sign_in::with_bitbucket_token(app, request, peer).await,
         ["signin", "admin"] if post => sign_in::as_admin(app, request, peer).await,
@@ -105,6 +117,8 @@ pub async fn handle(
         [""]
         | ["tokens"]
         | ["tokens", _, "delete"]
+        | ["builds"]
+        | ["builds", _, "again"]
         | ["signin"]
         | ["signin", "token" | "admin"]
         | ["signin", "oauth", _]

@@ -137,6 +137,15 @@ async fn render(
     };
     let mut tokens = app.store.list_tokens(filter).await?;
     tokens.retain(|t| may_see(&session.principal, t));
+    // A user's builds are those sent with their tokens; the admin sees everyone's.
+    let mine = match &session.principal {
+        Principal::User { .. } => Some(tokens.iter().map(|t| t.id.clone()).collect()),
+        Principal::Admin { .. } => None,
+    };
+    let builds = app
+        .store
+        .recent_builds(mine, super::builds_view::RECENT)
+        .await?;
     let page = html::tokens_page(
         &app.config,
         &TokensView {
@@ -145,6 +154,7 @@ async fn render(
             tokens: &tokens,
             user_filter,
             banner,
+            builds: &builds,
         },
     );
     Ok(respond::html(status, page))
@@ -161,6 +171,7 @@ fn notice_text(key: &str) -> Option<&'static str> {
         "replaced" => {
             Some("Token replaced: TeamCity accepted the new one, the old one is forgotten.")
         }
+        "queued" => Some("Queued: it is listed under Your builds, with what becomes of it."),
         "deleted" => Some(
             "Token deleted from bb2tc. It still exists in TeamCity until you revoke it there \
              (My Profile → Access Tokens).",

@@ -168,3 +168,54 @@ async fn sign_in_with_token(browser: &Browser, app: &str, token: &str) {
         .type_into("#token-dc", &format!("{token}\u{E007}"))
         .await;
 }
+
+#[tokio::test]
+async fn a_build_is_run_from_the_page_and_listed_with_its_outcome() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let world = PageWorld::start(WEB).await;
+    let app = &world.app.url;
+    sign_in_with_token(&browser, app, "bb-jdoe").await;
+    browser.type_into("#token", "tc-jdoe\u{E007}").await;
+    assert!(browser.text("p.notice").await.contains("Token added."));
+
+    // Run a build: open the form, fill it in, submit.
+    browser.click("details.run summary").await;
+    browser.type_into("#run-repository", "PROJ/repo").await;
+    browser.type_into("#run-branch", "feature/from-page").await;
+    let commit = sha(77);
+    browser
+        .type_into("#run-commit", &format!("{commit}\u{E007}"))
+        .await;
+    assert!(browser.text("p.notice").await.contains("Queued"));
+    let call = world.teamcity.wait_for_builds(1).await.remove(0);
+    assert_eq!(call.authorization.as_deref(), Some("Bearer tc-jdoe"));
+    assert_eq!(call.json()["branchName"], "feature/from-page");
+
+    // The page lists it with TeamCity's link once it is queued there.
+    let mut row = String::new();
+    for _ in 0..100 {
+        browser.goto(&format!("{app}/")).await;
+        row = browser.text("table.builds tbody tr").await;
+        if row.contains("in TeamCity") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        row.contains("feature/from-page") && row.contains(&commit[..7]),
+        "{row}"
+    );
+    assert!(
+        row.contains("queued") && row.contains("in TeamCity"),
+        "{row}"
+    );
+    browser.screenshot("builds").await;
+
+    // Run again from the list.
+    browser.click("table.builds button").await;
+    assert!(browser.text("p.notice").await.contains("Queued"));
+    world.teamcity.wait_for_builds(2).await;
+    browser.close().await;
+}

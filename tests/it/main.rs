@@ -13,6 +13,7 @@ mod following;
 mod hostile_input;
 mod intake_log;
 mod observability;
+mod page_builds;
 mod pull_requests;
 mod pushes;
 mod rate_limit;

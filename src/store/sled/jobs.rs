@@ -410,6 +410,31 @@ impl Trees {
         Ok(out)
     }
 
+    /// The newest build jobs (no status posts, no cancellations) sent — or to be sent — with
+    /// one of `tokens` (`None`: with any token), at most `limit`.
+    pub fn recent_builds(
+        &self,
+        tokens: Option<&[String]>,
+        limit: usize,
+    ) -> Result<Vec<Job>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.records_rev::<Job>(&self.jobs) {
+            let (_, job) = item?;
+            let mine = match (tokens, &job.token) {
+                (None, _) => true,
+                (Some(ids), crate::job::TokenRef::User(id)) => ids.contains(id),
+                (Some(_), crate::job::TokenRef::Service) => false,
+            };
+            if mine && job.purpose == crate::job::Purpose::Build {
+                out.push(job);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Recent deliveries, newest first.
     pub fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
         let mut out = Vec::new();

@@ -246,22 +246,24 @@ impl Intake {
         for change in changes {
             // A change marked by bb2tc up to 551746f (per ref, not per build) still counts.
             let legacy_seen = match &change.legacy_mark {
-                Some(mark) => trees.change_seen(mark, now)?,
-                None => false,
+                Some(mark) if change.deduplicate => trees.change_seen(mark, now)?,
+                _ => false,
             };
             let mut seen = Vec::new();
             let mut made = 0;
             for mut job in change.jobs {
                 let mark = job.dedup_key();
-                if legacy_seen
-                    || pending.marks.contains(&mark)
-                    || marks.contains(&mark)
-                    || trees.change_seen(&mark, now)?
-                {
-                    seen.push(job);
-                    continue;
+                if change.deduplicate {
+                    if legacy_seen
+                        || pending.marks.contains(&mark)
+                        || marks.contains(&mark)
+                        || trees.change_seen(&mark, now)?
+                    {
+                        seen.push(job);
+                        continue;
+                    }
+                    marks.push(mark);
                 }
-                marks.push(mark);
                 // Under the lock, so that ids follow the log's order.
                 job.id = trees.take_job_id();
                 jobs.push(job);
