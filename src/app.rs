@@ -31,6 +31,8 @@ pub struct App {
     pub body_budget: crate::http::body_budget::BodyBudget,
     /// Bitbucket Cloud's API, for pull requests' head commits.
     pub cloud_api: crate::bitbucket::cloud_api::CloudApi,
+    /// Bitbucket's branch heads, for builds run from the token page without a commit.
+    pub branch_heads: crate::bitbucket::branch_head::BranchHeads,
     admin_token_hash: [u8; 32],
 }
 
@@ -48,6 +50,8 @@ impl App {
     ) -> Result<Self, crate::bitbucket::cloud_api::CloudApiError> {
         Ok(Self {
             cloud_api: crate::bitbucket::cloud_api::CloudApi::new()?,
+            branch_heads: crate::bitbucket::branch_head::BranchHeads::new()
+                .map_err(crate::bitbucket::cloud_api::CloudApiError::Unreachable)?,
             body_budget: crate::http::body_budget::BodyBudget::new(config.http.body_budget_bytes),
             config,
             store,

@@ -2,6 +2,7 @@
 //! Center and Cloud payloads into one normalised [`Push`] or [`PullRequest`]; and the one
 //! Cloud API call a pull request may need ([`cloud_api`]).
 
+pub mod branch_head;
 pub mod build_status;
 mod cloud;
 pub mod cloud_api;

@@ -142,13 +142,28 @@ pub async fn run(app: &App, request: Request<Incoming>) -> Result<Response<Body>
         return Err(PageError::BadRequest("That is not a branch name.".into()));
     }
     let commit = form.get("commit").unwrap_or("").trim();
-    let sha = Sha::parse(commit).ok_or_else(|| {
-        PageError::BadRequest(
-            "Give the commit to build, its 40 hex digits (bb2tc does not look a branch's head \
-             up yet)."
-                .into(),
-        )
-    })?;
+    let sha = if commit.is_empty() {
+        // The branch's head, as Bitbucket has it now.
+        let token = source.status_token.as_ref().ok_or_else(|| {
+            PageError::BadRequest(
+                "Give the commit to build (its 40 hex digits): bb2tc has no status_token for \
+                 this Bitbucket to look the branch's head up with."
+                    .into(),
+            )
+        })?;
+        app.branch_heads
+            .head(source, token, repository, branch)
+            .await
+            .map_err(|why| {
+                PageError::BadRequest(format!("Cannot find the branch's head: {why}."))
+            })?
+    } else {
+        Sha::parse(commit).ok_or_else(|| {
+            PageError::BadRequest(
+                "A commit is its 40 hex digits; leave it empty for the branch's head.".into(),
+            )
+        })?
+    };
     let push = Push {
         repository: repository.to_owned(),
         actor: Some(actor),

@@ -126,7 +126,7 @@ fn run_form(csrf: &str) -> Markup {
                 label for="run-branch" { "Branch" }
                 input #run-branch name="branch" placeholder="main" required;
                 label for="run-commit" { "Commit" }
-                input #run-commit name="commit" placeholder="40 hex digits";
+                input #run-commit name="commit" placeholder="empty: the branch's head";
                 button.primary type="submit" { "Run" }
             }
         }

@@ -1,6 +1,7 @@
 //! Build statuses back to Bitbucket (SPEC §6.2) against a fake Bitbucket that checks the
 //! Bearer status token, the required fields and their lengths, and a fake TeamCity whose
-//! builds start and finish.
+//! builds start and finish. Also a build run from the token page without a commit, whose
+//! branch head is asked of Bitbucket with the same token.
 
 use crate::support::*;
 use std::time::Duration;
@@ -247,4 +248,46 @@ fn edit_cloud_push() -> Vec<u8> {
     value["push"]["changes"][0]["new"]["name"] = "feature/x".into();
     value["push"]["changes"][0]["new"]["target"]["hash"] = sha(7).into();
     value.to_string().into_bytes()
+}
+
+#[tokio::test]
+async fn a_build_run_from_the_page_without_a_commit_builds_the_branchs_head() {
+    let w = world("off").await;
+    w.bb.add_account(Account::datacenter("jdoe", 1, "Jane Doe"), "bb-jdoe");
+    w.bb.add_branch("PROJ/repo", "release/2.0", &sha(31));
+    let mut jdoe = PageClient::new(&w.app.url);
+    jdoe.sign_in_dc("bb-jdoe").await;
+    let csrf = jdoe.get("/").await.csrf();
+    let ran = jdoe
+        .post(
+            "/builds",
+            &[
+                ("csrf", &csrf),
+                ("repository", "PROJ/repo"),
+                ("branch", "release/2.0"),
+                ("commit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(ran.status, 303, "{}", ran.body);
+    let call = w.tc.wait_for_builds(1).await.remove(0);
+    assert_eq!(call.authorization.as_deref(), Some("Bearer tc-jdoe"));
+    assert!(
+        comment_without_mark(&call.json()).ends_with(&sha(31)[..7]),
+        "the head"
+    );
+    // A branch Bitbucket does not have: said so.
+    let missing = jdoe
+        .post(
+            "/builds",
+            &[
+                ("csrf", &csrf),
+                ("repository", "PROJ/repo"),
+                ("branch", "gone"),
+                ("commit", ""),
+            ],
+        )
+        .await;
+    assert_eq!(missing.status, 400);
+    assert!(missing.body.contains("no branch gone"), "{}", missing.body);
 }

@@ -108,6 +108,8 @@ async fn run_a_build_applies_the_routes_like_a_push_with_the_users_token() {
         ("repo", "main", sha(1), "PROJECT/repo"),
         ("PROJ/repo", "", sha(1), "branch"),
         ("PROJ/repo", "main", "abc".to_owned(), "40 hex digits"),
+        // No commit, and no status_token to look the head up with.
+        ("PROJ/repo", "main", String::new(), "status_token"),
     ] {
         let page = jdoe
             .post(

@@ -105,6 +105,8 @@ struct State {
     commits: Vec<(String, String)>,
     /// Statuses taken.
     statuses: Vec<PostedStatus>,
+    /// Branch heads: (repository, branch, commit).
+    branches: Vec<(String, String, String)>,
     /// How many status posts to answer 503 first.
     failing_statuses: usize,
 }
@@ -155,6 +157,14 @@ impl FakeBitbucket {
     pub fn add_access_token(&self, token: &str, scope: &str) {
         let mut state = self.state.lock().unwrap();
         state.access_tokens.insert(token.into(), scope.into());
+    }
+
+    /// Branch `branch` of `repository` is at `sha`.
+    pub fn add_branch(&self, repository: &str, branch: &str, sha: &str) {
+        let mut state = self.state.lock().unwrap();
+        state
+            .branches
+            .push((repository.into(), branch.into(), sha.into()));
     }
 
     /// The statuses taken so far.
@@ -310,6 +320,60 @@ impl FakeBitbucket {
             {
                 post_status(&mut state, p, &authorization, &body)
             }
+            ("GET", p)
+                if p.starts_with("/rest/api/latest/projects/") && p.ends_with("/branches") =>
+            {
+                let parts: Vec<&str> = p.split('/').collect();
+                let repository = format!("{}/{}", parts[5], parts[7]);
+                let scope = authorization
+                    .strip_prefix("Bearer ")
+                    .and_then(|t| state.access_tokens.get(t));
+                if !scope.is_some_and(|s| *s == repository || *s == format!("{}/*", parts[5])) {
+                    return unauthorized();
+                }
+                let filter = params.get("filterText").cloned().unwrap_or_default();
+                let values: Vec<serde_json::Value> = state
+                    .branches
+                    .iter()
+                    .filter(|(r, b, _)| *r == repository && b.contains(&filter))
+                    .map(|(_, b, sha)| {
+                        serde_json::json!({"id": format!("refs/heads/{b}"), "displayId": b,
+                            "type": "BRANCH", "latestCommit": sha, "isDefault": false})
+                    })
+                    .collect();
+                json(
+                    200,
+                    serde_json::json!({"size": values.len(), "isLastPage": true, "values": values}),
+                )
+            }
+            ("GET", p) if p.starts_with("/2.0/repositories/") && p.contains("/refs/branches/") => {
+                let (repo_part, name) = p
+                    .trim_start_matches("/2.0/repositories/")
+                    .split_once("/refs/branches/")
+                    .unwrap();
+                let scope = authorization
+                    .strip_prefix("Bearer ")
+                    .and_then(|t| state.access_tokens.get(t));
+                let (ws, _) = repo_part.split_once('/').unwrap_or((repo_part, ""));
+                if !scope.is_some_and(|s| *s == repo_part || *s == format!("{ws}/*")) {
+                    return cloud_error(
+                        401,
+                        "Token is invalid, expired, or not supported for this endpoint.",
+                    );
+                }
+                let name = percent_decode(name);
+                match state
+                    .branches
+                    .iter()
+                    .find(|(r, b, _)| r == repo_part && *b == name)
+                {
+                    Some((_, b, sha)) => json(
+                        200,
+                        serde_json::json!({"type": "branch", "name": b, "target": {"type": "commit", "hash": sha}}),
+                    ),
+                    None => cloud_error(404, &format!("Branch \"{name}\" not found")),
+                }
+            }
             ("GET", p) if p.starts_with("/2.0/repositories/") => {
                 let parts: Vec<&str> = p
                     .trim_start_matches("/2.0/repositories/")
@@ -458,6 +522,13 @@ fn basic<'a>(state: &'a State, authorization: &str) -> Option<&'a Account> {
     let &index = state.tokens.get(token)?;
     let account = &state.accounts[index];
     (account.email == email).then_some(account)
+}
+
+fn percent_decode(text: &str) -> String {
+    form_urlencoded::parse(format!("x={text}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 fn post_status(
