@@ -50,7 +50,60 @@ impl StatusClient {
         Ok(Self { http })
     }
 
-    /// Posts `report` about the commit of status job `job` to `source`, linking `url`.
+    /// Whether a Data Center source takes the `CANCELLED` state: its `/rest/capabilities`
+    /// (or the build-status capabilities it links, on the same server) list
+    /// `cancelledStatus`. Anything else — an older Bitbucket, an error — counts as no.
+    pub async fn takes_cancelled(&self, source: &Source, token: &Secret) -> bool {
+        let Some(base) = &source.url else {
+            return false;
+        };
+        let root = format!("{}/rest/capabilities", base.as_str().trim_end_matches('/'));
+        let Some(capabilities) = self.get_json(&root, token).await else {
+            return false;
+        };
+        if mentions(&capabilities, "cancelledStatus") {
+            return true;
+        }
+        // A capability may be a link to its own document on the same server.
+        let same_server = |link: &&str| link.starts_with(base.as_str().trim_end_matches('/'));
+        for link in capabilities["capabilities"]
+            .as_object()
+            .into_iter()
+            .flat_map(|m| m.values())
+            .filter_map(|v| v.as_str())
+            .filter(same_server)
+        {
+            if let Some(document) = self.get_json(link, token).await
+                && mentions(&document, "cancelledStatus")
+            {
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn get_json(&self, url: &str, token: &Secret) -> Option<serde_json::Value> {
+        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
+        bearer.set_sensitive(true);
+        let response = self
+            .http
+            .get(url)
+            .header(AUTHORIZATION, bearer)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body = crate::answer::read_limited(response, 256 * 1024)
+            .await
+            .ok()?;
+        serde_json::from_slice(&body).ok()
+    }
+
+    /// Posts `report` about the commit of status job `job` to `source`, linking `url`;
+    /// `cancelled` says whether a Data Center source takes `CANCELLED` (else `FAILED`).
     pub async fn post(
         &self,
         source: &Source,
@@ -58,6 +111,7 @@ impl StatusClient {
         job: &Job,
         report: &StatusReport,
         url: &str,
+        cancelled: bool,
     ) -> Result<(), StatusError> {
         let base = source
             .url
@@ -94,7 +148,7 @@ impl StatusClient {
                         "builds",
                     ]);
                     serde_json::json!({
-                        "key": key, "parent": key, "state": state_name(report.state, source.kind),
+                        "key": key, "parent": key, "state": state_name(report.state, source.kind, cancelled),
                         "name": name, "description": description, "url": url, "ref": job.full_ref,
                     })
                 }
@@ -114,7 +168,7 @@ impl StatusClient {
                         .strip_prefix("refs/heads/")
                         .unwrap_or(&job.full_ref);
                     serde_json::json!({
-                        "key": key, "state": state_name(report.state, source.kind), "name": name,
+                        "key": key, "state": state_name(report.state, source.kind, cancelled), "name": name,
                         "description": description, "url": url, "refname": refname,
                     })
                 }
@@ -169,14 +223,25 @@ pub fn status_key(build_type: &str, kind: SourceKind) -> String {
     format!("bb2tc-{keep}-{hash}")
 }
 
-fn state_name(state: State, kind: SourceKind) -> &'static str {
+fn state_name(state: State, kind: SourceKind, dc_cancelled: bool) -> &'static str {
     match (state, kind) {
         (State::Inprogress, _) => "INPROGRESS",
         (State::Successful, _) => "SUCCESSFUL",
         (State::Failed, _) => "FAILED",
-        // Data Center's CANCELLED needs its `cancelledStatus` capability (not asked yet).
+        // Data Center knows CANCELLED only with its `cancelledStatus` capability.
+        (State::Cancelled, SourceKind::DataCenter) if dc_cancelled => "CANCELLED",
         (State::Cancelled, SourceKind::DataCenter) => "FAILED",
         (State::Cancelled, SourceKind::Cloud) => "STOPPED",
+    }
+}
+
+/// Whether `text` is a key or a string anywhere in `value`.
+fn mentions(value: &serde_json::Value, text: &str) -> bool {
+    match value {
+        serde_json::Value::String(s) => s == text,
+        serde_json::Value::Array(items) => items.iter().any(|v| mentions(v, text)),
+        serde_json::Value::Object(map) => map.iter().any(|(k, v)| k == text || mentions(v, text)),
+        _ => false,
     }
 }
 
@@ -212,6 +277,28 @@ mod tests {
             cloud,
             status_key("Project_Subproject_Component_UnitTests", SourceKind::Cloud)
         );
+    }
+
+    #[test]
+    fn cancelled_is_sent_where_bitbucket_takes_it() {
+        assert_eq!(
+            state_name(State::Cancelled, SourceKind::Cloud, false),
+            "STOPPED"
+        );
+        assert_eq!(
+            state_name(State::Cancelled, SourceKind::DataCenter, false),
+            "FAILED"
+        );
+        assert_eq!(
+            state_name(State::Cancelled, SourceKind::DataCenter, true),
+            "CANCELLED"
+        );
+        let listed = serde_json::json!({"buildStatus": ["richBuildStatus", "cancelledStatus"]});
+        assert!(mentions(&listed, "cancelledStatus"));
+        assert!(!mentions(
+            &serde_json::json!({"buildStatus": ["richBuildStatus"]}),
+            "cancelledStatus"
+        ));
     }
 
     #[test]

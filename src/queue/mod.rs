@@ -111,6 +111,7 @@ impl Queue {
                 outbox: inbox,
                 shutdown: shutdown.clone(),
                 jitter,
+                cancelled_status: None,
             };
             tasks
                 .workers

@@ -50,6 +50,8 @@ pub(super) struct StatusWorker {
     pub outbox: mpsc::UnboundedSender<Scheduled>,
     pub shutdown: Shutdown,
     pub jitter: fn() -> f64,
+    /// Whether the (Data Center) source takes `CANCELLED`, once asked.
+    pub cancelled_status: Option<bool>,
 }
 
 impl StatusWorker {
@@ -113,9 +115,22 @@ impl StatusWorker {
                 .cloned()
                 .unwrap_or_else(|| self.source.token_page.clone()),
         };
+        let cancelled = match (report.state, self.source.source.kind) {
+            (crate::job::status::State::Cancelled, crate::config::SourceKind::DataCenter) => {
+                self.takes_cancelled().await
+            }
+            _ => false,
+        };
         let answer = self
             .client
-            .post(&self.source.source, &self.source.token, &job, &report, &url)
+            .post(
+                &self.source.source,
+                &self.source.token,
+                &job,
+                &report,
+                &url,
+                cancelled,
+            )
             .await;
         let finish = match &answer {
             Ok(()) => Finish::Done {
@@ -174,6 +189,19 @@ impl StatusWorker {
                 self.again(id, Duration::from_secs(5));
             }
         }
+    }
+
+    /// Whether the Data Center source takes `CANCELLED`: asked once, then remembered.
+    async fn takes_cancelled(&mut self) -> bool {
+        if let Some(known) = self.cancelled_status {
+            return known;
+        }
+        let known = self
+            .client
+            .takes_cancelled(&self.source.source, &self.source.token)
+            .await;
+        self.cancelled_status = Some(known);
+        known
     }
 
     fn again(&self, id: u64, delay: Duration) {

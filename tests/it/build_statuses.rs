@@ -44,6 +44,7 @@ repository = "*"
 teamcity = "main"
 build_types = ["Proj_Build"]
 report_status = "{mode}"
+cancel_superseded = true
 
 [[route]]
 source = "cloud"
@@ -290,4 +291,39 @@ async fn a_build_run_from_the_page_without_a_commit_builds_the_branchs_head() {
         .await;
     assert_eq!(missing.status, 400);
     assert!(missing.body.contains("no branch gone"), "{}", missing.body);
+}
+
+#[tokio::test]
+async fn a_cancelled_build_is_reported_cancelled_where_data_center_takes_it() {
+    let w = world("builds").await;
+    w.bb.take_cancelled_status();
+    // The first build stays queued; the second commit cancels it in TeamCity's queue.
+    w.app.dc_push(&push_of("jdoe", "main", 8), "x-1").await;
+    w.tc.wait_for_builds(1).await;
+    for _ in 0..200 {
+        if !w.app.api_jobs("?state=done").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.app.dc_push(&push_of("jdoe", "main", 9), "x-2").await;
+    w.tc.wait_for(1, |r| {
+        r.method == "POST" && r.path.starts_with("/app/rest/buildQueue/id:")
+    })
+    .await;
+    // The first build's next poll finds it cancelled.
+    let mut cancelled = None;
+    for _ in 0..150 {
+        cancelled =
+            w.bb.statuses()
+                .into_iter()
+                .find(|s| s.sha == sha(8) && s.body["state"] != "INPROGRESS");
+        if cancelled.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancelled = cancelled.expect("a final status for the first commit").body;
+    assert_eq!(cancelled["state"], "CANCELLED", "{cancelled}");
+    assert_eq!(cancelled["description"], "Build by jdoe was cancelled");
 }

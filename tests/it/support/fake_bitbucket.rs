@@ -18,6 +18,9 @@
 //!   40 characters; states INPROGRESS, SUCCESSFUL, FAILED, STOPPED), each with an access
 //!   token for that repository as Bearer. [`FakeBitbucket::fail_statuses`] answers the next
 //!   ones 503.
+//! - `/rest/capabilities` links `/rest/api/latest/build/capabilities`, which lists
+//!   `cancelledStatus` once [`FakeBitbucket::take_cancelled_status`] was called (then DC
+//!   statuses may be CANCELLED).
 //! - `/forged?action=…`: a page of another origin with a form that posts to bb2tc without a
 //!   CSRF value, for the browser test.
 
@@ -107,6 +110,8 @@ struct State {
     statuses: Vec<PostedStatus>,
     /// Branch heads: (repository, branch, commit).
     branches: Vec<(String, String, String)>,
+    /// Data Center: whether build statuses may be CANCELLED (`cancelledStatus`).
+    cancelled_status: bool,
     /// How many status posts to answer 503 first.
     failing_statuses: usize,
 }
@@ -157,6 +162,12 @@ impl FakeBitbucket {
     pub fn add_access_token(&self, token: &str, scope: &str) {
         let mut state = self.state.lock().unwrap();
         state.access_tokens.insert(token.into(), scope.into());
+    }
+
+    /// Data Center takes the CANCELLED build state: its build-status capabilities (linked
+    /// from `/rest/capabilities`) list `cancelledStatus`.
+    pub fn take_cancelled_status(&self) {
+        self.state.lock().unwrap().cancelled_status = true;
     }
 
     /// Branch `branch` of `repository` is at `sha`.
@@ -414,6 +425,19 @@ impl FakeBitbucket {
                     None => cloud_error(404, &format!("Commit not found: {hash}")),
                 }
             }
+            ("GET", "/rest/capabilities") => json(
+                200,
+                serde_json::json!({"application": "bitbucket", "capabilities": {
+                    "build-status": format!("{}/rest/api/latest/build/capabilities", self.url),
+                    "webhooks": format!("{}/rest/api/latest/webhooks", self.url)}}),
+            ),
+            ("GET", "/rest/api/latest/build/capabilities") => {
+                let mut listed = vec!["richBuildStatus"];
+                if state.cancelled_status {
+                    listed.push("cancelledStatus");
+                }
+                json(200, serde_json::json!({"buildStatus": listed}))
+            }
             ("GET", "/forged") => {
                 let action = params.get("action").cloned().unwrap_or_default();
                 let page = format!(
@@ -595,6 +619,7 @@ fn post_status(
     let text = |field: &str| value[field].as_str().map(str::to_owned);
     let (key_max, states): (usize, &[&str]) = match kind {
         "cloud" => (40, &["INPROGRESS", "SUCCESSFUL", "FAILED", "STOPPED"]),
+        _ if state.cancelled_status => (255, &["INPROGRESS", "SUCCESSFUL", "FAILED", "CANCELLED"]),
         _ => (255, &["INPROGRESS", "SUCCESSFUL", "FAILED"]),
     };
     for field in ["key", "state", "url"] {

@@ -559,7 +559,8 @@ impl State {
         if let Some(text) = &build.comment {
             value["comment"] = serde_json::json!({"text": text});
         }
-        if state != "queued" {
+        // A build removed from the queue never started, and has no number.
+        if state != "queued" && build.canceled.is_none() {
             value["number"] = format!("{}", build.id - 100).into();
         }
         if let Some(text) = &build.canceled {
