@@ -97,6 +97,8 @@ async fn deliver(
         jobs: 0,
         skipped: Vec::new(),
         received_at: clock::now_ms(),
+        user: None,
+        repository: None,
     };
     let class = bitbucket::classify(source.kind, event_key);
     let (plan, repository) = match class {
@@ -104,6 +106,8 @@ async fn deliver(
             let push = bitbucket::parse_push(source.kind, &body)
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
             let plan = ingest::plan(&app.config, &app.store, source, &push, request_id).await?;
+            record.user = first_key(push.actor.as_ref());
+            record.repository = Some(push.repository.clone());
             (plan, push.repository)
         }
         EventClass::PullRequest => {
@@ -112,6 +116,8 @@ async fn deliver(
             complete_head_commit(app, source, &mut pr).await;
             let plan =
                 ingest::plan_pull_request(&app.config, &app.store, source, &pr, request_id).await?;
+            record.user = first_key(pr.actor.as_ref());
+            record.repository = Some(pr.repository.clone());
             (plan, pr.repository)
         }
         _ => {
@@ -192,6 +198,11 @@ async fn complete_head_commit(app: &App, source: &Source, pr: &mut PullRequest) 
             "cannot make the pull request's head commit whole; building its branch without pinning the commit"
         ),
     }
+}
+
+/// The key a delivery is listed under for its user on the token page.
+fn first_key(actor: Option<&bitbucket::Actor>) -> Option<String> {
+    actor.and_then(|a| a.keys.first()).map(|k| k.to_string())
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

@@ -31,6 +31,11 @@ pub struct DeliveryRecord {
     pub skipped: Vec<Skipped>,
     /// When it arrived (ms).
     pub received_at: u64,
+    /// Whose push or pull request it was: the actor's first user key (for the token page,
+    /// which lists a user's deliveries that built nothing, and why).
+    pub user: Option<String>,
+    /// The repository it was about.
+    pub repository: Option<String>,
 }
 
 /// The jobs one ref change asks for. Each job's build is de-duplicated by its own mark

@@ -506,6 +506,8 @@ pub(crate) mod test_support {
             jobs: 0,
             skipped: vec![],
             received_at: crate::clock::now_ms(),
+            user: None,
+            repository: None,
         }
     }
 

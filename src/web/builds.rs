@@ -230,6 +230,8 @@ async fn queue(
         jobs: 0,
         skipped: Vec::new(),
         received_at: clock::now_ms(),
+        user: None,
+        repository: None,
     };
     let (_, durable) = app.store.record_push(record, false, changes).await?;
     durable?;

@@ -2,18 +2,87 @@
 //! a **Run again** button on each, and the **Run a build** form (SPEC §6.3). maud escapes
 //! every value, as in `html.rs`.
 
+use crate::ids::UserKey;
 use crate::job::{Job, JobState};
+use crate::store::{DeliveryRecord, Principal};
 use maud::{Markup, html};
 
 /// How many of a user's triggers the page lists.
 pub const RECENT: usize = 50;
 
+/// A push (or pull request) of the user's that built nothing, and why.
+#[derive(Debug, Clone)]
+pub struct NotBuilt {
+    /// The repository.
+    pub repository: String,
+    /// The ref.
+    pub reference: String,
+    /// Why, as the webhook's answer said it.
+    pub reason: String,
+    /// When it arrived (RFC 3339).
+    pub at: String,
+}
+
+/// The `principal`'s deliveries (newest first) that made no build for a reason the user can
+/// do something about: no token, or a token TeamCity refused.
+pub fn not_built(deliveries: &[DeliveryRecord], principal: &Principal) -> Vec<NotBuilt> {
+    deliveries
+        .iter()
+        .filter(|d| {
+            let user = d.user.as_deref().and_then(UserKey::parse);
+            principal.owns(&d.source, user.as_ref()) && user.is_some()
+        })
+        .flat_map(|d| {
+            d.skipped
+                .iter()
+                .filter(|s| {
+                    s.reason.starts_with("no token for")
+                        || s.reason.contains("rejected by TeamCity")
+                })
+                .map(|s| NotBuilt {
+                    repository: d.repository.clone().unwrap_or_default(),
+                    reference: s.reference.clone(),
+                    reason: s.reason.clone(),
+                    at: crate::clock::rfc3339(d.received_at),
+                })
+        })
+        .take(RECENT)
+        .collect()
+}
+
 /// The section: `runs` says whether the viewer may run builds (users, not the admin).
-pub fn builds_section(jobs: &[Job], csrf: &str, runs: bool) -> Markup {
+pub fn builds_section(jobs: &[Job], not_built: &[NotBuilt], csrf: &str, runs: bool) -> Markup {
     html! {
         section.builds aria-labelledby="builds-title" {
             h2 #builds-title { @if runs { "Your builds" } @else { "Recent builds" } }
             @if runs { (run_form(csrf)) }
+            @if !not_built.is_empty() {
+                table.not-built {
+                    caption { "Pushes of yours that built nothing" }
+                    thead {
+                        tr {
+                            th scope="col" { "Repository" }
+                            th scope="col" { "Ref" }
+                            th scope="col" { "When" }
+                            th scope="col" { "Why, and what to do" }
+                        }
+                    }
+                    tbody {
+                        @for skip in not_built {
+                            tr {
+                                td { (skip.repository) }
+                                td { (skip.reference.strip_prefix("refs/heads/").unwrap_or(&skip.reference)) }
+                                td { (skip.at) }
+                                td {
+                                    span.status.failed { "not built" } " " (skip.reason)
+                                    br;
+                                    span.advice { "Add a TeamCity token for that server above; the next push builds." }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             @if jobs.is_empty() {
                 p.empty { "No builds yet: a push to a repository bb2tc routes builds here." }
             } @else {

@@ -185,6 +185,8 @@ pub struct TokensView<'a> {
     pub banner: Option<&'a Banner>,
     /// Recent builds: the user's, or (for the admin) everyone's.
     pub builds: &'a [crate::job::Job],
+    /// The user's recent pushes that built nothing, and why.
+    pub not_built: &'a [super::builds_view::NotBuilt],
 }
 
 /// The token page.
@@ -207,7 +209,7 @@ pub fn tokens_page(config: &Config, view: &TokensView<'_>) -> String {
             (add_form(config, view.csrf))
         }
         (token_table(view.tokens, view.csrf, admin))
-        (super::builds_view::builds_section(view.builds, view.csrf, !admin))
+        (super::builds_view::builds_section(view.builds, view.not_built, view.csrf, !admin))
     };
     layout(
         "TeamCity access tokens",

@@ -146,6 +146,13 @@ async fn render(
         .store
         .recent_builds(mine, super::builds_view::RECENT)
         .await?;
+    let not_built = match &session.principal {
+        Principal::User { .. } => super::builds_view::not_built(
+            &app.store.list_deliveries(500).await?,
+            &session.principal,
+        ),
+        Principal::Admin { .. } => Vec::new(),
+    };
     let page = html::tokens_page(
         &app.config,
         &TokensView {
@@ -155,6 +162,7 @@ async fn render(
             user_filter,
             banner,
             builds: &builds,
+            not_built: &not_built,
         },
     );
     Ok(respond::html(status, page))

@@ -149,10 +149,18 @@ async fn why_no_build_will_run_is_reported_failed_with_where_to_fix_it() {
     // TeamCity queued the default branch instead (the branch is not in its VCS root's
     // branch specification): no build of this branch will run.
     w.tc.answer_with_branch("<default>");
-    w.app.dc_push(&push_of("jdoe", "unknown-to-tc", 6), "n-4").await;
+    w.app
+        .dc_push(&push_of("jdoe", "unknown-to-tc", 6), "n-4")
+        .await;
     let posted = w.bb.wait_for_statuses(3).await.remove(2).body;
     assert_eq!(posted["state"], "FAILED");
-    assert!(posted["description"].as_str().unwrap().starts_with("Not this branch"), "{posted}");
+    assert!(
+        posted["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not this branch"),
+        "{posted}"
+    );
     w.tc.answer_with_branch("unknown-to-tc");
     // TeamCity refused the token (401): the token page again.
     w.tc.revoke_token("tc-jdoe");

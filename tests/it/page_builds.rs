@@ -178,3 +178,33 @@ async fn runs_from_the_page_are_limited_per_user() {
     );
     assert_eq!(statuses.last(), Some(&429));
 }
+
+#[tokio::test]
+async fn a_push_that_built_nothing_is_shown_with_what_to_do() {
+    let world = PageWorld::start("").await;
+    let mut mallory = world.client();
+    mallory.sign_in_dc("bb-mallory").await;
+    let push = dc_payload(
+        "mallory",
+        "PROJ/repo",
+        &[("refs/heads/feature/tokenless", &sha(5), "UPDATE")],
+    );
+    let (status, answer) = world.app.dc_push(&push, "tokenless-1").await;
+    assert_eq!((status, answer["jobs"].as_u64()), (202, Some(0)));
+    let page = mallory.get("/").await;
+    assert!(
+        page.body.contains("Pushes of yours that built nothing"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("feature/tokenless"));
+    assert!(page.body.contains("no token for mallory on main"));
+    assert!(
+        page.body
+            .contains("Add a TeamCity token for that server above")
+    );
+    // Someone else does not see it.
+    let mut jdoe = world.client();
+    jdoe.sign_in_dc("bb-jdoe").await;
+    assert!(!jdoe.get("/").await.body.contains("feature/tokenless"));
+}

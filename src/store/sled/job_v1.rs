@@ -1,11 +1,13 @@
-//! The job record of version 1 (store formats 1 and 2, up to commit 551746f), read from old
-//! records and old intake-log frames and turned into the current [`Job`].
+//! The job and delivery records of version 1 (store formats 1 and 2, up to commit 551746f),
+//! read from old records and old intake-log frames and turned into the current [`Job`] and
+//! [`DeliveryRecord`].
 //!
 //! postcard is positional, so this copy must keep the fields exactly as they were.
 
 use crate::config::TriggerMode;
 use crate::ids::{BuildTypeId, ServerId, Sha, SourceId};
 use crate::job::{Job, JobState, Purpose, TokenRef};
+use crate::store::{DeliveryRecord, Skipped};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -110,6 +112,50 @@ impl From<Job> for JobV1 {
             web_url: job.web_url,
             warning: job.warning,
             finished_at: job.finished_at,
+        }
+    }
+}
+
+/// [`DeliveryRecord`] as record version 1 laid it out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct DeliveryRecordV1 {
+    id: String,
+    source: SourceId,
+    event: String,
+    result: String,
+    jobs: usize,
+    skipped: Vec<Skipped>,
+    received_at: u64,
+}
+
+impl From<DeliveryRecordV1> for DeliveryRecord {
+    /// Version 1 kept no user nor repository.
+    fn from(old: DeliveryRecordV1) -> Self {
+        DeliveryRecord {
+            id: old.id,
+            source: old.source,
+            event: old.event,
+            result: old.result,
+            jobs: old.jobs,
+            skipped: old.skipped,
+            received_at: old.received_at,
+            user: None,
+            repository: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl From<DeliveryRecord> for DeliveryRecordV1 {
+    fn from(d: DeliveryRecord) -> Self {
+        DeliveryRecordV1 {
+            id: d.id,
+            source: d.source,
+            event: d.event,
+            result: d.result,
+            jobs: d.jobs,
+            skipped: d.skipped,
+            received_at: d.received_at,
         }
     }
 }

@@ -19,7 +19,8 @@ use sled::transaction::ConflictableTransactionError;
 /// 2 = the same records, and deliveries reach them through the intake log (`intake-*.log`
 /// beside sled's files; `meta` keeps the last delivery applied and the next job id). A
 /// bb2tc of format 1 would not read that log, so it must refuse a format-2 store; 3 = job
-/// records of version 2 and intake-log frames of version 2 (pull requests, cancellation),
+/// and delivery records of version 2 and intake-log frames of version 2 (pull requests,
+/// cancellation, followed builds, statuses; a delivery's user and repository),
 /// which a bb2tc of format 2 would set aside as unreadable — so it must refuse them too.
 /// Formats 1 and 2 need no rewrite: their jobs and frames are read into the current types.
 pub const FORMAT_VERSION: u8 = 3;

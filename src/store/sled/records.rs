@@ -14,7 +14,8 @@
 //! |---|---|---|
 //! | job | 0, 1 | [`JobV1`]: no pull request, `cancel_superseded`, `supersedes`, `purpose` |
 //! | job | 2 | [`Job`] as it is |
-//! | delivery | 0, 1 | [`DeliveryRecord`] as it is |
+//! | delivery | 0, 1 | [`DeliveryRecordV1`]: no user, no repository |
+//! | delivery | 2 | [`DeliveryRecord`] as it is |
 //! | session | 0, 1 | [`Session`] as it is |
 //! | token | 0 | [`StoredTokenV0`]: no `revision` |
 //! | token | 1 | [`StoredToken`]: `revision` counts replacements |
@@ -24,7 +25,7 @@
 //! a build — [`Job::dedup_key`]. Older releases keyed changes by (source, repository, ref,
 //! commit); such marks are still looked at until they expire (24 h), never written.
 
-use super::job_v1::JobV1;
+use super::job_v1::{DeliveryRecordV1, JobV1};
 use super::tokens::{StoredToken, StoredTokenV0};
 use crate::job::Job;
 use crate::store::{DeliveryRecord, Session, StoreError};
@@ -69,7 +70,17 @@ impl Record for Job {
 
 impl Record for DeliveryRecord {
     const KIND: &'static str = "delivery";
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, String> {
+        match version {
+            0 | 1 => postcard::from_bytes::<DeliveryRecordV1>(body)
+                .map(DeliveryRecord::from)
+                .map_err(|e| e.to_string()),
+            2 => postcard::from_bytes(body).map_err(|e| e.to_string()),
+            other => Err(unknown_version(other)),
+        }
+    }
 }
 
 impl Record for Session {
@@ -169,6 +180,25 @@ mod tests {
         assert!(read.supersedes.is_empty());
         // The unversioned form of a84aaec is version 1's layout without the byte.
         assert_eq!(decode_unversioned::<Job>(&old[1..]).unwrap(), job);
+    }
+
+    #[test]
+    fn deliveries_of_version_1_read_without_user_or_repository() {
+        let mut delivery = crate::store::test_support::delivery("d");
+        delivery.user = Some("jdoe".into());
+        delivery.repository = Some("PROJ/repo".into());
+        let mut old = vec![1];
+        postcard::to_io(&DeliveryRecordV1::from(delivery.clone()), &mut old).unwrap();
+        let read = decode::<DeliveryRecord>(&old).unwrap();
+        assert_eq!((read.user, read.repository), (None, None));
+        assert_eq!(
+            (read.id, read.received_at),
+            (delivery.id.clone(), delivery.received_at)
+        );
+        assert_eq!(
+            decode::<DeliveryRecord>(&encode(&delivery).unwrap()).unwrap(),
+            delivery
+        );
     }
 
     #[test]

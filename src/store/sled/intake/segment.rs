@@ -4,15 +4,16 @@
 //! A frame is `[payload length: u32 LE][CRC-32 of the payload: u32 LE][payload]`, and the
 //! payload is a format version byte followed by the postcard encoding of
 //! `(sequence number, Entry)`. The version says what the entry's layout is (like the store's
-//! records, see `records`): version 1 (up to 551746f) holds jobs of record version 1,
-//! version 2 jobs of record version 2; a version-1 frame is read into the current types.
+//! records, see `records`): version 1 (up to 551746f) holds jobs and deliveries of record
+//! version 1, version 2 those of record version 2; a version-1 frame is read into the
+//! current types.
 //!
 //! A segment is allocated with zeros before use, so its entries end where a frame header of
 //! zeros begins. A crash can leave the last frame of the newest segment cut short (torn):
 //! it was never acknowledged, and reading stops before it. Anything else that does not read — a frame
 //! whose checksum fails in the middle of a segment — is damage, reported with its place.
 
-use super::super::job_v1::JobV1;
+use super::super::job_v1::{DeliveryRecordV1, JobV1};
 use crate::job::Job;
 use crate::store::{DeliveryRecord, StoreError};
 use serde::{Deserialize, Serialize};
@@ -69,7 +70,7 @@ enum EntryV1 {
 
 #[derive(Serialize, Deserialize)]
 struct AcceptedV1 {
-    delivery: DeliveryRecord,
+    delivery: DeliveryRecordV1,
     dedup_id: bool,
     marks: Vec<Vec<u8>>,
     jobs: Vec<JobV1>,
@@ -79,7 +80,7 @@ impl From<EntryV1> for Entry {
     fn from(old: EntryV1) -> Self {
         match old {
             EntryV1::Delivery(a) => Entry::Delivery(Accepted {
-                delivery: a.delivery,
+                delivery: a.delivery.into(),
                 dedup_id: a.dedup_id,
                 marks: a.marks,
                 jobs: a.jobs.into_iter().map(Job::from).collect(),
@@ -209,6 +210,8 @@ mod tests {
                 jobs: 1,
                 skipped: vec![],
                 received_at: 7,
+                user: None,
+                repository: None,
             },
             dedup_id: true,
             marks: vec![b"dc\0p/r\0refs/heads/main\0aaa".to_vec()],
@@ -261,7 +264,7 @@ mod tests {
             unreachable!()
         };
         let old = EntryV1::Delivery(AcceptedV1 {
-            delivery: current.delivery.clone(),
+            delivery: current.delivery.clone().into(),
             dedup_id: true,
             marks: current.marks.clone(),
             jobs: current.jobs.iter().cloned().map(JobV1::from).collect(),
