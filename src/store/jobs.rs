@@ -55,6 +55,8 @@ pub struct ChangeJobs {
 }
 
 /// Result of recording a push.
+// A return value, one at a time: the size of the `Recorded` arm costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum RecordOutcome {
     /// This delivery id was already recorded within the de-duplication window.
