@@ -285,7 +285,7 @@ impl Intake {
             jobs,
         };
         let seq = pending.next_seq;
-        let frame = segment::frame(seq, &Entry::Delivery(accepted.clone()))?;
+        let frame = segment::frame(seq, &Entry::Delivery(Box::new(accepted.clone())))?;
         pending.next_seq += 1;
         #[cfg(test)]
         {

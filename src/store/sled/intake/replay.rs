@@ -51,7 +51,7 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
                     last_job = accepted.jobs.iter().map(|j| j.id).fold(last_job, u64::max);
                     if seq > applied {
                         deliveries += 1;
-                        batch.push((seq, accepted));
+                        batch.push((seq, *accepted));
                         if batch.len() >= BATCH {
                             flush(&mut batch)?;
                         }

@@ -34,7 +34,7 @@ const MAX_PAYLOAD: u32 = 256 << 20;
 pub enum Entry {
     /// An accepted delivery: its record, its new de-duplication marks and its jobs, with
     /// their ids. Applied to sled by the applier, and again at start-up if it was not.
-    Delivery(Accepted),
+    Delivery(Box<Accepted>),
     /// Job `job` went in flight for attempt `attempt` (already written to sled, not yet
     /// synced there): replayed only onto a job still pending at `attempt - 1`.
     Claim {
@@ -79,12 +79,12 @@ struct AcceptedV1 {
 impl From<EntryV1> for Entry {
     fn from(old: EntryV1) -> Self {
         match old {
-            EntryV1::Delivery(a) => Entry::Delivery(Accepted {
+            EntryV1::Delivery(a) => Entry::Delivery(Box::new(Accepted {
                 delivery: a.delivery.into(),
                 dedup_id: a.dedup_id,
                 marks: a.marks,
                 jobs: a.jobs.into_iter().map(Job::from).collect(),
-            }),
+            })),
             EntryV1::Claim { job, attempt } => Entry::Claim { job, attempt },
             EntryV1::Probe => Entry::Probe,
         }
@@ -201,7 +201,7 @@ mod tests {
     use crate::store::test_support::job;
 
     fn accepted(id: &str) -> Entry {
-        Entry::Delivery(Accepted {
+        Entry::Delivery(Box::new(Accepted {
             delivery: DeliveryRecord {
                 id: id.into(),
                 source: crate::ids::SourceId::new("dc"),
@@ -216,7 +216,7 @@ mod tests {
             dedup_id: true,
             marks: vec![b"dc\0p/r\0refs/heads/main\0aaa".to_vec()],
             jobs: vec![job("main", 'a')],
-        })
+        }))
     }
 
     #[test]
