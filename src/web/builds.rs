@@ -22,26 +22,20 @@ use hyper::{Request, Response};
 
 /// The signed-in user, their source, and the check of the per-user limit.
 fn runner<'a>(app: &'a App, session: &'a Session) -> Result<(&'a Source, Actor), PageError> {
-    let Principal::User {
-        source,
-        user,
-        aliases,
-        display_name,
-    } = &session.principal
-    else {
-        return Err(PageError::Forbidden(
-            "The administrator has no TeamCity token to run builds with; users run their own."
-                .into(),
-        ));
+    let (source, user) = super::user_within_limit(
+        session,
+        &app.web.run_limiter,
+        PageError::TooManyRuns,
+        "The administrator has no TeamCity token to run builds with; users run their own.",
+    )?;
+    let (aliases, display_name) = match &session.principal {
+        Principal::User {
+            aliases,
+            display_name,
+            ..
+        } => (aliases.as_slice(), display_name.as_str()),
+        Principal::Admin { .. } => (&[][..], ""),
     };
-    if app
-        .web
-        .run_limiter
-        .check_key(&format!("{source}\0{user}"))
-        .is_err()
-    {
-        return Err(PageError::TooManyRuns);
-    }
     let source = app.config.source(source.as_str()).ok_or_else(|| {
         PageError::Forbidden("Your Bitbucket source is no longer configured; sign in again.".into())
     })?;
@@ -51,7 +45,7 @@ fn runner<'a>(app: &'a App, session: &'a Session) -> Result<(&'a Source, Actor),
     let name = if display_name.trim().is_empty() {
         user.to_string()
     } else {
-        display_name.clone()
+        display_name.to_owned()
     };
     Ok((source, Actor { keys, name }))
 }

@@ -149,6 +149,23 @@ async fn session(app: &App, headers: &HeaderMap) -> Result<Option<(String, Sessi
     Ok(session.map(|s| (id.to_owned(), s)))
 }
 
+/// The signed-in user's source and key, if `limiter` lets them act once more (else
+/// `too_many`); the administrator is refused with `not_for_admin`.
+fn user_within_limit<'a>(
+    session: &'a Session,
+    limiter: &DefaultKeyedRateLimiter<String>,
+    too_many: PageError,
+    not_for_admin: &str,
+) -> Result<(&'a crate::ids::SourceId, &'a crate::ids::UserKey), PageError> {
+    let Principal::User { source, user, .. } = &session.principal else {
+        return Err(PageError::Forbidden(not_for_admin.into()));
+    };
+    if limiter.check_key(&format!("{source}\0{user}")).is_err() {
+        return Err(too_many);
+    }
+    Ok((source, user))
+}
+
 /// The session, or [`PageError::SignInRequired`].
 async fn require_session(app: &App, headers: &HeaderMap) -> Result<(String, Session), PageError> {
     session(app, headers)

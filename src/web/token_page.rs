@@ -50,21 +50,13 @@ pub async fn add(app: &App, request: Request<Incoming>) -> Result<Response<Body>
     let (_, session) = require_session(app, request.headers()).await?;
     let (_, form) = Form::read(request, app.config.http.read_timeout).await?;
     form.check_csrf(&session.csrf)?;
-    let Principal::User { source, user, .. } = &session.principal else {
-        return Err(PageError::Forbidden(
-            "Administrators register tokens for users with `bb2tc token add` or the admin API; \
-             users add their own here."
-                .into(),
-        ));
-    };
-    if app
-        .web
-        .token_check_limiter
-        .check_key(&format!("{source}\0{user}"))
-        .is_err()
-    {
-        return Err(PageError::TooManyTokenChecks);
-    }
+    let (source, user) = super::user_within_limit(
+        &session,
+        &app.web.token_check_limiter,
+        PageError::TooManyTokenChecks,
+        "Administrators register tokens for users with `bb2tc token add` or the admin API; \
+         users add their own here.",
+    )?;
     let server_id = form.require("teamcity")?;
     let server = app
         .config
