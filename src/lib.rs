@@ -30,6 +30,11 @@
 //!    `Authorization: Bearer <pusher's token>`. The answer decides: done, retry later, or dead.
 //!    A route's `cancel_superseded` then cancels the branch's older builds still in
 //!    TeamCity's queue ([`job::lifecycle`] says which).
+//! 6. The queued build is followed until it finishes ([`job::follow`]: polls behind the
+//!    triggers), and with a route's `report_status` its trigger and build are reported to
+//!    Bitbucket as build statuses ([`job::status`] decides; a status worker per source posts
+//!    them through [`bitbucket::build_status`]). The token page lists each user's builds and
+//!    runs new ones as them ([`web`]).
 //!
 //! ## Layout
 //!
@@ -37,19 +42,22 @@
 //! - [`config`] — the TOML file: `${VAR}` interpolation, defaults, validation.
 //! - [`ids`] — newtypes for ids and for secrets (redacted `Debug`).
 //! - [`bitbucket`] — signature, event keys, Data Center and Cloud payloads → [`bitbucket::Push`]
-//!   or [`bitbucket::PullRequest`]; the Cloud API call for a pull request's head commit.
+//!   or [`bitbucket::PullRequest`]; the REST calls bb2tc makes to Bitbucket (a Cloud pull
+//!   request's head commit, build statuses, a branch's head).
 //! - [`routing`] — globs and which routes a change matches.
 //! - [`ingest`] — from a push to jobs and skip reasons.
-//! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now).
+//! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now); when a build
+//!   is asked about (`follow`) and which status it calls for (`status`).
 //! - [`store`] — the async store boundary (deliveries, jobs, tokens, sessions, counts) and the
 //!   sled backend behind it: the intake log, versioned records, migration, group commit,
 //!   encryption.
-//! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job, and the
-//!   cancellation of superseded queued builds.
+//! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job, the
+//!   cancellation of superseded queued builds, following builds; a status worker per source.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
 //! - [`web`] — the token page: sign-in (Bitbucket OAuth, pasted token, admin), sessions,
-//!   each user's TeamCity tokens; [`bitbucket::identity`] proves who signs in.
+//!   each user's TeamCity tokens, their builds and running builds (maud templates);
+//!   [`bitbucket::identity`] proves who signs in.
 //! - [`token_registration`] — checking a token with TeamCity and keeping it (API and page).
 //! - [`metrics`] — the Prometheus metrics of SPEC §10; [`log_text`] — payload text in logs.
 //! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
