@@ -2,7 +2,7 @@
 //! or its followed build calls for. The status is then a job of its own
 //! ([`super::Purpose::ReportStatus`]), posted by its source's status worker.
 //!
-//! `report_status = "triggers"`: one status per trigger — `SUCCESSFUL` "queued as <user>"
+//! `report_status = "triggers"`: one status per trigger — `SUCCESSFUL` "queued as `<user>`"
 //! (linking the queued build), or `FAILED` with why no build will run. (A trigger that
 //! worked is reported as successful so that it does not hold a merge check forever; use
 //! `"builds"` to gate merges on the build.) `"builds"`: `INPROGRESS` once queued and while
