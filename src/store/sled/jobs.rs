@@ -49,6 +49,22 @@ fn latest_id(latest: &TransactionalTree, key: &[u8]) -> TxResult<Option<u64>> {
         .map(u64::from_be_bytes))
 }
 
+/// The status jobs a transition enqueued (for the workers).
+fn made_statuses(t: &Transition) -> Vec<Job> {
+    t.writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Put(job)
+                if job.purpose == crate::job::Purpose::ReportStatus
+                    && job.state == JobState::Pending =>
+            {
+                Some(job.as_ref().clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
 fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write]) -> TxResult<()> {
     for write in writes {
         match write {
@@ -203,7 +219,7 @@ impl Trees {
     /// Replays a claim from the intake log: `true` when the job was still pending at the
     /// attempt before, and is now in flight.
     pub(super) fn replay_claim(&self, id: u64, attempt: u32) -> Result<bool, StoreError> {
-        let t = self.transition(id, |job, _, _| Ok(lifecycle::replay_claim(job, attempt)))?;
+        let t = self.transition(id, |job, _, _, _| Ok(lifecycle::replay_claim(job, attempt)))?;
         Ok(t.is_ok())
     }
 
@@ -219,7 +235,12 @@ impl Trees {
     fn transition(
         &self,
         id: u64,
-        decide: impl Fn(&Job, Option<u64>, &TransactionalTree) -> TxResult<Result<Transition, Refused>>,
+        decide: impl Fn(
+            &Job,
+            Option<u64>,
+            &TransactionalTree,
+            &TransactionalTree,
+        ) -> TxResult<Result<Transition, Refused>>,
     ) -> Result<Result<Transition, Unchanged>, StoreError> {
         let bad = Unreadable::default();
         let result = (&self.jobs, &self.latest).transaction(|(jobs, latest)| {
@@ -228,7 +249,7 @@ impl Trees {
                 return Ok(Err(Unchanged::Gone));
             };
             let newest = latest_id(latest, &job.coalescing_key())?;
-            match decide(&job, newest, jobs)? {
+            match decide(&job, newest, jobs, latest)? {
                 Ok(t) => {
                     apply(jobs, latest, &t.writes)?;
                     Ok(Ok((job, t)))
@@ -247,14 +268,14 @@ impl Trees {
 
     /// Marks a pending job in flight (one more attempt); the job as claimed.
     pub fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, _, _| Ok(lifecycle::claim(job)))?;
+        let t = self.transition(id, |job, _, _, _| Ok(lifecycle::claim(job)))?;
         Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
     }
 
     /// Puts a claimed job back, unsent (on shutdown, before its call was made). `Ok(None)`
     /// when it was dropped as superseded.
     pub fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, newest, _| Ok(lifecycle::release(job, newest)))?;
+        let t = self.transition(id, |job, newest, _, _| Ok(lifecycle::release(job, newest)))?;
         Ok(t.map(|t| t.job))
     }
 
@@ -265,7 +286,7 @@ impl Trees {
         id: u64,
         now: u64,
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, newest, _| {
+        let t = self.transition(id, |job, newest, _, _| {
             Ok(lifecycle::interrupted(job, newest, now))
         })?;
         Ok(t.map(|t| t.job))
@@ -281,18 +302,23 @@ impl Trees {
         #[cfg(test)]
         self.faults.check("finish_job")?;
         let bad = Unreadable::default();
-        let t = self.transition(id, |job, latest, jobs| {
+        let t = self.transition(id, |job, latest, jobs, latest_tree| {
             let newest = match latest.filter(|&l| l != id) {
                 Some(newest) => read_job(jobs, newest, &bad)?,
                 None => None,
             };
-            Ok(lifecycle::sent(job, finish, latest, newest.as_ref(), now))
+            let mut t = lifecycle::sent(job, finish, latest, newest.as_ref(), now);
+            if let Ok(t) = &mut t
+                && let Some(after) = t.job.clone()
+            {
+                let report = status::after_trigger(&after, finish);
+                self.add_status(t, &after, report, now, jobs, latest_tree, &bad)?;
+            }
+            Ok(t)
         })?;
         self.set_aside_jobs(bad);
-        if let Ok(Transition { job: Some(job), .. }) = &t
-            && let Some(report) = status::after_trigger(job, finish)
-        {
-            self.enqueue_made(status::status_job(job, report), now)?;
+        if let Ok(t) = &t {
+            self.announce(made_statuses(t));
         }
         Ok(t.map(|t| t.job))
     }
@@ -304,43 +330,51 @@ impl Trees {
         seen: &follow::Seen,
         now: u64,
     ) -> Result<Result<Job, Unchanged>, StoreError> {
-        let before = RefCell::new(None);
-        let t = self.transition(id, |job, _, _| {
-            *before.borrow_mut() = job.build.clone();
-            Ok(lifecycle::followed(job, seen, now))
+        let bad = Unreadable::default();
+        let t = self.transition(id, |job, _, jobs, latest| {
+            let mut t = lifecycle::followed(job, seen, now);
+            if let Ok(t) = &mut t
+                && let Some(after) = t.job.clone()
+            {
+                let report = status::after_poll(job.build.as_ref(), &after);
+                self.add_status(t, &after, report, now, jobs, latest, &bad)?;
+            }
+            Ok(t)
         })?;
-        let before = before.into_inner();
-        if let Ok(Transition { job: Some(job), .. }) = &t
-            && let Some(report) = status::after_poll(before.as_ref(), job)
-        {
-            self.enqueue_made(status::status_job(job, report), now)?;
+        self.set_aside_jobs(bad);
+        if let Ok(t) = &t {
+            self.announce(made_statuses(t));
         }
         Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
     }
 
-    /// Enqueues a job the store made itself (a status report), due `now`, replacing one of
-    /// its key still waiting, and hands it to the workers. Its own transaction, after the
-    /// one that called for it: a crash between the two loses the status, not the build.
-    fn enqueue_made(&self, mut job: Job, now: u64) -> Result<(), StoreError> {
-        job.id = self.take_job_id();
-        job.created_at = now;
-        job.next_attempt_at = now;
-        let bad = Unreadable::default();
-        let t = (&self.jobs, &self.latest).transaction(|(jobs, latest)| {
-            bad.borrow_mut().clear();
-            let newest = match latest_id(latest, &job.coalescing_key())? {
-                Some(id) => read_job(jobs, id, &bad)?,
-                None => None,
-            };
-            let t = lifecycle::enqueue(job.clone(), newest.as_ref());
-            apply(jobs, latest, &t.writes)?;
-            Ok(t)
-        });
-        self.set_aside_jobs(bad);
-        let t = t?;
-        let before: Vec<&Job> = t.coalesced.iter().collect();
-        self.count_writes(&before, &t.writes);
-        self.announce(t.job.into_iter().collect());
+    /// Adds to `t` the writes that enqueue the status job for `report` about `job` (due
+    /// `now`, replacing one of its key still waiting) — in the same transaction as the change
+    /// that called for it, so that a crash loses neither or both.
+    #[allow(clippy::too_many_arguments)]
+    fn add_status(
+        &self,
+        t: &mut Transition,
+        job: &Job,
+        report: Option<status::StatusReport>,
+        now: u64,
+        jobs: &TransactionalTree,
+        latest: &TransactionalTree,
+        bad: &Unreadable,
+    ) -> TxResult<()> {
+        let Some(report) = report else {
+            return Ok(());
+        };
+        let mut made = status::status_job(job, report);
+        made.id = self.take_job_id();
+        made.created_at = now;
+        made.next_attempt_at = now;
+        let waiting = match latest_id(latest, &made.coalescing_key())? {
+            Some(id) => read_job(jobs, id, bad)?,
+            None => None,
+        };
+        t.writes
+            .extend(lifecycle::enqueue(made, waiting.as_ref()).writes);
         Ok(())
     }
 
@@ -368,7 +402,7 @@ impl Trees {
     /// Makes a dead job pending again, due now, with a fresh attempt count.
     pub fn revive_job(&self, id: u64, now: u64) -> Result<Result<Job, Unchanged>, StoreError> {
         let bad = Unreadable::default();
-        let t = self.transition(id, |job, newest, jobs| {
+        let t = self.transition(id, |job, newest, jobs, _| {
             let newest = match newest {
                 Some(newest) => read_job(jobs, newest, &bad)?,
                 None => None,
@@ -381,7 +415,9 @@ impl Trees {
 
     /// Deletes a job in any state; `false` when there was none.
     pub fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
-        let t = self.transition(id, |job, newest, _| Ok(Ok(lifecycle::remove(job, newest))))?;
+        let t = self.transition(id, |job, newest, _, _| {
+            Ok(Ok(lifecycle::remove(job, newest)))
+        })?;
         Ok(t.is_ok())
     }
 
@@ -555,6 +591,53 @@ mod tests {
         assert!(jobs.is_empty());
         assert_eq!(record.skipped[0].reference, "refs/heads/main");
         assert_eq!(store.list_jobs(None, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_trigger_that_ends_makes_its_status_job_in_the_same_write() {
+        let (_dir, store) = temp_sled();
+        let mut reporting = change("main", 'a');
+        reporting.jobs[0].report_status = crate::config::ReportStatus::Triggers;
+        let (jobs, _) = recorded(
+            store
+                .record_now(&delivery("1"), true, &[reporting])
+                .unwrap(),
+        );
+        store.claim_job(jobs[0].id).unwrap().unwrap();
+        let dead = Finish::Dead {
+            error: "TeamCity answered 404: No build type".into(),
+        };
+        store.finish_job(jobs[0].id, &dead, now()).unwrap().unwrap();
+        let statuses: Vec<Job> = store
+            .list_jobs(Some(JobState::Pending), 10)
+            .unwrap()
+            .into_iter()
+            .filter(|j| j.purpose == crate::job::Purpose::ReportStatus)
+            .collect();
+        assert_eq!(statuses.len(), 1);
+        let report = statuses[0].status.as_ref().unwrap();
+        assert_eq!(
+            (report.state, report.of_job),
+            (status::State::Failed, jobs[0].id)
+        );
+        assert!(statuses[0].id > jobs[0].id, "ids from the one sequence");
+        // Its own ending makes no further status.
+        store.claim_job(statuses[0].id).unwrap().unwrap();
+        let posted = Finish::Done {
+            build_id: None,
+            web_url: None,
+            warning: None,
+        };
+        store
+            .finish_job(statuses[0].id, &posted, now())
+            .unwrap()
+            .unwrap();
+        assert!(
+            store
+                .list_jobs(Some(JobState::Pending), 10)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
