@@ -8,7 +8,7 @@
 
 use crate::config::{Source, SourceKind};
 use crate::ids::{Secret, Sha};
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,39 +44,27 @@ impl BranchHeads {
         let (owner, slug) = repository
             .split_once('/')
             .ok_or("the repository is not owner/slug")?;
-        let mut url = base.clone();
-        {
-            let mut segments = url
-                .path_segments_mut()
-                .map_err(|_| "the source's url cannot have a path")?;
-            segments.pop_if_empty();
-            match source.kind {
-                SourceKind::DataCenter => {
-                    segments.extend([
-                        "rest", "api", "latest", "projects", owner, "repos", slug, "branches",
-                    ]);
-                }
-                SourceKind::Cloud => {
-                    segments.extend([
-                        "2.0",
-                        "repositories",
-                        owner,
-                        slug,
-                        "refs",
-                        "branches",
-                        branch,
-                    ]);
-                }
-            }
-        }
+        let path: &[&str] = match source.kind {
+            SourceKind::DataCenter => &[
+                "rest", "api", "latest", "projects", owner, "repos", slug, "branches",
+            ],
+            SourceKind::Cloud => &[
+                "2.0",
+                "repositories",
+                owner,
+                slug,
+                "refs",
+                "branches",
+                branch,
+            ],
+        };
+        let mut url = super::api_url(base, path).ok_or("the source's url cannot have a path")?;
         if source.kind == SourceKind::DataCenter {
             url.query_pairs_mut()
                 .append_pair("filterText", branch)
                 .append_pair("limit", "100");
         }
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| "the status_token cannot be a header")?;
-        bearer.set_sensitive(true);
+        let bearer = super::bearer(token).ok_or("the status_token cannot be a header")?;
         let response = self
             .http
             .get(url)

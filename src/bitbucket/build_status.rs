@@ -12,7 +12,7 @@ use crate::config::{Source, SourceKind};
 use crate::ids::Secret;
 use crate::job::Job;
 use crate::job::status::{State, StatusReport};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
@@ -83,8 +83,7 @@ impl StatusClient {
     }
 
     async fn get_json(&self, url: &str, token: &Secret) -> Option<serde_json::Value> {
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
-        bearer.set_sensitive(true);
+        let bearer = super::bearer(token)?;
         let response = self
             .http
             .get(url)
@@ -127,56 +126,41 @@ impl StatusClient {
         let key = status_key(build_type, source.kind);
         let name = clip(&format!("TeamCity {build_type} (bb2tc)"), TEXT_MAX);
         let description = clip(&report.description, TEXT_MAX);
-        let mut endpoint = base.clone();
-        let body = {
-            let mut segments = endpoint
-                .path_segments_mut()
-                .map_err(|_| StatusError::Refused("the source's url cannot have a path".into()))?;
-            segments.pop_if_empty();
-            match source.kind {
-                SourceKind::DataCenter => {
-                    segments.extend([
-                        "rest",
-                        "api",
-                        "latest",
-                        "projects",
-                        owner,
-                        "repos",
-                        slug,
-                        "commits",
-                        job.sha.as_str(),
-                        "builds",
-                    ]);
-                    serde_json::json!({
-                        "key": key, "parent": key, "state": state_name(report.state, source.kind, cancelled),
-                        "name": name, "description": description, "url": url, "ref": job.full_ref,
-                    })
-                }
-                SourceKind::Cloud => {
-                    segments.extend([
-                        "2.0",
-                        "repositories",
-                        owner,
-                        slug,
-                        "commit",
-                        job.sha.as_str(),
-                        "statuses",
-                        "build",
-                    ]);
-                    let refname = job
-                        .full_ref
-                        .strip_prefix("refs/heads/")
-                        .unwrap_or(&job.full_ref);
-                    serde_json::json!({
-                        "key": key, "state": state_name(report.state, source.kind, cancelled), "name": name,
-                        "description": description, "url": url, "refname": refname,
-                    })
-                }
-            }
+        let state = state_name(report.state, source.kind, cancelled);
+        let sha = job.sha.as_str();
+        let (path, body): (&[&str], _) = match source.kind {
+            SourceKind::DataCenter => (
+                &[
+                    "rest", "api", "latest", "projects", owner, "repos", slug, "commits", sha,
+                    "builds",
+                ],
+                serde_json::json!({
+                    "key": key, "parent": key, "state": state, "name": name,
+                    "description": description, "url": url, "ref": job.full_ref,
+                }),
+            ),
+            SourceKind::Cloud => (
+                &[
+                    "2.0",
+                    "repositories",
+                    owner,
+                    slug,
+                    "commit",
+                    sha,
+                    "statuses",
+                    "build",
+                ],
+                serde_json::json!({
+                    "key": key, "state": state, "name": name, "description": description,
+                    "url": url,
+                    "refname": job.full_ref.strip_prefix("refs/heads/").unwrap_or(&job.full_ref),
+                }),
+            ),
         };
-        let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-            .map_err(|_| StatusError::Refused("the status_token cannot be a header".into()))?;
-        bearer.set_sensitive(true);
+        let endpoint = super::api_url(base, path)
+            .ok_or_else(|| StatusError::Refused("the source's url cannot have a path".into()))?;
+        let bearer = super::bearer(token)
+            .ok_or_else(|| StatusError::Refused("the status_token cannot be a header".into()))?;
         let response = self
             .http
             .post(endpoint)

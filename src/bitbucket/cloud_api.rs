@@ -7,7 +7,7 @@
 //! access to the repository).
 
 use crate::ids::{Secret, Sha};
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -62,23 +62,21 @@ impl CloudApi {
         let (workspace, slug) = repository.split_once('/').ok_or_else(|| {
             CloudApiError::BadAnswer(format!("{repository:?} is not workspace/slug"))
         })?;
-        let mut url = api.clone();
-        url.path_segments_mut()
-            .map_err(|_| CloudApiError::BadAnswer("the source's url cannot have a path".into()))?
-            .pop_if_empty()
-            .extend([
+        let url = super::api_url(
+            api,
+            &[
                 "2.0",
                 "repositories",
                 workspace,
                 slug,
                 "commit",
                 short.as_str(),
-            ]);
-        let mut bearer =
-            HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
-                CloudApiError::Refused("nothing: the status_token cannot be a header".into())
-            })?;
-        bearer.set_sensitive(true);
+            ],
+        )
+        .ok_or_else(|| CloudApiError::BadAnswer("the source's url cannot have a path".into()))?;
+        let bearer = super::bearer(token).ok_or_else(|| {
+            CloudApiError::Refused("nothing: the status_token cannot be a header".into())
+        })?;
         let response = self
             .http
             .get(url)

@@ -12,7 +12,7 @@
 
 use crate::config::{CLOUD_API, Source, SourceKind};
 use crate::ids::{Secret, UserKey};
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -304,12 +304,10 @@ impl BitbucketClient {
     ) -> Result<reqwest::Response, IdentityError> {
         let request = self.http.get(url).header(ACCEPT, "application/json");
         let request = match credential {
-            Credential::Bearer(token) => {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-                    .map_err(|_| bad_characters())?;
-                value.set_sensitive(true);
-                request.header(AUTHORIZATION, value)
-            }
+            Credential::Bearer(token) => request.header(
+                AUTHORIZATION,
+                super::bearer(token).ok_or_else(bad_characters)?,
+            ),
             Credential::EmailAndToken { email, token } => {
                 if token.expose().chars().any(char::is_control) {
                     return Err(bad_characters());

@@ -88,6 +88,26 @@ pub fn parse_push(kind: SourceKind, body: &[u8]) -> Result<Push, PayloadError> {
     }
 }
 
+/// `Bearer <token>` for an `Authorization` header, marked sensitive (so it never shows in a
+/// request's debug output); `None` when the token cannot be a header value.
+fn bearer(token: &crate::ids::Secret) -> Option<reqwest::header::HeaderValue> {
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose())).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+/// `base` with the REST path `segments` after it (each percent-encoded as a segment, a
+/// trailing slash of `base` dropped); `None` for a URL that cannot have a path.
+fn api_url(base: &reqwest::Url, segments: &[&str]) -> Option<reqwest::Url> {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .ok()?
+        .pop_if_empty()
+        .extend(segments);
+    Some(url)
+}
+
 /// A client for Bitbucket's REST API: a timeout, no redirects (they would carry the
 /// credential elsewhere), no cookies.
 fn api_client(timeout: std::time::Duration) -> Result<reqwest::Client, reqwest::Error> {
