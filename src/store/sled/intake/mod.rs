@@ -230,6 +230,14 @@ impl Intake {
     ) -> Result<(RecordOutcome, Durable), StoreError> {
         let trees = self.applier.trees();
         let now = delivery.received_at;
+        // Each job's mark is made before the lock is taken: every delivery waits for it.
+        let changes: Vec<(ChangeJobs, Vec<Vec<u8>>)> = changes
+            .into_iter()
+            .map(|c| {
+                let keys = c.jobs.iter().map(Job::dedup_key).collect();
+                (c, keys)
+            })
+            .collect();
         let mut pending = lock(&self.pending);
         if dedup_id {
             // The log before sled: the applier removes an entry only after sled has it.
@@ -243,7 +251,7 @@ impl Intake {
         let mut record = delivery;
         let mut jobs = Vec::new();
         let mut marks = Vec::new();
-        for change in changes {
+        for (change, keys) in changes {
             // A change marked by bb2tc up to 551746f (per ref, not per build) still counts.
             let legacy_seen = match &change.legacy_mark {
                 Some(mark) if change.deduplicate => trees.change_seen(mark, now)?,
@@ -251,8 +259,7 @@ impl Intake {
             };
             let mut seen = Vec::new();
             let mut made = 0;
-            for mut job in change.jobs {
-                let mark = job.dedup_key();
+            for (mut job, mark) in change.jobs.into_iter().zip(keys) {
                 if change.deduplicate {
                     if legacy_seen
                         || pending.marks.contains(&mark)
