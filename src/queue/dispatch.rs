@@ -268,18 +268,12 @@ async fn queue_build<T: Trigger>(
     // Only a whole commit id can be pinned (a Cloud pull request's may be 12 digits).
     let vcs_root_id = job.vcs_root_id.as_deref().filter(|_| job.sha.is_full());
     if job.vcs_root_id.is_some() && vcs_root_id.is_none() {
-        recovery_note = Some(
-            [
-                recovery_note,
-                Some(format!(
-                    "the commit {} is abbreviated, so it was not pinned: TeamCity builds the branch's head",
-                    job.sha.as_str()
-                )),
-            ]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join("; "),
+        recovery_note = join_notes(
+            recovery_note,
+            vec![format!(
+                "the commit {} is abbreviated, so it was not pinned: TeamCity builds the branch's head",
+                job.sha.as_str()
+            )],
         );
     }
     let request = BuildRequest {
@@ -302,10 +296,7 @@ async fn queue_build<T: Trigger>(
                 job.branch, answered
             )
         });
-    let warning = match (branch_warning, recovery_note) {
-        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-        (a, b) => a.or(b),
-    };
+    let warning = join_notes(branch_warning, recovery_note.into_iter().collect());
     Ok(Finish::Done {
         build_id: queued.id,
         web_url: queued.web_url,
