@@ -78,10 +78,11 @@ pub async fn run_again(
         )));
     };
     let now = clock::now_ms();
+    let delivery = page_delivery_id();
     let again = Job {
         id: 0,
         state: JobState::Pending,
-        delivery: String::new(),
+        delivery: delivery.clone(),
         token: TokenRef::User(token.id),
         user: actor.name.clone(),
         attempts: 0,
@@ -102,6 +103,7 @@ pub async fn run_again(
     queue(
         app,
         source,
+        &delivery,
         "page:run-again",
         vec![ChangeJobs {
             reference,
@@ -189,7 +191,7 @@ pub async fn run(app: &App, request: Request<Incoming>) -> Result<Response<Body>
             ..c
         })
         .collect();
-    queue(app, source, "page:run", changes).await?;
+    queue(app, source, &delivery, "page:run", changes).await?;
     Ok(respond::redirect("/?notice=queued"))
 }
 
@@ -209,15 +211,17 @@ fn page_delivery_id() -> String {
     format!("page-{:016x}", rand::random::<u64>())
 }
 
-/// Stores the jobs durably, as a delivery of `event` from the page.
+/// Stores the jobs durably, as delivery `delivery` of `event` from the page (the id their
+/// jobs name).
 async fn queue(
     app: &App,
     source: &Source,
+    delivery: &str,
     event: &str,
     changes: Vec<ChangeJobs>,
 ) -> Result<(), PageError> {
     let record = DeliveryRecord {
-        id: page_delivery_id(),
+        id: delivery.to_owned(),
         source: source.id.clone(),
         event: event.into(),
         result: "accepted".into(),

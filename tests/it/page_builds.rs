@@ -103,6 +103,31 @@ async fn run_a_build_applies_the_routes_like_a_push_with_the_users_token() {
     );
     assert_eq!(call.json()["branchName"], "release/2.0");
     assert!(comment_without_mark(&call.json()).ends_with(&commit[..7]));
+    // The job names the delivery the page recorded for it.
+    let job = world
+        .app
+        .api_jobs("")
+        .await
+        .into_iter()
+        .find(|j| j["branch"] == "release/2.0")
+        .unwrap();
+    let deliveries: serde_json::Value = world
+        .app
+        .admin(reqwest::Method::GET, "/deliveries?limit=50")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        deliveries["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == job["delivery"] && d["event"] == "page:run"),
+        "{job} {deliveries}"
+    );
     // Bad input: a clear 400 saying what to give.
     for (repository, branch, commit, says) in [
         ("repo", "main", sha(1), "PROJECT/repo"),
