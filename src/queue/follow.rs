@@ -91,7 +91,11 @@ impl<T: Trigger> Poll<T> {
                         tracing::warn!(error = %e, "could not update the token's status");
                     }
                     if service.is_none() {
-                        return Seen::NotNow(format!("TeamCity rejected the token (401): {text}"));
+                        // Asking again with a refused token only earns more 401s.
+                        return Seen::Gone(format!(
+                            "TeamCity rejected the token that queued it (401: {text}), and {} has no service_token",
+                            job.server
+                        ));
                     }
                 }
                 answer => return seen(answer),
