@@ -135,12 +135,8 @@ pub async fn run(
     for warning in config.warnings() {
         tracing::warn!("config: {warning}");
     }
-    // Opening reads (and at an upgrade rewrites) the store: off the runtime's threads.
-    let settings = config.storage.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&settings))
-        .await
-        .map_err(|e| StoreError::Corrupt(format!("opening the store failed: {e}")))??;
-    let store = Arc::new(store);
+    // Opening reads (and at an upgrade rewrites) a sled store: off the runtime's threads.
+    let store = Arc::new(Store::connect(&config.storage).await?);
     let admin_hash = app::admin_token_hash(config.admin_token.as_ref(), &store).await?;
     let clients = config
         .servers
@@ -171,7 +167,8 @@ pub async fn run(
     let applied = app.store.take_applied();
     let handing = tokio::spawn(hand_applied_jobs(app.clone(), applied, stopping.clone()));
     let pruner = tokio::spawn(prune_periodically(app.clone(), stopping.clone()));
-    let healer = tokio::spawn(heal_periodically(app.store.clone(), stopping));
+    let healer = tokio::spawn(heal_periodically(app.store.clone(), stopping.clone()));
+    let shared = shared_store_tasks(&app, &stopping);
     tracing::info!(
         listen = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         sources = app.config.sources.len(),
@@ -185,6 +182,9 @@ pub async fn run(
     queue_tasks.drain(grace).await;
     let _ = pruner.await;
     let _ = healer.await;
+    for task in shared {
+        let _ = task.await;
+    }
     let _ = handing.await;
     let store = app.store.clone();
     drop(app);
@@ -238,6 +238,54 @@ async fn hand_applied_jobs(
             tracing::info!(server = %server, replaced_job = old, "pending job replaced by a newer push");
         }
     }
+}
+
+/// How often claims whose lease ran out are looked for (PostgreSQL).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The tasks only a store shared by several instances needs: jobs other instances made
+/// handed to the workers, the queue counts read, and expired claims taken back.
+fn shared_store_tasks(app: &Arc<App>, stop: &Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
+    let Some(pg) = app.store.postgres().cloned() else {
+        return Vec::new();
+    };
+    let listener = tokio::spawn(store::postgres::listen_for_jobs(
+        pg.clone(),
+        app.store.events(),
+        stop.clone(),
+    ));
+    let mut counting_stop = stop.clone();
+    let counts = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = counting_stop.wait() => return,
+                _ = tokio::time::sleep(store::postgres::STATS_INTERVAL) => {}
+            }
+            if let Err(e) = pg.refresh_stats().await {
+                tracing::warn!(error = %e, "cannot read the queue counts from PostgreSQL");
+            }
+        }
+    });
+    let sweeping = app.clone();
+    let mut sweeping_stop = stop.clone();
+    let sweeper = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = sweeping_stop.wait() => return,
+                _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+            }
+            let held = sweeping.queue.held_servers();
+            match sweeping.store.sweep_claims(&held, clock::now_ms()).await {
+                Ok(jobs) => {
+                    for job in &jobs {
+                        sweeping.queue.schedule(job);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot look for expired claims"),
+            }
+        }
+    });
+    vec![listener, counts, sweeper]
 }
 
 /// How often a store whose writes failed is looked at again (and reopened if need be).

@@ -91,6 +91,19 @@ pub struct Metrics {
     unreadable: Gauge,
     intake_backlog: Gauge,
     too_large: Family<SourceLabels, Counter>,
+    dispatch_lease: Family<ServerLabels, Gauge>,
+    claim_duration: DurationFamily,
+    pool: Family<PoolLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    state: String,
+}
+
+fn claim_histogram() -> Histogram {
+    // 0.1 ms … ~0.4 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 13))
 }
 
 /// How someone signed in to the token page (the `method` label of `bb2tc_sign_ins_total`).
@@ -172,6 +185,9 @@ impl Default for Metrics {
             unreadable: Gauge::default(),
             intake_backlog: Gauge::default(),
             too_large: Family::default(),
+            dispatch_lease: Family::default(),
+            claim_duration: Family::new_with_constructor(claim_histogram),
+            pool: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -254,6 +270,21 @@ impl Default for Metrics {
             "Deliveries that would have made more jobs than server.max_jobs_per_delivery (nothing queued)",
             metrics.too_large.clone(),
         );
+        registry.register(
+            "bb2tc_dispatch_lease",
+            "1 while this instance holds the server's dispatch lease (PostgreSQL; sled: always 1)",
+            metrics.dispatch_lease.clone(),
+        );
+        registry.register(
+            "bb2tc_job_claim_duration_seconds",
+            "How long taking a due job in flight took in the store",
+            metrics.claim_duration.clone(),
+        );
+        registry.register(
+            "bb2tc_store_pool_connections",
+            "PostgreSQL connections by state (open, idle, max)",
+            metrics.pool.clone(),
+        );
         for method in SignInMethod::ALL {
             for result in SignInResult::ALL {
                 drop(metrics.sign_ins.get_or_create(&SignInLabels {
@@ -289,6 +320,12 @@ impl Metrics {
             drop(metrics.jobs_enqueued.get_or_create(&labels));
             drop(metrics.jobs_coalesced.get_or_create(&labels));
             drop(metrics.trigger_duration.get_or_create(&labels));
+            drop(metrics.claim_duration.get_or_create(&labels));
+            // sled: this instance sends every server's jobs; PostgreSQL: 0 until the lease.
+            metrics
+                .dispatch_lease
+                .get_or_create(&labels)
+                .set(i64::from(config.storage.postgres.is_none()));
             for outcome in ["queued", "retry", "dead"] {
                 drop(metrics.triggers.get_or_create(&TriggerLabels {
                     server: server.id.to_string(),
@@ -405,6 +442,24 @@ impl Metrics {
         }
     }
 
+    /// Whether this instance holds `server`'s dispatch lease.
+    pub fn dispatch_lease(&self, server: &str, held: bool) {
+        self.dispatch_lease
+            .get_or_create(&ServerLabels {
+                server: server.into(),
+            })
+            .set(i64::from(held));
+    }
+
+    /// A claim of one of `server`'s jobs took `took`.
+    pub fn job_claimed(&self, server: &str, took: std::time::Duration) {
+        self.claim_duration
+            .get_or_create(&ServerLabels {
+                server: server.into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
     /// The text exposition, with the store-derived gauges refreshed from the store's
     /// maintained counts (no scan: the cost does not grow with the queue).
     pub fn render(&self, config: &Config, store: &Store) -> Result<String, StoreError> {
@@ -457,6 +512,15 @@ impl Metrics {
             .set(i64::try_from(stats.unreadable).unwrap_or(i64::MAX));
         self.intake_backlog
             .set(i64::try_from(stats.intake_backlog).unwrap_or(i64::MAX));
+        if let Some((open, idle, max)) = store.pool_status() {
+            for (state, n) in [("open", open), ("idle", idle), ("max", max)] {
+                self.pool
+                    .get_or_create(&PoolLabels {
+                        state: state.into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
         let mut text = String::new();
         encode(&mut text, &self.registry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(text)

@@ -116,6 +116,26 @@ pub struct StorageSettings {
     /// How long an intake log segment grows before a new one begins (and the old one can
     /// be checkpointed away); each is allocated in full when it is begun.
     pub intake_segment_bytes: u64,
+    /// `None`: the embedded sled store at `path` (the default). `Some`: PostgreSQL (§7.1).
+    pub postgres: Option<PostgresSettings>,
+}
+
+/// `[storage] backend = "postgres"`: several bb2tc instances share one database.
+#[derive(Debug, Clone)]
+pub struct PostgresSettings {
+    /// `postgres://user:password@host:port/db?sslmode=…` (it may hold a password: redacted).
+    pub url: Secret,
+    /// The connection pool's size.
+    pub max_connections: usize,
+    /// How long a claimed job stays this instance's before another may take it back
+    /// (longer than every server's `timeout_secs`, see `job_lease_for`).
+    pub job_lease: Duration,
+}
+
+/// A claimed job's lease: twice the longest TeamCity timeout, plus a minute for the store
+/// writes around the call. A job is taken back only when its instance surely stopped.
+pub fn job_lease_for(longest_timeout: Duration) -> Duration {
+    longest_timeout * 2 + Duration::from_secs(60)
 }
 
 /// `storage.intake_segment_bytes` by default.
@@ -380,6 +400,7 @@ const MAX_BURST: u64 = 1_000_000;
 const MAX_RATE: f64 = 1_000_000.0;
 const MAX_JOBS_PER_DELIVERY: u64 = 1_000_000;
 const MAX_BODY_BUDGET: u64 = 1 << 36;
+const MAX_POOL_CONNECTIONS: u64 = 1_000;
 
 /// Collects every problem instead of stopping at the first, so an operator fixes them in one go.
 #[derive(Default)]
@@ -467,9 +488,7 @@ impl Validator {
             1,
             MAX_SESSION_SECS,
         );
-        if raw.storage.path.trim().is_empty() {
-            self.problem("storage.path", "must not be empty");
-        }
+        let postgres = self.postgres(&raw.storage, &raw.teamcity);
 
         self.unique_ids("bitbucket", raw.bitbucket.iter().map(|s| s.id.as_str()));
         self.unique_ids("teamcity", raw.teamcity.iter().map(|s| s.id.as_str()));
@@ -513,6 +532,7 @@ impl Validator {
                     path: PathBuf::from(raw.storage.path),
                     master_key: non_empty(raw.storage.master_key).map(Secret::new),
                     intake_segment_bytes: raw.storage.intake_segment_bytes,
+                    postgres,
                 },
                 admin_token: non_empty(raw.admin.token).map(Secret::new),
                 web: WebSettings {
@@ -531,6 +551,62 @@ impl Validator {
     /// A number within `min..=max`, else a problem naming the key and the range: values the
     /// runtime cannot hold (a semaphore of 2^62 permits, an `Instant` 2^63 s away) would
     /// panic later instead.
+    /// `[storage]`'s backend: `None` for sled (its path checked), the PostgreSQL settings
+    /// otherwise (a URL, a pool size, and a master key every instance shares).
+    fn postgres(
+        &mut self,
+        storage: &raw::RawStorage,
+        servers: &[raw::RawTeamCity],
+    ) -> Option<PostgresSettings> {
+        match storage.backend.as_str() {
+            "sled" => {
+                if storage.path.trim().is_empty() {
+                    self.problem("storage.path", "must not be empty");
+                }
+                None
+            }
+            "postgres" => {
+                let url = storage.url.trim();
+                if url.is_empty() {
+                    self.problem(
+                        "storage.url",
+                        "must be set with backend = \"postgres\" (postgres://user:password@host:5432/db)",
+                    );
+                } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    self.problem(
+                        "storage.url",
+                        "must start with postgres:// or postgresql://",
+                    );
+                } else if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                    // The driver's message names no password.
+                    self.problem("storage.url", format!("is not a PostgreSQL URL: {e}"));
+                }
+                if storage.master_key.trim().is_empty() {
+                    self.problem(
+                        "storage.master_key",
+                        "must be set with backend = \"postgres\": every instance needs the same key (there is no key file)",
+                    );
+                }
+                self.within(
+                    "storage.max_connections",
+                    storage.max_connections,
+                    2,
+                    MAX_POOL_CONNECTIONS,
+                );
+                let longest = servers.iter().map(|s| s.timeout_secs).max().unwrap_or(10);
+                Some(PostgresSettings {
+                    url: Secret::new(url),
+                    max_connections: usize::try_from(storage.max_connections).unwrap_or(16),
+                    job_lease: job_lease_for(Duration::from_secs(longest)),
+                })
+            }
+            _ => {
+                self.problem("storage.backend", "must be \"sled\" or \"postgres\"");
+                None
+            }
+        }
+    }
+
     fn within(&mut self, key: &str, value: u64, min: u64, max: u64) {
         if value < min {
             self.problem(key, format!("must be at least {min}"));

@@ -72,7 +72,10 @@ impl Default for RawWeb {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawStorage {
+    pub backend: String,
     pub path: String,
+    pub url: String,
+    pub max_connections: u64,
     pub master_key: String,
     pub intake_segment_bytes: u64,
 }
@@ -80,7 +83,10 @@ pub(super) struct RawStorage {
 impl Default for RawStorage {
     fn default() -> Self {
         Self {
+            backend: "sled".into(),
             path: "data".into(),
+            url: String::new(),
+            max_connections: 16,
             master_key: String::new(),
             intake_segment_bytes: super::DEFAULT_INTAKE_SEGMENT_BYTES,
         }

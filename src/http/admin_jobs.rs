@@ -89,6 +89,9 @@ async fn retry(app: &App, id: u64) -> Result<Response<Body>, ApiError> {
             "job {id} is {}; only dead jobs can be retried",
             state.as_str()
         ))),
+        Err(Unchanged::NotDue { .. }) => Err(ApiError::Conflict(format!(
+            "job {id} is pending; only dead jobs can be retried"
+        ))),
         Ok(job) => {
             // Pending in the store either way: schedule it even if the sync failed.
             let durable = app.store.commit().await;

@@ -6,6 +6,7 @@
 mod cancel;
 mod dispatch;
 mod follow;
+pub mod lease;
 pub mod rate_limit;
 pub mod retry;
 pub mod status_worker;
@@ -30,6 +31,8 @@ pub use worker::{Scheduled, Work};
 struct WorkerHandle {
     inbox: mpsc::UnboundedSender<Scheduled>,
     task: AbortHandle,
+    /// Whether this instance holds the server's dispatch lease (PostgreSQL only).
+    lease: Option<lease::LeaseGate>,
 }
 
 /// Hands jobs to the running workers.
@@ -63,6 +66,22 @@ impl Queue {
             let server = teamcity.server();
             let (inbox, receiver) = mpsc::unbounded_channel();
             let slots = Arc::new(Semaphore::new(server.max_in_flight));
+            // Several instances: the server's jobs go out only while its lease is held here.
+            let lease = store.is_shared().then(|| {
+                let (held, gate) = lease::gate();
+                let keeper = lease::LeaseKeeper {
+                    store: store.clone(),
+                    metrics: metrics.clone(),
+                    server: server.id.clone(),
+                    held,
+                    inbox: inbox.clone(),
+                    shutdown: shutdown.clone(),
+                };
+                tasks
+                    .workers
+                    .push((tokio::spawn(keeper.run()), Arc::new(Semaphore::new(1)), 1));
+                gate
+            });
             let worker = worker::Worker {
                 store: store.clone(),
                 metrics: metrics.clone(),
@@ -79,6 +98,7 @@ impl Queue {
                 shutdown: shutdown.clone(),
                 poll_slot: None,
                 sending: Arc::default(),
+                lease: lease.clone(),
             };
             let task = tokio::spawn(worker.run());
             workers.insert(
@@ -86,6 +106,7 @@ impl Queue {
                 WorkerHandle {
                     inbox,
                     task: task.abort_handle(),
+                    lease,
                 },
             );
             tasks.workers.push((task, slots, server.max_in_flight));
@@ -153,27 +174,26 @@ impl Queue {
             return;
         }
         match self.workers.get(&job.server) {
-            Some(worker) => {
-                if let Some(at) = job.build.as_ref().and_then(|b| b.next_poll_at)
-                    && job.state == crate::job::JobState::Done
-                {
-                    worker::follow_at(&worker.inbox, job.id, at);
-                    return;
-                }
-                let delay =
-                    Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
-                let _ = worker.inbox.send(Scheduled {
-                    id: job.id,
-                    due: Instant::now() + delay,
-                    work: Work::Send,
-                });
-            }
+            Some(worker) => hand_to(&worker.inbox, job),
             None => tracing::warn!(
                 job = job.id,
                 server = %job.server,
                 "job for a TeamCity server that is no longer configured stays queued"
             ),
         }
+    }
+
+    /// The servers whose jobs this instance sends: all of them, or with PostgreSQL those
+    /// whose dispatch lease it holds.
+    pub fn held_servers(&self) -> Vec<ServerId> {
+        let mut out: Vec<ServerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.lease.as_ref().is_none_or(lease::LeaseGate::held))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
     }
 
     /// Stops a worker as a crash would (for tests of readiness).
@@ -194,6 +214,22 @@ impl Queue {
         out.sort();
         out
     }
+}
+
+/// Hands a stored pending job — or a done one whose build is followed — to a worker.
+fn hand_to(inbox: &mpsc::UnboundedSender<Scheduled>, job: &Job) {
+    if let Some(at) = job.build.as_ref().and_then(|b| b.next_poll_at)
+        && job.state == crate::job::JobState::Done
+    {
+        worker::follow_at(inbox, job.id, at);
+        return;
+    }
+    let delay = Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
+    let _ = inbox.send(Scheduled {
+        id: job.id,
+        due: Instant::now() + delay,
+        work: Work::Send,
+    });
 }
 
 impl QueueTasks {

@@ -55,6 +55,13 @@ impl RateLimit {
         }
     }
 
+    /// [`new`](Self::new), with the burst already spent: the first call waits a period.
+    pub fn empty(rate_per_second: f64, burst: u32) -> Self {
+        let limit = Self::new(rate_per_second, burst);
+        while limit.try_take().is_ok() {}
+        limit
+    }
+
     /// Takes one call if it is allowed now; else how long until one is.
     pub fn try_take(&self) -> Result<(), Duration> {
         self.limiter

@@ -8,11 +8,12 @@
 
 use super::cancel::cancel_superseded;
 use super::dispatch::dispatch;
+use super::lease::LeaseGate;
 use super::rate_limit::RateLimit;
 use super::trigger::Trigger;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Finish, Job, Store, StoreError};
+use crate::store::{Finish, Job, Store, StoreError, Unchanged};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -66,6 +67,9 @@ pub(super) struct Worker<T: Trigger> {
     /// Sends taken off the schedule whose call has not passed the bucket yet: no poll
     /// starts while there are any.
     pub sending: Arc<AtomicUsize>,
+    /// With PostgreSQL: whether this instance holds the server's dispatch lease. Not
+    /// holding it, the worker sends and polls nothing, and drops what it is handed.
+    pub lease: Option<LeaseGate>,
 }
 
 /// Counts one send in [`Worker::sending`] until it is dropped (its call passed the bucket,
@@ -90,6 +94,27 @@ impl<T: Trigger> Worker<T> {
         let mut schedule: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
         let mut polls: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
         loop {
+            if let Some(gate) = self.lease.as_mut()
+                && !gate.held()
+            {
+                // The holder has the schedule; this one gets every job when it gains the lease.
+                schedule.clear();
+                polls.clear();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.wait() => break,
+                    changed = gate.changed() => {
+                        if !changed {
+                            break;
+                        }
+                        if gate.held() {
+                            self.empty_buckets();
+                        }
+                    }
+                    message = self.inbox.recv() => if message.is_none() { break },
+                }
+                continue;
+            }
             // Everything handed over so far counts, so that a send waiting in the inbox is
             // seen as due before a poll is started.
             while let Ok(s) = self.inbox.try_recv() {
@@ -141,6 +166,14 @@ impl<T: Trigger> Worker<T> {
                 _ = sleep_until(wake), if wake.is_some() => {}
             }
         }
+    }
+
+    /// A new holder of the lease starts with empty buckets: the previous holder may have
+    /// just spent the burst (SPEC §7's `burst + rate × T` across the cluster).
+    fn empty_buckets(&mut self) {
+        let server = self.teamcity.server();
+        self.admit = RateLimit::empty(server.rate_per_second, server.burst);
+        self.pace = Arc::new(RateLimit::empty(server.rate_per_second, server.burst));
     }
 
     /// Takes a slot and a call for a poll, or says how long to wait for them. A poll takes
@@ -211,8 +244,18 @@ impl<T: Trigger> Worker<T> {
             _ = self.shutdown.wait() => return false,
             _ = self.admit.ready() => {}
         }
-        let job = match self.store.claim_job(id).await {
+        let claiming = Instant::now();
+        let claimed = self.store.claim_job(id).await;
+        self.metrics
+            .job_claimed(self.teamcity.server().id.as_str(), claiming.elapsed());
+        let job = match claimed {
             Ok(Ok(job)) => job,
+            Ok(Err(Unchanged::NotDue { at })) => {
+                // Scheduled early (by another instance's clock): at its time, then.
+                let wait = at.saturating_sub(crate::clock::now_ms());
+                self.reschedule(id, Duration::from_millis(wait));
+                return true;
+            }
             Ok(Err(_)) => return true, // replaced, removed or no longer pending
             Err(e) => {
                 tracing::error!(job = id, error = %e, "cannot claim job; will look again");
@@ -228,6 +271,7 @@ impl<T: Trigger> Worker<T> {
             pace: self.pace.clone(),
             shutdown: self.shutdown.clone(),
             jitter: (self.jitter)(),
+            lease: self.lease.clone(),
         };
         tokio::spawn(async move {
             call.run(job, sending).await;
@@ -269,6 +313,7 @@ struct Call<T: Trigger> {
     pace: Arc<RateLimit>,
     shutdown: Shutdown,
     jitter: f64,
+    lease: Option<LeaseGate>,
 }
 
 impl<T: Trigger> Call<T> {
@@ -291,6 +336,26 @@ impl<T: Trigger> Call<T> {
             self.put_back(job.id, Duration::ZERO).await;
             let _ = self.store.commit().await;
             return;
+        }
+        if self.lease.as_ref().is_some_and(|gate| !gate.held()) {
+            // Another instance sends this server's jobs now; it finds this one pending.
+            self.put_back(job.id, Duration::ZERO).await;
+            return;
+        }
+        match self.store.confirm_claim(&job).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    job = job.id,
+                    "the job's claim was taken back before its call; not sending it"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(job = job.id, error = %e, "cannot confirm the job's claim; the job waits");
+                self.put_back(job.id, STORE_ERROR_BACKOFF).await;
+                return;
+            }
         }
         // The call runs in a task of its own, so that a panic in it cannot strand the job.
         let dispatched = {

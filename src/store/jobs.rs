@@ -2,6 +2,7 @@
 
 use crate::ids::{ServerId, SourceId};
 use crate::job::{Job, JobState};
+use crate::store::DEDUP_WINDOW_MS;
 use serde::{Deserialize, Serialize};
 
 /// A change that was not turned into a job, and why (shown in the 202 and the delivery log).
@@ -89,4 +90,42 @@ pub enum Unchanged {
     Gone,
     /// It is in another state than the change needs.
     InState(JobState),
+    /// It is pending but not due before `at` (ms): a claim came early (PostgreSQL, where
+    /// several instances may have scheduled it).
+    NotDue {
+        /// When it is due.
+        at: u64,
+    },
+}
+
+/// What the answer says of a change's jobs whose build was already asked for (by a push or
+/// a pull request, SPEC §5.4): one line for the change when none was left, else one per job.
+pub(crate) fn already_seen(reference: &str, seen: &[Job], none_left: bool) -> Vec<Skipped> {
+    let hours = DEDUP_WINDOW_MS / 3_600_000;
+    let skip = |reason: String| Skipped {
+        reference: reference.to_owned(),
+        reason,
+    };
+    match seen {
+        [] => Vec::new(),
+        [first, ..] if none_left => vec![skip(format!(
+            "already seen: same ref and commit within {hours} h (a push or pull request of {} asked for {} build{} already)",
+            first.sha.short(),
+            seen.len(),
+            if seen.len() == 1 { "" } else { "s" }
+        ))],
+        _ => seen
+            .iter()
+            .map(|job| {
+                skip(format!(
+                    "already seen: {} on {} for {} within {hours} h",
+                    job.build_type
+                        .as_ref()
+                        .map_or("commit hook", |b| b.as_str()),
+                    job.server,
+                    job.sha.short()
+                ))
+            })
+            .collect(),
+    }
 }

@@ -5,8 +5,9 @@
 //! The backend is sled (`store/sled/`, embedded, the default). Its calls block — sled's own work
 //! and every fsync — so [`Store`] runs them on tokio's blocking pool, never on a worker
 //! thread; the exceptions are a few reads of small hot trees (a pusher's token, whether a
-//! job exists) and taking a delivery into the intake log, which only read, lock and queue. A second backend (PostgreSQL, SPEC §7.1) is another variant of `Backend`:
-//! `http/`, `queue/` and `web/` only ever see [`Store`]. What happens to a job is decided by
+//! job exists) and taking a delivery into the intake log, which only read, lock and queue.
+//! The second backend, PostgreSQL (`store/postgres/`, SPEC §7.1), is async throughout and
+//! shared by several instances. `http/`, `queue/` and `web/` only ever see [`Store`]. What happens to a job is decided by
 //! [`crate::job::lifecycle`], not here.
 //!
 //! The types that cross the boundary live beside it: [`jobs`] (deliveries and their
@@ -15,6 +16,7 @@
 
 mod crypto;
 pub mod jobs;
+pub(crate) mod postgres;
 mod reopen;
 pub mod sessions;
 pub(crate) mod sled;
@@ -31,6 +33,7 @@ pub use tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
 use crate::config::StorageSettings;
 use crate::ids::{Secret, ServerId, SourceId, TeamCityToken, UserKey};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// How long a delivery id or a (repository, ref, sha) change is remembered for de-duplication,
 /// and how long finished jobs and delivery records are kept for the admin API.
@@ -68,6 +71,13 @@ pub enum StoreError {
     /// The flush + fsync of a durable write failed.
     #[error("durable write failed: {0}")]
     Durability(String),
+    /// PostgreSQL refused a statement or could not be reached (no password in the text).
+    #[error("database error: {0}")]
+    Postgres(String),
+    /// A transaction lost a deadlock or serialisation race with another one (it is run
+    /// again; seen only when that kept happening).
+    #[error("database error: concurrent updates kept conflicting")]
+    Conflict,
 }
 
 impl From<::sled::transaction::TransactionError<StoreError>> for StoreError {
@@ -97,6 +107,7 @@ where
 #[derive(Debug)]
 enum Backend {
     Sled(reopen::SledHandle),
+    Postgres(Arc<postgres::PgStore>),
 }
 
 /// The open store. Cheap to share behind an `Arc`.
@@ -106,25 +117,69 @@ pub struct Store {
     id: String,
     /// Jobs as they reach the queue's store, until the bridge takes the receiver.
     applied: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Applied>>>,
+    /// Where the PostgreSQL backend announces jobs (also those of other instances).
+    events: tokio::sync::mpsc::UnboundedSender<Applied>,
+}
+
+/// Runs the sled arm of a call, or the PostgreSQL one.
+macro_rules! either {
+    ($self:ident, sled: $sled:expr, pg($pg:ident) => $pg_call:expr) => {
+        match &$self.backend {
+            Backend::Sled(_) => $sled,
+            Backend::Postgres($pg) => $pg_call,
+        }
+    };
 }
 
 impl Store {
-    /// Opens (creating if missing) the store `settings` name, migrating an older format
+    /// Opens (creating if missing) the sled store `settings` name, migrating an older format
     /// and replaying what its intake log holds.
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         let (events, applied) = tokio::sync::mpsc::unbounded_channel();
         let store = sled::SledStore::start(settings, events.clone())?;
         let id = store.id().to_owned();
         Ok(Self {
-            backend: Backend::Sled(reopen::SledHandle::new(store, settings.clone(), events)),
+            backend: Backend::Sled(reopen::SledHandle::new(
+                store,
+                settings.clone(),
+                events.clone(),
+            )),
             id,
             applied: std::sync::Mutex::new(Some(applied)),
+            events,
         })
+    }
+
+    /// Opens the backend `settings` name: sled (on the blocking pool) or PostgreSQL
+    /// (connected, its schema migrated, the master key checked).
+    pub async fn connect(settings: &StorageSettings) -> Result<Self, StoreError> {
+        let Some(pg) = &settings.postgres else {
+            let settings = settings.clone();
+            return tokio::task::spawn_blocking(move || Self::open(&settings))
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("opening the store failed: {e}")))?;
+        };
+        let (events, applied) = tokio::sync::mpsc::unbounded_channel();
+        let store =
+            postgres::PgStore::connect(pg, settings.master_key.as_ref(), events.clone()).await?;
+        Ok(Self {
+            id: store.id().to_owned(),
+            backend: Backend::Postgres(Arc::new(store)),
+            applied: std::sync::Mutex::new(Some(applied)),
+            events,
+        })
+    }
+
+    /// Whether several instances share this store (PostgreSQL): each TeamCity server's
+    /// jobs are then sent only by the holder of its dispatch lease.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// The jobs recorded deliveries made, each announced once the queue's store holds it
     /// (shortly after the delivery's 202): the workers are handed them from here. Also
-    /// the jobs replayed when the store is reopened. `None` after the first call.
+    /// the jobs replayed when the store is reopened, and with PostgreSQL those other
+    /// instances made. `None` after the first call.
     pub fn take_applied(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Applied>> {
         self.applied
             .lock()
@@ -132,18 +187,22 @@ impl Store {
             .take()
     }
 
-    fn handle(&self) -> &reopen::SledHandle {
-        let Backend::Sled(handle) = &self.backend;
-        handle
+    fn handle(&self) -> Result<&reopen::SledHandle, StoreError> {
+        match &self.backend {
+            Backend::Sled(handle) => Ok(handle),
+            Backend::Postgres(_) => Err(StoreError::Corrupt(
+                "a sled-only operation was asked of the PostgreSQL store".into(),
+            )),
+        }
     }
 
-    /// Runs `work` on the backend, on tokio's blocking pool.
+    /// Runs `work` on the sled backend, on tokio's blocking pool.
     async fn blocking<R, F>(&self, work: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
     {
-        on_blocking_pool(self.handle().current()?, work).await
+        on_blocking_pool(self.handle()?.current()?, work).await
     }
 
     /// Runs `work`, then makes it durable **on the same store instance**: a write taken by
@@ -154,13 +213,14 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&sled::SledStore) -> Result<R, StoreError> + Send + 'static,
     {
-        let store = self.handle().current()?;
+        let handle = self.handle()?;
+        let store = handle.current()?;
         let written = match on_blocking_pool(store.clone(), work).await {
             Ok(written) => store.commit().await.map(|()| written),
             Err(e) => Err(e),
         };
         if written.is_err() {
-            self.handle().mark_failing();
+            handle.mark_failing();
         }
         written
     }
@@ -168,7 +228,7 @@ impl Store {
     /// Test-only: the next `times` calls of a backend operation fail.
     #[cfg(test)]
     pub(crate) fn fail_next(&self, operation: &'static str, times: usize) {
-        if let Ok(store) = self.handle().current() {
+        if let Ok(store) = self.handle().and_then(|h| h.current()) {
             store.faults.fail(operation, times);
         }
     }
@@ -176,7 +236,7 @@ impl Store {
     /// Test-only: waits until the queue's store holds every delivery recorded so far.
     #[cfg(test)]
     pub(crate) async fn wait_applied(&self) {
-        let store = self.handle().current().unwrap();
+        let store = self.handle().unwrap().current().unwrap();
         tokio::task::spawn_blocking(move || store.wait_applied())
             .await
             .unwrap();
@@ -187,19 +247,35 @@ impl Store {
         &self.id
     }
 
+    /// With PostgreSQL, the store itself (for the tasks only that backend has).
+    pub(crate) fn postgres(&self) -> Option<&Arc<postgres::PgStore>> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sled(_) => None,
+        }
+    }
+
+    /// Where jobs are announced to this instance's workers.
+    pub(crate) fn events(&self) -> tokio::sync::mpsc::UnboundedSender<Applied> {
+        self.events.clone()
+    }
+
     /// After a durable write failed: reopens the store if it still fails (sled does not
     /// recover from an I/O error by itself). `Ok(true)` when it takes writes (again).
-    /// The bridge calls this every few seconds.
+    /// The bridge calls this every few seconds. PostgreSQL's pool heals by itself.
     pub async fn heal(&self) -> Result<bool, StoreError> {
-        self.handle().heal().await
+        either!(self, sled: self.handle()?.heal().await, pg(_pg) => Ok(true))
     }
 
     /// Makes every write done before this call durable (flush + fsync), sharing the fsync
-    /// with concurrent callers.
+    /// with concurrent callers. PostgreSQL commits every write.
     pub async fn commit(&self) -> Result<(), StoreError> {
-        let result = self.handle().current()?.commit().await;
+        let Backend::Sled(handle) = &self.backend else {
+            return Ok(());
+        };
+        let result = handle.current()?.commit().await;
         if result.is_err() {
-            self.handle().mark_failing();
+            handle.mark_failing();
         }
         result
     }
@@ -207,30 +283,38 @@ impl Store {
     /// `Err` when the store can no longer make anything durable and only a restart helps
     /// (its directory was removed or replaced): `/healthz` fails on it.
     pub fn fatal_problem(&self) -> Result<(), StoreError> {
-        match self.handle().current() {
-            Ok(store) => store.location_intact(),
-            Err(_) => Ok(()), // being reopened: not fatal
+        match &self.backend {
+            Backend::Sled(handle) => match handle.current() {
+                Ok(store) => store.location_intact(),
+                Err(_) => Ok(()), // being reopened: not fatal
+            },
+            Backend::Postgres(_) => Ok(()),
         }
     }
 
     /// Writes and syncs a probe value: whether the store takes writes (for `/readyz`).
     pub async fn probe_write(&self) -> Result<(), StoreError> {
-        let result = reopen::probe(&self.handle().current()?).await;
+        let handle = match &self.backend {
+            Backend::Sled(handle) => handle,
+            Backend::Postgres(pg) => return pg.probe_write().await,
+        };
+        let result = reopen::probe(&handle.current()?).await;
         if result.is_err() {
-            self.handle().mark_failing();
+            handle.mark_failing();
         }
         result
     }
 
     /// The stored SHA-256 of the generated admin token, if one was generated.
     pub async fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
-        self.blocking(|s| s.admin_token_hash()).await
+        either!(self, sled: self.blocking(|s| s.admin_token_hash()).await,
+            pg(pg) => pg.admin_token_hash().await)
     }
 
     /// Stores the SHA-256 of a newly generated admin token (durably).
     pub async fn set_admin_token_hash(&self, hash: [u8; 32]) -> Result<(), StoreError> {
-        self.write_durably(move |s| s.set_admin_token_hash(hash))
-            .await
+        either!(self, sled: self.write_durably(move |s| s.set_admin_token_hash(hash)).await,
+            pg(pg) => pg.set_admin_token_hash(hash).await)
     }
 
     /// Records a delivery and its jobs — `Duplicate` when its id was seen (and
@@ -239,57 +323,75 @@ impl Store {
     /// is durable: a delivery that is not is never built, and a redelivery is taken anew.
     /// The jobs reach the workers through [`take_applied`](Self::take_applied).
     ///
-    /// Runs on the calling task, not the blocking pool: it takes a lock, reads
+    /// sled: runs on the calling task, not the blocking pool: it takes a lock, reads
     /// de-duplication marks (from memory, or sled's cache), and queues one log entry.
+    /// PostgreSQL: one transaction, committed when this returns.
     pub async fn record_push(
         &self,
         delivery: DeliveryRecord,
         dedup_id: bool,
         changes: Vec<ChangeJobs>,
     ) -> Result<(RecordOutcome, Result<(), StoreError>), StoreError> {
-        let recorded = self
-            .handle()
-            .current()?
-            .record_push(delivery, dedup_id, changes);
+        let handle = match &self.backend {
+            Backend::Sled(handle) => handle,
+            Backend::Postgres(pg) => {
+                return Ok((pg.record_push(delivery, dedup_id, changes).await?, Ok(())));
+            }
+        };
+        let recorded = handle.current()?.record_push(delivery, dedup_id, changes);
         let (outcome, durable) = match recorded {
             Ok(recorded) => recorded,
             Err(e) => {
-                self.handle().mark_failing();
+                handle.mark_failing();
                 return Err(e);
             }
         };
         let durable = durable.wait().await;
         if durable.is_err() {
-            self.handle().mark_failing();
+            handle.mark_failing();
         }
         Ok((outcome, durable))
     }
 
-    /// Makes a claimed job's in-flight mark durable (before its call, SPEC §7).
+    /// Makes a claimed job's in-flight mark durable (before its call, SPEC §7). With
+    /// PostgreSQL the claim was committed; this checks it is still this instance's.
     pub async fn persist_claim(&self, job: &Job) -> Result<(), StoreError> {
-        let result = match self.handle().current()?.log_claim(job.id, job.attempts) {
+        let handle = match &self.backend {
+            Backend::Sled(handle) => handle,
+            Backend::Postgres(_) => return Ok(()),
+        };
+        let result = match handle.current()?.log_claim(job.id, job.attempts) {
             Ok(durable) => durable.wait().await,
             Err(e) => Err(e),
         };
         if result.is_err() {
-            self.handle().mark_failing();
+            handle.mark_failing();
         }
         result
     }
 
+    /// Right before a job's call: whether its claim is still this instance's (PostgreSQL:
+    /// a claim whose lease ran out was taken back, and its call must not be made).
+    pub async fn confirm_claim(&self, job: &Job) -> Result<bool, StoreError> {
+        either!(self, sled: Ok(true), pg(pg) => pg.confirm_claim(job.id).await)
+    }
+
     /// Records a delivery that made no jobs, for the admin API (bookkeeping, not synced).
     pub async fn record_delivery(&self, delivery: DeliveryRecord) -> Result<(), StoreError> {
-        self.blocking(move |s| s.record_delivery(&delivery)).await
+        either!(self, sled: self.blocking(move |s| s.record_delivery(&delivery)).await,
+            pg(pg) => pg.record_delivery(&delivery).await)
     }
 
     /// A pending job goes in flight (one more attempt).
     pub async fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
-        self.blocking(move |s| s.claim_job(id)).await
+        either!(self, sled: self.blocking(move |s| s.claim_job(id)).await,
+            pg(pg) => pg.claim_job(id).await)
     }
 
     /// A claimed job goes back unsent; `Ok(None)` when dropped as superseded.
     pub async fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        self.blocking(move |s| s.release_job(id)).await
+        either!(self, sled: self.blocking(move |s| s.release_job(id)).await,
+            pg(pg) => pg.release_job(id).await)
     }
 
     /// A job whose call may have reached TeamCity goes back, flagged for the check first.
@@ -298,7 +400,8 @@ impl Store {
         id: u64,
         now: u64,
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        self.blocking(move |s| s.interrupt_job(id, now)).await
+        either!(self, sled: self.blocking(move |s| s.interrupt_job(id, now)).await,
+            pg(pg) => pg.interrupt_job(id, now).await)
     }
 
     /// How a call ended; `Ok(None)` when a job to retry was dropped as superseded.
@@ -308,13 +411,51 @@ impl Store {
         finish: Finish,
         now: u64,
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        self.blocking(move |s| s.finish_job(id, &finish, now)).await
+        either!(self, sled: self.blocking(move |s| s.finish_job(id, &finish, now)).await,
+            pg(pg) => pg.finish_job(id, &finish, now).await)
     }
 
-    /// At start: jobs left in flight become pending (flagged); every pending job, and every
-    /// done one whose build is still followed.
+    /// At start: every pending job, and every done one whose build is still followed.
+    /// sled: jobs left in flight become pending (flagged) first. PostgreSQL: claims in
+    /// flight are left to [`sweep_claims`](Self::sweep_claims) (another instance may be
+    /// making the call).
     pub async fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
-        self.blocking(move |s| s.resume_jobs(now)).await
+        either!(self, sled: self.blocking(move |s| s.resume_jobs(now)).await,
+            pg(pg) => pg.resume_jobs(None).await)
+    }
+
+    /// [`resume_jobs`](Self::resume_jobs) of one server: what a new holder of its dispatch
+    /// lease schedules.
+    pub async fn resume_server_jobs(&self, server: &ServerId) -> Result<Vec<Job>, StoreError> {
+        either!(self, sled: {
+            let server = server.clone();
+            let now = crate::clock::now_ms();
+            Ok(self.resume_jobs(now).await?.into_iter().filter(|j| j.server == server).collect())
+        }, pg(pg) => pg.resume_jobs(Some(server)).await)
+    }
+
+    /// PostgreSQL: claims of `servers` (and of status posts) whose lease ran out become
+    /// pending again, flagged for the check first. The jobs taken back (sled: none).
+    pub async fn sweep_claims(
+        &self,
+        servers: &[ServerId],
+        now: u64,
+    ) -> Result<Vec<Job>, StoreError> {
+        either!(self, sled: Ok(Vec::new()), pg(pg) => pg.sweep_claims(servers, now).await)
+    }
+
+    /// Takes or renews server `server`'s dispatch lease for `ttl` (sled: always held).
+    pub async fn take_dispatch_lease(
+        &self,
+        server: &ServerId,
+        ttl: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        either!(self, sled: Ok(true), pg(pg) => pg.take_dispatch_lease(server, ttl).await)
+    }
+
+    /// Gives up server `server`'s dispatch lease (shutdown).
+    pub async fn give_up_dispatch_lease(&self, server: &ServerId) -> Result<(), StoreError> {
+        either!(self, sled: Ok(()), pg(pg) => pg.give_up_dispatch_lease(server).await)
     }
 
     /// Keeps what TeamCity answered about done job `id`'s build (SPEC §6.1). Not synced on
@@ -325,8 +466,8 @@ impl Store {
         seen: crate::job::follow::Seen,
         now: u64,
     ) -> Result<Result<Job, Unchanged>, StoreError> {
-        self.blocking(move |s| s.observe_build(id, &seen, now))
-            .await
+        either!(self, sled: self.blocking(move |s| s.observe_build(id, &seen, now)).await,
+            pg(pg) => pg.observe_build(id, &seen, now).await)
     }
 
     /// A dead job becomes pending again, due `now`.
@@ -335,23 +476,26 @@ impl Store {
         id: u64,
         now: u64,
     ) -> Result<Result<Job, Unchanged>, StoreError> {
-        self.blocking(move |s| s.revive_job(id, now)).await
+        either!(self, sled: self.blocking(move |s| s.revive_job(id, now)).await,
+            pg(pg) => pg.revive_job(id, now).await)
     }
 
     /// Deletes a job in any state; `false` when there was none.
     pub async fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
-        self.blocking(move |s| s.remove_job(id)).await
+        either!(self, sled: self.blocking(move |s| s.remove_job(id)).await,
+            pg(pg) => pg.remove_job(id).await)
     }
 
     /// Whether a job is still stored.
     pub async fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
         // One key lookup: on the calling task.
-        self.handle().current()?.job_exists(id)
+        either!(self, sled: self.handle()?.current()?.job_exists(id),
+            pg(pg) => pg.job_exists(id).await)
     }
 
     /// One job.
     pub async fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        self.blocking(move |s| s.job(id)).await
+        either!(self, sled: self.blocking(move |s| s.job(id)).await, pg(pg) => pg.job(id).await)
     }
 
     /// Jobs, newest first, optionally of one state.
@@ -360,7 +504,8 @@ impl Store {
         state: Option<JobState>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        self.blocking(move |s| s.list_jobs(state, limit)).await
+        either!(self, sled: self.blocking(move |s| s.list_jobs(state, limit)).await,
+            pg(pg) => pg.list_jobs(state, limit).await)
     }
 
     /// The newest build jobs sent with one of `tokens` (all: `None`), at most `limit`.
@@ -369,35 +514,45 @@ impl Store {
         tokens: Option<Vec<String>>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        self.blocking(move |s| s.recent_builds(tokens.as_deref(), limit))
-            .await
+        either!(self,
+            sled: self.blocking(move |s| s.recent_builds(tokens.as_deref(), limit)).await,
+            pg(pg) => pg.recent_builds(tokens.as_deref(), limit).await)
     }
 
     /// Recent deliveries, newest first.
     pub async fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        self.blocking(move |s| s.list_deliveries(limit)).await
+        either!(self, sled: self.blocking(move |s| s.list_deliveries(limit)).await,
+            pg(pg) => pg.list_deliveries(limit).await)
     }
 
     /// Drops expired de-duplication marks, delivery records, done jobs and sessions, in
     /// batches; how many records went.
     pub async fn prune(&self, now: u64) -> Result<usize, StoreError> {
-        self.blocking(move |s| Ok(s.prune(now)? + s.purge_expired_sessions(now)?))
-            .await
+        either!(self,
+            sled: self.blocking(move |s| Ok(s.prune(now)? + s.purge_expired_sessions(now)?)).await,
+            pg(pg) => pg.prune(now).await)
     }
 
     /// Queue depths, oldest pending job, tokens per status, records set aside: maintained
-    /// counts, so this costs the same whatever the queue holds.
+    /// counts (sled) or counts read every few seconds (PostgreSQL), so this costs the same
+    /// whatever the queue holds.
     pub fn stats(&self) -> StatsSnapshot {
-        self.handle()
-            .current()
-            .map(|s| s.stats())
-            .unwrap_or_default()
+        match &self.backend {
+            Backend::Sled(handle) => handle.current().map(|s| s.stats()).unwrap_or_default(),
+            Backend::Postgres(pg) => pg.stats(),
+        }
+    }
+
+    /// PostgreSQL's connection pool: (open, idle, most).
+    pub fn pool_status(&self) -> Option<(usize, usize, usize)> {
+        self.postgres().map(|pg| pg.pool_status())
     }
 
     /// Registers a token, replacing (and keeping the id of) the one for the same source,
     /// user and server. Returns the record and whether it replaced one. Durable.
     pub async fn upsert_token(&self, new: NewToken) -> Result<(TokenInfo, bool), StoreError> {
-        self.write_durably(move |s| s.upsert_token(&new)).await
+        either!(self, sled: self.write_durably(move |s| s.upsert_token(&new)).await,
+            pg(pg) => pg.upsert_token(&new).await)
     }
 
     /// The token a pusher registered for `server`, trying each of their keys in order.
@@ -408,7 +563,8 @@ impl Store {
         server: ServerId,
     ) -> Result<Option<TokenInfo>, StoreError> {
         // Two reads of small, hot trees: on the calling task, not worth a hop.
-        self.handle().current()?.find_token(&source, &keys, &server)
+        either!(self, sled: self.handle()?.current()?.find_token(&source, &keys, &server),
+            pg(pg) => pg.find_token(&source, &keys, &server).await)
     }
 
     /// Decrypts a token for a call, with the revision TeamCity's verdict will be about.
@@ -417,22 +573,26 @@ impl Store {
         id: String,
     ) -> Result<Option<(TeamCityToken, u64)>, StoreError> {
         // Two reads and a decryption: on the calling task.
-        self.handle().current()?.token_secret(&id)
+        either!(self, sled: self.handle()?.current()?.token_secret(&id),
+            pg(pg) => pg.token_secret(&id).await)
     }
 
     /// One token's record.
     pub async fn token(&self, id: String) -> Result<Option<TokenInfo>, StoreError> {
-        self.blocking(move |s| s.token(&id)).await
+        either!(self, sled: self.blocking(move |s| s.token(&id)).await,
+            pg(pg) => pg.token(&id).await)
     }
 
     /// Lists tokens, oldest first.
     pub async fn list_tokens(&self, filter: TokenFilter) -> Result<Vec<TokenInfo>, StoreError> {
-        self.blocking(move |s| s.list_tokens(&filter)).await
+        either!(self, sled: self.blocking(move |s| s.list_tokens(&filter)).await,
+            pg(pg) => pg.list_tokens(&filter).await)
     }
 
     /// Forgets a token; `false` when there was none. Durable.
     pub async fn remove_token(&self, id: String) -> Result<bool, StoreError> {
-        self.write_durably(move |s| s.remove_token(&id)).await
+        either!(self, sled: self.write_durably(move |s| s.remove_token(&id)).await,
+            pg(pg) => pg.remove_token(&id).await)
     }
 
     /// TeamCity's verdict on `revision` of a token after a call.
@@ -442,8 +602,8 @@ impl Store {
         revision: u64,
         accepted: bool,
     ) -> Result<(), StoreError> {
-        self.blocking(move |s| s.mark_token(&id, revision, accepted))
-            .await
+        either!(self, sled: self.blocking(move |s| s.mark_token(&id, revision, accepted)).await,
+            pg(pg) => pg.mark_token(&id, revision, accepted).await)
     }
 
     /// Starts a session; the cookie value and the session. Durable.
@@ -452,27 +612,29 @@ impl Store {
         principal: Principal,
         ttl_ms: u64,
     ) -> Result<(String, Session), StoreError> {
-        self.write_durably(move |s| s.create_session(principal, ttl_ms))
-            .await
+        either!(self, sled: self.write_durably(move |s| s.create_session(principal, ttl_ms)).await,
+            pg(pg) => pg.create_session(principal, ttl_ms).await)
     }
 
     /// The live session behind a cookie value.
     pub async fn session(&self, id: String) -> Result<Option<Session>, StoreError> {
-        self.blocking(move |s| s.session(&id)).await
+        either!(self, sled: self.blocking(move |s| s.session(&id)).await,
+            pg(pg) => pg.session(&id).await)
     }
 
     /// Ends a session (sign-out). Durable.
     pub async fn end_session(&self, id: String) -> Result<(), StoreError> {
-        self.write_durably(move |s| s.end_session(&id)).await
+        either!(self, sled: self.write_durably(move |s| s.end_session(&id)).await,
+            pg(pg) => pg.end_session(&id).await)
     }
 
-    /// Re-seals every token under `new_key` (`bb2tc rotate-key`, bridge stopped).
+    /// Re-seals every token under `new_key` (`bb2tc rotate-key`, bridge stopped; sled).
     pub async fn rotate_master_key(
         &self,
         new_key: &Secret,
         uses_key_file: bool,
     ) -> Result<usize, StoreError> {
-        self.handle()
+        self.handle()?
             .current()?
             .rotate_master_key(new_key, uses_key_file)
             .await
@@ -532,6 +694,7 @@ pub(crate) mod test_support {
             path: dir.join("data"),
             master_key: None,
             intake_segment_bytes: segment_bytes,
+            postgres: None,
         }
     }
 

@@ -14,6 +14,7 @@ mod hostile_input;
 mod intake_log;
 mod observability;
 mod page_builds;
+mod postgres_ha;
 mod pull_requests;
 mod pushes;
 mod rate_limit;

@@ -221,6 +221,7 @@ mod tests {
             path: dir.path().join("data"),
             master_key: Some(Secret::new(TokenCipher::generate_key())),
             intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
+            postgres: None,
         };
         let ids = with_tokens(&old).await;
         let new_key = Secret::new(TokenCipher::generate_key());
@@ -237,6 +238,7 @@ mod tests {
             path: old.path.clone(),
             master_key: Some(new_key),
             intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
+            postgres: None,
         };
         let store = SledStore::open(&new).unwrap();
         assert_eq!(

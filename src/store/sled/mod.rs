@@ -597,12 +597,14 @@ mod tests {
             path: path.clone(),
             master_key: Some(Secret::new(TokenCipher::generate_key())),
             intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
+            postgres: None,
         };
         drop(SledStore::open(&first).unwrap());
         let second = StorageSettings {
             path,
             master_key: Some(Secret::new(TokenCipher::generate_key())),
             intake_segment_bytes: crate::config::DEFAULT_INTAKE_SEGMENT_BYTES,
+            postgres: None,
         };
         let err = SledStore::open(&second).unwrap_err();
         assert!(matches!(err, StoreError::WrongMasterKey(_)), "{err}");

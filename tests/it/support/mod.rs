@@ -6,6 +6,7 @@ pub mod fake_bitbucket;
 pub mod fake_server;
 pub mod fake_teamcity;
 pub mod page_client;
+pub mod postgres;
 pub mod process;
 
 use bb2tc::config::Config;
@@ -37,6 +38,13 @@ pub fn write_process_config(dir: &Path, body: &str) -> (PathBuf, PathBuf) {
     );
     std::fs::write(&config_path, text).unwrap();
     (config_path, store)
+}
+
+/// The `[storage]` table of a bridge on the PostgreSQL database at `url`.
+pub fn postgres_storage(url: &str) -> String {
+    format!(
+        "[storage]\nbackend = \"postgres\"\nurl = {url:?}\nmax_connections = 8\nmaster_key = \"{MASTER_KEY}\"\n"
+    )
 }
 
 /// Registers TeamCity token `token` for Data Center user `user` on server `main` through the
@@ -306,10 +314,20 @@ impl TestApp {
 
     /// Starts bb2tc on an existing store directory.
     pub async fn spawn_on(config_toml: &str, store_dir: &Path) -> Self {
-        let text = format!(
-            "[storage]\npath = {:?}\nmaster_key = \"{MASTER_KEY}\"\n{config_toml}",
+        let storage = format!(
+            "[storage]\npath = {:?}\nmaster_key = \"{MASTER_KEY}\"\n",
             store_dir.display().to_string()
         );
+        Self::spawn_with(&storage, config_toml, store_dir).await
+    }
+
+    /// Starts bb2tc on the PostgreSQL database at `url`.
+    pub async fn spawn_postgres(config_toml: &str, url: &str) -> Self {
+        Self::spawn_with(&postgres_storage(url), config_toml, Path::new("")).await
+    }
+
+    async fn spawn_with(storage: &str, config_toml: &str, store_dir: &Path) -> Self {
+        let text = format!("{storage}{config_toml}");
         let config = Config::from_toml_str(&text, &|_| None).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());

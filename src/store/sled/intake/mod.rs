@@ -39,8 +39,8 @@ mod writer;
 
 use super::Trees;
 use crate::job::Job;
-use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, Skipped};
-use crate::store::{DEDUP_WINDOW_MS, StoreError};
+use crate::store::StoreError;
+use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, already_seen};
 use segment::{Accepted, Entry};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -76,38 +76,6 @@ impl Pending {
 }
 
 type Shared = Arc<Mutex<Pending>>;
-
-/// What the answer says of a change's jobs whose build was already asked for (by a push or
-/// a pull request, SPEC §5.4): one line for the change when none was left, else one per job.
-fn already_seen(reference: &str, seen: &[Job], none_left: bool) -> Vec<Skipped> {
-    let hours = DEDUP_WINDOW_MS / 3_600_000;
-    let skip = |reason: String| Skipped {
-        reference: reference.to_owned(),
-        reason,
-    };
-    match seen {
-        [] => Vec::new(),
-        [first, ..] if none_left => vec![skip(format!(
-            "already seen: same ref and commit within {hours} h (a push or pull request of {} asked for {} build{} already)",
-            first.sha.short(),
-            seen.len(),
-            if seen.len() == 1 { "" } else { "s" }
-        ))],
-        _ => seen
-            .iter()
-            .map(|job| {
-                skip(format!(
-                    "already seen: {} on {} for {} within {hours} h",
-                    job.build_type
-                        .as_ref()
-                        .map_or("commit hook", |b| b.as_str()),
-                    job.server,
-                    job.sha.short()
-                ))
-            })
-            .collect(),
-    }
-}
 
 fn lock(pending: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
     pending
