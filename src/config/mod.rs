@@ -132,10 +132,11 @@ pub struct PostgresSettings {
     pub job_lease: Duration,
 }
 
-/// A claimed job's lease: twice the longest TeamCity timeout, plus a minute for the store
-/// writes around the call. A job is taken back only when its instance surely stopped.
+/// A claimed job's lease: twice the longest TeamCity timeout, plus 10 s for the store
+/// writes after the call. It is renewed right before the call (which the timeout ends), so a
+/// job is taken back only when its instance surely stopped.
 pub fn job_lease_for(longest_timeout: Duration) -> Duration {
-    longest_timeout * 2 + Duration::from_secs(60)
+    longest_timeout * 2 + Duration::from_secs(10)
 }
 
 /// `storage.intake_segment_bytes` by default.

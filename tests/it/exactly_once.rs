@@ -18,38 +18,6 @@ const SENDERS: u32 = 8;
 /// The stream is killed after this many answers each time.
 const KILL_AFTER: [usize; 4] = [150, 350, 600, 850];
 
-fn signed_push(n: u32) -> (Vec<u8>, String) {
-    let body = dc_payload(
-        "jdoe",
-        "PROJ/repo",
-        &[(&format!("refs/heads/b{n}"), &sha(n), "UPDATE")],
-    );
-    let signature = bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &body);
-    (body, signature)
-}
-
-/// Sends push `n` until bb2tc answers it (a connection error means bb2tc was killed:
-/// Bitbucket would redeliver with the same request id). Returns the answer's status.
-async fn deliver(http: &reqwest::Client, url: &Mutex<String>, n: u32) -> u16 {
-    let (body, signature) = signed_push(n);
-    for _ in 0..2000 {
-        let target = url.lock().unwrap().clone();
-        let sent = http
-            .post(format!("{target}/hooks/bitbucket/dc"))
-            .header("X-Event-Key", "repo:refs_changed")
-            .header("X-Hub-Signature", &signature)
-            .header("X-Request-Id", format!("exactly-once-{n}"))
-            .body(body.clone())
-            .send()
-            .await;
-        match sent {
-            Ok(response) if response.status() != 503 => return response.status().as_u16(),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    panic!("push {n} was never answered");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -74,7 +42,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
     let http = reqwest::Client::new();
     register_token_at(&bridge.url, "jdoe", "t").await;
 
-    let url = Arc::new(Mutex::new(bridge.url.clone()));
+    let url = Arc::new(Mutex::new(vec![bridge.url.clone()]));
     let answered = Arc::new(AtomicUsize::new(0));
     let answers = Arc::new(Mutex::new(HashMap::<u32, u16>::new()));
     let mut senders = Vec::new();
@@ -83,7 +51,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
             (http.clone(), url.clone(), answered.clone(), answers.clone());
         senders.push(tokio::spawn(async move {
             for n in (1..=PUSHES).filter(|n| n % SENDERS == lane) {
-                let status = deliver(&http, &url, n).await;
+                let status = deliver_push(&http, &url, 0, "exactly-once", n).await;
                 answers.lock().unwrap().insert(n, status);
                 answered.fetch_add(1, Ordering::SeqCst);
             }
@@ -102,7 +70,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
         checkpoints += checkpointed(&bridge.log());
         bridge.kill();
         bridge = Bridge::start(&config, "");
-        *url.lock().unwrap() = bridge.url.clone();
+        *url.lock().unwrap() = vec![bridge.url.clone()];
     }
     for sender in senders {
         sender.await.unwrap();

@@ -30,3 +30,282 @@ async fn a_push_is_built_on_postgres() {
     assert_eq!(builds[0].authorization.as_deref(), Some("Bearer t"));
     app.stop().await;
 }
+
+use crate::support::process::Bridge;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A config file in `dir` for a bridge process on the database at `url`: the standard
+/// world, TeamCity timeouts of 2 s (so a killed instance's claims are taken back after
+/// 14 s), `replace` applied to it.
+fn process_config(dir: &Path, name: &str, url: &str, tc_url: &str, replace: (&str, &str)) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let world = standard_config(tc_url, "")
+        .replace("timeout_secs = 5", "timeout_secs = 2")
+        .replace(replace.0, replace.1);
+    let text = format!("{}[server]\nlisten = \"127.0.0.1:0\"\n{world}", postgres_storage(url));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Whether the bridge at `url` holds server `main`'s dispatch lease (its metrics say).
+async fn holds_lease(url: &str) -> bool {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .and_then(|r| r.error_for_status());
+    match text {
+        Ok(r) => r
+            .text()
+            .await
+            .unwrap_or_default()
+            .contains("bb2tc_dispatch_lease{server=\"main\"} 1"),
+        Err(_) => false,
+    }
+}
+
+/// The index of the bridge that holds the lease, waiting for one to take it.
+async fn lease_holder(urls: &[String]) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        for (i, url) in urls.iter().enumerate() {
+            if holds_lease(url).await {
+                return i;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nobody took the dispatch lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Builds TeamCity got, per branch.
+fn builds_per_branch(tc: &FakeTeamCity) -> HashMap<String, usize> {
+    let mut per_branch = HashMap::new();
+    for (_, _, branch, _) in tc.builds() {
+        *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
+    }
+    per_branch
+}
+
+/// Waits until TeamCity has a build of every branch `b1`..`b{pushes}`; then asserts that
+/// each was built exactly once.
+async fn assert_each_built_once(tc: &FakeTeamCity, pushes: u32, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let per_branch = builds_per_branch(tc);
+        let lost: Vec<u32> = (1..=pushes)
+            .filter(|n| !per_branch.contains_key(&format!("b{n}")))
+            .collect();
+        if lost.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "pushes never built: {lost:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Anything sent twice would have arrived by now, too.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let doubled: Vec<(String, usize)> = builds_per_branch(tc)
+        .into_iter()
+        .filter(|(_, n)| *n > 1)
+        .collect();
+    assert!(doubled.is_empty(), "pushes built twice: {doubled:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_one_killed_mid_stream_build_every_202_once() {
+    const PUSHES: u32 = 300;
+    const SENDERS: u32 = 6;
+    let Some(url) = postgres::database("two_instances_one_killed_mid_stream").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    tc.agents(Duration::from_millis(5), Duration::from_millis(100));
+    tc.post_delay(Duration::from_millis(10));
+    let retries = (
+        "retry_schedule_secs = [1, 1]",
+        "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]",
+    );
+    let config = process_config(dir.path(), "a", &url, &tc.url, retries);
+    let mut bridges = vec![Some(Bridge::start(&config, "")), Some(Bridge::start(&config, ""))];
+    let urls: Vec<String> = bridges.iter().map(|b| b.as_ref().unwrap().url.clone()).collect();
+    register_token_at(&urls[1], "jdoe", "t").await;
+    let holder = lease_holder(&urls).await;
+
+    let http = reqwest::Client::new();
+    let targets = Arc::new(Mutex::new(urls.clone()));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(Mutex::new(HashMap::<u32, u16>::new()));
+    let mut senders = Vec::new();
+    for lane in 0..SENDERS {
+        let (http, targets, answered, answers) =
+            (http.clone(), targets.clone(), answered.clone(), answers.clone());
+        senders.push(tokio::spawn(async move {
+            for n in (1..=PUSHES).filter(|n| n % SENDERS == lane) {
+                let status = deliver_push(&http, &targets, lane as usize, "ha", n).await;
+                answers.lock().unwrap().insert(n, status);
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    while answered.load(Ordering::SeqCst) < 120 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // The instance sending the builds dies with calls under way; senders fail over.
+    let killed_at = tokio::time::Instant::now();
+    bridges[holder].take().unwrap().kill();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    let answers = answers.lock().unwrap().clone();
+    assert_eq!(answers.len(), PUSHES as usize);
+    for (n, status) in &answers {
+        assert!(matches!(status, 202 | 200), "push {n} answered {status}");
+    }
+    let survivor = bridges[1 - holder].take().unwrap();
+    // The killed instance's claims come back after their lease (14 s), asked of TeamCity.
+    assert_each_built_once(&tc, PUSHES, Duration::from_secs(60)).await;
+    let log = survivor.log();
+    assert!(log.contains("holding the dispatch lease"), "{log}");
+    let taken_back = log.matches("took back a claim").count();
+    eprintln!(
+        "claims taken back: {taken_back}; found in TeamCity, not posted again: {}; all built {:?} after the kill",
+        log.matches("found in TeamCity; not posted again").count(),
+        killed_at.elapsed()
+    );
+    // The kill caught calls under way: their claims came back to the survivor.
+    assert!(taken_back > 0, "no claim of the killed instance was taken back");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while jobs_in(&survivor.url, &["pending", "inflight"]).await > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "queue never drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(survivor.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_taken_over_within_15_s_of_a_kill() {
+    let Some(url) = postgres::database("the_lease_is_taken_over").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let config = process_config(dir.path(), "a", &url, &tc.url, ("", ""));
+    let mut bridges = vec![Some(Bridge::start(&config, "")), Some(Bridge::start(&config, ""))];
+    let urls: Vec<String> = bridges.iter().map(|b| b.as_ref().unwrap().url.clone()).collect();
+    register_token_at(&urls[0], "jdoe", "t").await;
+    let holder = lease_holder(&urls).await;
+    let other = 1 - holder;
+    assert!(!holds_lease(&urls[other]).await, "one holder at a time");
+    bridges[holder].take().unwrap().kill();
+    let killed_at = std::time::Instant::now();
+    let targets = Mutex::new(vec![urls[other].clone()]);
+    let http = reqwest::Client::new();
+    assert_eq!(deliver_push(&http, &targets, 0, "takeover", 1).await, 202);
+    let builds = tc
+        .wait_for_within(1, Duration::from_secs(20), |r| {
+            r.method == "POST" && r.path == "/app/rest/buildQueue"
+        })
+        .await;
+    let took = killed_at.elapsed();
+    assert!(took <= Duration::from_secs(15), "taken over after {took:?}");
+    assert_eq!(builds[0].authorization.as_deref(), Some("Bearer t"));
+    assert!(holds_lease(&urls[other]).await);
+    let survivor = bridges[other].take().unwrap();
+    assert!(survivor.log().contains("holding the dispatch lease"));
+    assert!(survivor.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limit_holds_across_instances_and_a_handover() {
+    const PUSHES: u32 = 40;
+    let Some(url) = postgres::database("the_rate_limit_holds_across_instances").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let config = process_config(
+        dir.path(),
+        "a",
+        &url,
+        &tc.url,
+        ("rate_per_second = 1000.0\nburst = 1000", "rate_per_second = 5.0\nburst = 2"),
+    );
+    let mut bridges = vec![Some(Bridge::start(&config, "")), Some(Bridge::start(&config, ""))];
+    let urls: Vec<String> = bridges.iter().map(|b| b.as_ref().unwrap().url.clone()).collect();
+    register_token_at(&urls[0], "jdoe", "t").await;
+    let holder = lease_holder(&urls).await;
+    let http = reqwest::Client::new();
+    let targets = Mutex::new(urls.clone());
+    for n in 1..=PUSHES {
+        assert_eq!(deliver_push(&http, &targets, n as usize, "rate", n).await, 202);
+    }
+    // Mid-backlog the holder stops (SIGTERM gives the lease up): the other one takes over
+    // with an empty bucket, however much of its burst the first one had just spent.
+    tc.wait_for_builds(12).await;
+    assert!(bridges[holder].take().unwrap().terminate().success());
+    assert_each_built_once(&tc, PUSHES, Duration::from_secs(40)).await;
+    let calls: Vec<tokio::time::Instant> = tc
+        .requests()
+        .into_iter()
+        .filter(|r| r.path != "/app/rest/users/current")
+        .map(|r| r.at)
+        .collect();
+    for (i, start) in calls.iter().enumerate() {
+        let in_window = calls[i..]
+            .iter()
+            .filter(|&&t| t < *start + Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 7, "{in_window} calls within a second from call {i}");
+    }
+    let survivor = bridges[1 - holder].take().unwrap();
+    assert!(survivor.log().contains("holding the dispatch lease"));
+    assert!(survivor.terminate().success());
+}
+
+#[tokio::test]
+async fn tokens_and_sessions_are_shared_between_instances() {
+    let Some(url) = postgres::database("tokens_and_sessions_are_shared").await else {
+        return;
+    };
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let config = standard_config(&tc.url, "");
+    let a = TestApp::spawn_postgres(&config, &url).await;
+    let b = TestApp::spawn_postgres(&config, &url).await;
+    let registered = a.register_token("dc", "jdoe", "main", "t").await;
+    let on_b = b.api_tokens().await;
+    assert_eq!(on_b.len(), 1);
+    assert_eq!(on_b[0]["id"], registered["id"]);
+    assert!(!on_b[0].to_string().contains("\"t\""), "the token itself is never shown");
+    // A push to b is built with the token registered through a.
+    let body = dc_payload("jdoe", "PROJ/repo", &[("refs/heads/main", &sha(7), "UPDATE")]);
+    let (status, answer) = b.dc_push(&body, "shared-1").await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["jobs"], 1, "{answer}");
+    let builds = tc.wait_for_builds(1).await;
+    assert_eq!(builds[0].authorization.as_deref(), Some("Bearer t"));
+    // Signed in on a, still signed in on b; signed out on b, out on a too.
+    let mut browser = PageClient::new(&a.url);
+    let signed_in = browser.sign_in_admin(ADMIN_TOKEN).await;
+    assert_eq!(signed_in.status, 303, "{}", signed_in.body);
+    browser.base = b.url.clone();
+    let page = browser.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Sign out"), "{}", page.body);
+    let csrf = page.csrf();
+    assert_eq!(browser.post("/signout", &[("csrf", &csrf)]).await.status, 303);
+    browser.base = a.url.clone();
+    let page = browser.get("/").await;
+    assert_ne!(page.status, 200, "the session ended everywhere");
+    a.stop().await;
+    b.stop().await;
+}

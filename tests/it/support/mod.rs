@@ -62,6 +62,51 @@ pub async fn register_token_at(url: &str, user: &str, token: &str) {
     assert_eq!(registered.status(), 201);
 }
 
+/// Data Center push `n`: branch `b{n}` to commit `sha(n)` by `jdoe`, signed with
+/// [`DC_SECRET`]; the body and its signature.
+pub fn signed_push(n: u32) -> (Vec<u8>, String) {
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[(&format!("refs/heads/b{n}"), &sha(n), "UPDATE")],
+    );
+    let signature = bb2tc::bitbucket::signature::sign(DC_SECRET.as_bytes(), &body);
+    (body, signature)
+}
+
+/// Sends [`signed_push`] `n` (request id `{prefix}-{n}`) until a bridge answers it with
+/// something other than 503, trying `urls` in turn from the `first`: a connection error
+/// means that bridge was killed, and Bitbucket would redeliver the same request id (a load
+/// balancer, to another instance). Returns the answer's status.
+pub async fn deliver_push(
+    http: &reqwest::Client,
+    urls: &std::sync::Mutex<Vec<String>>,
+    first: usize,
+    prefix: &str,
+    n: u32,
+) -> u16 {
+    let (body, signature) = signed_push(n);
+    for attempt in 0..2000 {
+        let target = {
+            let urls = urls.lock().unwrap();
+            urls[(first + attempt) % urls.len()].clone()
+        };
+        let sent = http
+            .post(format!("{target}/hooks/bitbucket/dc"))
+            .header("X-Event-Key", "repo:refs_changed")
+            .header("X-Hub-Signature", &signature)
+            .header("X-Request-Id", format!("{prefix}-{n}"))
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status() != 503 => return response.status().as_u16(),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
+    panic!("push {n} was never answered");
+}
+
 /// `GET {url}/api/v1{path}` with the admin token: the JSON answer.
 pub async fn admin_get(url: &str, path: &str) -> serde_json::Value {
     reqwest::Client::new()
