@@ -8,14 +8,14 @@ use serde_json::Value;
 
 const FAST_RETRIES: &str = "retry_schedule_secs = [0.02, 0.02, 0.02, 0.02]";
 
-async fn app_with(extra: &str) -> (FakeTeamCity, TestApp) {
+async fn app_with(backend: Backend, extra: &str) -> Option<(FakeTeamCity, TestApp)> {
     let tc = FakeTeamCity::start().await;
     let config =
         standard_config(&tc.url, extra).replace("retry_schedule_secs = [1, 1]", FAST_RETRIES);
-    let app = TestApp::spawn(&config).await;
+    let app = TestApp::spawn_backend(backend, &config).await?;
     tc.add_token("t", "jdoe");
     app.register_token("dc", "jdoe", "main", "t").await;
-    (tc, app)
+    Some((tc, app))
 }
 
 async fn push(app: &TestApp, id: &str, branch: &str, n: u32) -> Value {
@@ -50,9 +50,10 @@ async fn wait_for_state(app: &TestApp, state: &str) -> Value {
     }
 }
 
-#[tokio::test]
-async fn three_503s_then_200_is_exactly_one_build() {
-    let (tc, app) = app_with("").await;
+async fn three_503s_then_200_is_exactly_one_build(backend: Backend) {
+    let Some((tc, app)) = app_with(backend, "").await else {
+        return;
+    };
     for _ in 0..3 {
         tc.fail_next(503, "TeamCity is starting", None);
     }
@@ -80,14 +81,15 @@ async fn three_503s_then_200_is_exactly_one_build() {
     }
 }
 
-#[tokio::test]
-async fn client_errors_are_dead_at_once_with_teamcity_text() {
+async fn client_errors_are_dead_at_once_with_teamcity_text(backend: Backend) {
     for (status, text) in [
         (400, "Build type is paused"),
         (403, "You do not have enough permissions to run builds"),
         (404, "No build type found by locator 'Proj_Build'"),
     ] {
-        let (tc, app) = app_with("").await;
+        let Some((tc, app)) = app_with(backend, "").await else {
+            return;
+        };
         tc.fail_next(status, text, None);
         push(&app, "fail", "main", 1).await;
         let dead = wait_for_state(&app, "dead").await;
@@ -100,9 +102,10 @@ async fn client_errors_are_dead_at_once_with_teamcity_text() {
     }
 }
 
-#[tokio::test]
-async fn exhausted_schedule_is_dead_and_admin_can_retry_or_remove() {
-    let (tc, app) = app_with("").await;
+async fn exhausted_schedule_is_dead_and_admin_can_retry_or_remove(backend: Backend) {
+    let Some((tc, app)) = app_with(backend, "").await else {
+        return;
+    };
     for _ in 0..5 {
         tc.fail_next(502, "Bad Gateway", None);
     }
@@ -157,9 +160,10 @@ async fn exhausted_schedule_is_dead_and_admin_can_retry_or_remove() {
     );
 }
 
-#[tokio::test]
-async fn retry_after_is_honoured() {
-    let (tc, app) = app_with("").await;
+async fn retry_after_is_honoured(backend: Backend) {
+    let Some((tc, app)) = app_with(backend, "").await else {
+        return;
+    };
     // Step 0.02 s: Retry-After 1 is capped at twice the step (0.04 s), never below the step.
     tc.fail_next(429, "Too many requests", Some("1"));
     push(&app, "ra", "main", 1).await;
@@ -173,9 +177,10 @@ async fn retry_after_is_honoured() {
     wait_for_state(&app, "done").await;
 }
 
-#[tokio::test]
-async fn a_different_branch_in_the_answer_is_a_warning() {
-    let (tc, app) = app_with("").await;
+async fn a_different_branch_in_the_answer_is_a_warning(backend: Backend) {
+    let Some((tc, app)) = app_with(backend, "").await else {
+        return;
+    };
     tc.answer_with_branch("main");
     push(&app, "warn", "feature/not-in-branch-spec", 1).await;
     let done = wait_for_state(&app, "done").await;
@@ -186,8 +191,7 @@ async fn a_different_branch_in_the_answer_is_a_warning() {
     );
 }
 
-#[tokio::test]
-async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
+async fn quick_pushes_to_one_branch_coalesce_into_the_newest(backend: Backend) {
     // Two calls a second, burst 1: "first" goes at once, "blocker" waits for the bucket until
     // 0.5 s, and the three pushes to main meanwhile wait as pending jobs and coalesce; jobs
     // stay pending (replaceable) until the bucket admits them.
@@ -196,7 +200,9 @@ async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
     let config = standard_config(&tc.url, "")
         .replace("rate_per_second = 1000.0", "rate_per_second = 2.0")
         .replace("burst = 1000", "burst = 1");
-    let app = TestApp::spawn(&config).await;
+    let Some(app) = TestApp::spawn_backend(backend, &config).await else {
+        return;
+    };
     app.register_token("dc", "jdoe", "main", "t").await;
     push(&app, "first", "first", 1).await;
     push(&app, "blocker", "blocker", 2).await;
@@ -251,8 +257,7 @@ async fn quick_pushes_to_one_branch_coalesce_into_the_newest() {
     );
 }
 
-#[tokio::test]
-async fn a_hung_server_does_not_delay_another() {
+async fn a_hung_server_does_not_delay_another(backend: Backend) {
     let hung = FakeTeamCity::start().await;
     hung.add_token("h", "jdoe");
     let extra = format!(
@@ -271,7 +276,9 @@ build_types = ["Stuck"]
 "#,
         hung.url
     );
-    let (tc, app) = app_with(&extra).await;
+    let Some((tc, app)) = app_with(backend, &extra).await else {
+        return;
+    };
     app.register_token("dc", "jdoe", "hung", "h").await;
     hung.hang(true);
     // Every push makes a job on each server; the hung one takes the first and blocks.
@@ -280,6 +287,8 @@ build_types = ["Stuck"]
     }
     let healthy = tc.wait_for_builds(5).await;
     assert_eq!(healthy.len(), 5);
+    // (With PostgreSQL each server's worker starts when it takes that server's lease.)
+    hung.wait_for_builds(1).await;
     assert_eq!(
         hung.build_calls().len(),
         1,
@@ -299,9 +308,10 @@ build_types = ["Stuck"]
     }
 }
 
-#[tokio::test]
-async fn deliveries_are_listed_with_their_outcome() {
-    let (_tc, app) = app_with("").await;
+async fn deliveries_are_listed_with_their_outcome(backend: Backend) {
+    let Some((_tc, app)) = app_with(backend, "").await else {
+        return;
+    };
     push(&app, "listed-1", "main", 1).await;
     let strangers_push = dc_payload(
         "stranger",
@@ -350,9 +360,12 @@ async fn deliveries_are_listed_with_their_outcome() {
     );
 }
 
-#[tokio::test]
-async fn an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted_twice() {
-    let (tc, app) = app_with("").await;
+async fn an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted_twice(
+    backend: Backend,
+) {
+    let Some((tc, app)) = app_with(backend, "").await else {
+        return;
+    };
     // TeamCity queues the build, but the answer is 2 MiB (bb2tc reads at most 1 MiB).
     tc.pad_next_answer(2 * 1024 * 1024);
     push(&app, "padded", "main", 1).await;
@@ -375,8 +388,7 @@ async fn an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted
 /// past `timeout_secs`. That is a timeout of that call, retried — and since TeamCity had
 /// answered 200, the retry first asks TeamCity whether the build exists (here it does not:
 /// the fake lists none), then posts.
-#[tokio::test]
-async fn a_200_whose_body_stalls_is_retried_after_asking_teamcity() {
+async fn a_200_whose_body_stalls_is_retried_after_asking_teamcity(backend: Backend) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -420,7 +432,9 @@ async fn a_200_whose_body_stalls_is_retried_after_asking_teamcity() {
     let config = standard_config(&url, "")
         .replace("retry_schedule_secs = [1, 1]", FAST_RETRIES)
         .replace("timeout_secs = 5", "timeout_secs = 1");
-    let app = TestApp::spawn(&config).await;
+    let Some(app) = TestApp::spawn_backend(backend, &config).await else {
+        return;
+    };
     let registered = app
         .admin(Method::POST, "/tokens")
         .json(&serde_json::json!({"source": "dc", "user": "jdoe", "teamcity": "main", "token": "t", "verify": false}))
@@ -455,3 +469,16 @@ async fn a_200_whose_body_stalls_is_retried_after_asking_teamcity() {
         "{seen:?}"
     );
 }
+
+crate::on_both_backends!(
+    three_503s_then_200_is_exactly_one_build,
+    client_errors_are_dead_at_once_with_teamcity_text,
+    exhausted_schedule_is_dead_and_admin_can_retry_or_remove,
+    retry_after_is_honoured,
+    a_different_branch_in_the_answer_is_a_warning,
+    quick_pushes_to_one_branch_coalesce_into_the_newest,
+    a_hung_server_does_not_delay_another,
+    deliveries_are_listed_with_their_outcome,
+    an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted_twice,
+    a_200_whose_body_stalls_is_retried_after_asking_teamcity,
+);

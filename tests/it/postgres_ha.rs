@@ -41,12 +41,21 @@ use std::time::Duration;
 /// A config file in `dir` for a bridge process on the database at `url`: the standard
 /// world, TeamCity timeouts of 2 s (so a killed instance's claims are taken back after
 /// 14 s), `replace` applied to it.
-fn process_config(dir: &Path, name: &str, url: &str, tc_url: &str, replace: (&str, &str)) -> PathBuf {
+fn process_config(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    tc_url: &str,
+    replace: (&str, &str),
+) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let world = standard_config(tc_url, "")
         .replace("timeout_secs = 5", "timeout_secs = 2")
         .replace(replace.0, replace.1);
-    let text = format!("{}[server]\nlisten = \"127.0.0.1:0\"\n{world}", postgres_storage(url));
+    let text = format!(
+        "{}[server]\nlisten = \"127.0.0.1:0\"\n{world}",
+        postgres_storage(url)
+    );
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -75,7 +84,10 @@ async fn lease_holder(urls: &[String]) -> usize {
                 return i;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "nobody took the dispatch lease");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nobody took the dispatch lease"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -133,8 +145,14 @@ async fn two_instances_one_killed_mid_stream_build_every_202_once() {
         "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]",
     );
     let config = process_config(dir.path(), "a", &url, &tc.url, retries);
-    let mut bridges = vec![Some(Bridge::start(&config, "")), Some(Bridge::start(&config, ""))];
-    let urls: Vec<String> = bridges.iter().map(|b| b.as_ref().unwrap().url.clone()).collect();
+    let mut bridges = vec![
+        Some(Bridge::start(&config, "")),
+        Some(Bridge::start(&config, "")),
+    ];
+    let urls: Vec<String> = bridges
+        .iter()
+        .map(|b| b.as_ref().unwrap().url.clone())
+        .collect();
     register_token_at(&urls[1], "jdoe", "t").await;
     let holder = lease_holder(&urls).await;
 
@@ -144,8 +162,12 @@ async fn two_instances_one_killed_mid_stream_build_every_202_once() {
     let answers = Arc::new(Mutex::new(HashMap::<u32, u16>::new()));
     let mut senders = Vec::new();
     for lane in 0..SENDERS {
-        let (http, targets, answered, answers) =
-            (http.clone(), targets.clone(), answered.clone(), answers.clone());
+        let (http, targets, answered, answers) = (
+            http.clone(),
+            targets.clone(),
+            answered.clone(),
+            answers.clone(),
+        );
         senders.push(tokio::spawn(async move {
             for n in (1..=PUSHES).filter(|n| n % SENDERS == lane) {
                 let status = deliver_push(&http, &targets, lane as usize, "ha", n).await;
@@ -180,10 +202,16 @@ async fn two_instances_one_killed_mid_stream_build_every_202_once() {
         killed_at.elapsed()
     );
     // The kill caught calls under way: their claims came back to the survivor.
-    assert!(taken_back > 0, "no claim of the killed instance was taken back");
+    assert!(
+        taken_back > 0,
+        "no claim of the killed instance was taken back"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while jobs_in(&survivor.url, &["pending", "inflight"]).await > 0 {
-        assert!(tokio::time::Instant::now() < deadline, "queue never drained");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never drained"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(survivor.terminate().success());
@@ -198,8 +226,14 @@ async fn the_lease_is_taken_over_within_15_s_of_a_kill() {
     let tc = FakeTeamCity::start().await;
     tc.add_token("t", "jdoe");
     let config = process_config(dir.path(), "a", &url, &tc.url, ("", ""));
-    let mut bridges = vec![Some(Bridge::start(&config, "")), Some(Bridge::start(&config, ""))];
-    let urls: Vec<String> = bridges.iter().map(|b| b.as_ref().unwrap().url.clone()).collect();
+    let mut bridges = vec![
+        Some(Bridge::start(&config, "")),
+        Some(Bridge::start(&config, "")),
+    ];
+    let urls: Vec<String> = bridges
+        .iter()
+        .map(|b| b.as_ref().unwrap().url.clone())
+        .collect();
     register_token_at(&urls[0], "jdoe", "t").await;
     let holder = lease_holder(&urls).await;
     let other = 1 - holder;
@@ -237,16 +271,28 @@ async fn the_rate_limit_holds_across_instances_and_a_handover() {
         "a",
         &url,
         &tc.url,
-        ("rate_per_second = 1000.0\nburst = 1000", "rate_per_second = 5.0\nburst = 2"),
+        (
+            "rate_per_second = 1000.0\nburst = 1000",
+            "rate_per_second = 5.0\nburst = 2",
+        ),
     );
-    let mut bridges = vec![Some(Bridge::start(&config, "")), Some(Bridge::start(&config, ""))];
-    let urls: Vec<String> = bridges.iter().map(|b| b.as_ref().unwrap().url.clone()).collect();
+    let mut bridges = vec![
+        Some(Bridge::start(&config, "")),
+        Some(Bridge::start(&config, "")),
+    ];
+    let urls: Vec<String> = bridges
+        .iter()
+        .map(|b| b.as_ref().unwrap().url.clone())
+        .collect();
     register_token_at(&urls[0], "jdoe", "t").await;
     let holder = lease_holder(&urls).await;
     let http = reqwest::Client::new();
     let targets = Mutex::new(urls.clone());
     for n in 1..=PUSHES {
-        assert_eq!(deliver_push(&http, &targets, n as usize, "rate", n).await, 202);
+        assert_eq!(
+            deliver_push(&http, &targets, n as usize, "rate", n).await,
+            202
+        );
     }
     // Mid-backlog the holder stops (SIGTERM gives the lease up): the other one takes over
     // with an empty bucket, however much of its burst the first one had just spent.
@@ -264,7 +310,10 @@ async fn the_rate_limit_holds_across_instances_and_a_handover() {
             .iter()
             .filter(|&&t| t < *start + Duration::from_secs(1))
             .count();
-        assert!(in_window <= 7, "{in_window} calls within a second from call {i}");
+        assert!(
+            in_window <= 7,
+            "{in_window} calls within a second from call {i}"
+        );
     }
     let survivor = bridges[1 - holder].take().unwrap();
     assert!(survivor.log().contains("holding the dispatch lease"));
@@ -285,9 +334,16 @@ async fn tokens_and_sessions_are_shared_between_instances() {
     let on_b = b.api_tokens().await;
     assert_eq!(on_b.len(), 1);
     assert_eq!(on_b[0]["id"], registered["id"]);
-    assert!(!on_b[0].to_string().contains("\"t\""), "the token itself is never shown");
+    assert!(
+        !on_b[0].to_string().contains("\"t\""),
+        "the token itself is never shown"
+    );
     // A push to b is built with the token registered through a.
-    let body = dc_payload("jdoe", "PROJ/repo", &[("refs/heads/main", &sha(7), "UPDATE")]);
+    let body = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[("refs/heads/main", &sha(7), "UPDATE")],
+    );
     let (status, answer) = b.dc_push(&body, "shared-1").await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["jobs"], 1, "{answer}");
@@ -302,7 +358,10 @@ async fn tokens_and_sessions_are_shared_between_instances() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Sign out"), "{}", page.body);
     let csrf = page.csrf();
-    assert_eq!(browser.post("/signout", &[("csrf", &csrf)]).await.status, 303);
+    assert_eq!(
+        browser.post("/signout", &[("csrf", &csrf)]).await.status,
+        303
+    );
     browser.base = a.url.clone();
     let page = browser.get("/").await;
     assert_ne!(page.status, 200, "the session ended everywhere");

@@ -4,10 +4,10 @@ use crate::support::*;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-async fn app() -> (FakeTeamCity, TestApp) {
+async fn app(backend: Backend) -> Option<(FakeTeamCity, TestApp)> {
     let tc = FakeTeamCity::start().await;
-    let app = TestApp::spawn(&standard_config(&tc.url, "")).await;
-    (tc, app)
+    let app = TestApp::spawn_backend(backend, &standard_config(&tc.url, "")).await?;
+    Some((tc, app))
 }
 
 async fn call(
@@ -30,9 +30,10 @@ async fn call(
     )
 }
 
-#[tokio::test]
-async fn admin_token_is_required() {
-    let (_tc, app) = app().await;
+async fn admin_token_is_required(backend: Backend) {
+    let Some((_tc, app)) = app(backend).await else {
+        return;
+    };
     for auth in [
         None,
         Some("Bearer wrong"),
@@ -51,9 +52,10 @@ async fn admin_token_is_required() {
     }
 }
 
-#[tokio::test]
-async fn register_verify_replace_list_delete() {
-    let (tc, app) = app().await;
+async fn register_verify_replace_list_delete(backend: Backend) {
+    let Some((tc, app)) = app(backend).await else {
+        return;
+    };
     tc.add_token("secret-token-1", "jdoe-in-tc");
     tc.add_token("secret-token-2", "jdoe-in-tc");
     let (status, first, text) = call(
@@ -120,9 +122,10 @@ async fn register_verify_replace_list_delete() {
     assert!(body["error"].is_string());
 }
 
-#[tokio::test]
-async fn bad_registrations_are_refused_clearly() {
-    let (tc, app) = app().await;
+async fn bad_registrations_are_refused_clearly(backend: Backend) {
+    let Some((tc, app)) = app(backend).await else {
+        return;
+    };
     tc.add_token("good", "jdoe");
     let cases = [
         (
@@ -197,14 +200,15 @@ async fn bad_registrations_are_refused_clearly() {
     assert_eq!(status, 405);
 }
 
-#[tokio::test]
-async fn unreachable_teamcity_is_502() {
+async fn unreachable_teamcity_is_502(backend: Backend) {
     // A port that was free a moment ago: nothing listens there.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())
     };
-    let app = TestApp::spawn(&standard_config(&closed, "")).await;
+    let Some(app) = TestApp::spawn_backend(backend, &standard_config(&closed, "")).await else {
+        return;
+    };
     let (status, body, _) = call(
         &app,
         Method::POST,
@@ -216,9 +220,12 @@ async fn unreachable_teamcity_is_502() {
     assert!(body["error"].as_str().unwrap().contains("could not verify"));
 }
 
-#[tokio::test]
-async fn teamcity_401_marks_the_token_invalid_and_a_200_stamps_last_authenticated() {
-    let (tc, app) = app().await;
+async fn teamcity_401_marks_the_token_invalid_and_a_200_stamps_last_authenticated(
+    backend: Backend,
+) {
+    let Some((tc, app)) = app(backend).await else {
+        return;
+    };
     tc.add_token("revoked-soon", "jdoe");
     tc.add_token("other", "admin");
     app.register_token("dc", "jdoe", "main", "revoked-soon")
@@ -270,3 +277,11 @@ async fn teamcity_401_marks_the_token_invalid_and_a_200_stamps_last_authenticate
             .contains("rejected by TeamCity")
     );
 }
+
+crate::on_both_backends!(
+    admin_token_is_required,
+    register_verify_replace_list_delete,
+    bad_registrations_are_refused_clearly,
+    unreachable_teamcity_is_502,
+    teamcity_401_marks_the_token_invalid_and_a_200_stamps_last_authenticated,
+);

@@ -203,7 +203,7 @@ impl PgStore {
         };
         store.check_canary().await?;
         let id = store
-            .meta_or_insert("store_id", &hex::encode(rand::random::<[u8; 8]>()))
+            .meta_or_insert("store_id", &hex::encode(rand::random::<[u8; 4]>()))
             .await?;
         let store = Self { id, ..store };
         store.refresh_stats().await?;

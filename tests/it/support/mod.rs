@@ -40,6 +40,36 @@ pub fn write_process_config(dir: &Path, body: &str) -> (PathBuf, PathBuf) {
     (config_path, store)
 }
 
+/// The store a black-box test runs on: both, for the delivery and token tests.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    /// A fresh sled store in a temp dir.
+    Sled,
+    /// A fresh database on the test PostgreSQL (`support::postgres`).
+    Postgres,
+}
+
+/// Declares each `async fn name(backend: Backend)` as two tests, `name::sled` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sled() {
+                    super::$name($crate::support::Backend::Sled).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
 /// The `[storage]` table of a bridge on the PostgreSQL database at `url`.
 pub fn postgres_storage(url: &str) -> String {
     format!(
@@ -364,6 +394,18 @@ impl TestApp {
             store_dir.display().to_string()
         );
         Self::spawn_with(&storage, config_toml, store_dir).await
+    }
+
+    /// Starts bb2tc with `config_toml` on a fresh store of `backend`; `None` (the test
+    /// skips, with a notice) when that is PostgreSQL and there is none.
+    pub async fn spawn_backend(backend: Backend, config_toml: &str) -> Option<Self> {
+        match backend {
+            Backend::Sled => Some(Self::spawn(config_toml).await),
+            Backend::Postgres => {
+                let url = postgres::database("a test on PostgreSQL").await?;
+                Some(Self::spawn_postgres(config_toml, &url).await)
+            }
+        }
     }
 
     /// Starts bb2tc on the PostgreSQL database at `url`.
