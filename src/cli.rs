@@ -72,6 +72,16 @@ enum Command {
         /// File holding the body.
         file: Option<PathBuf>,
     },
+    /// Copy every token, session, job and mark into another (empty) store — sled to
+    /// PostgreSQL or back — with every bridge stopped.
+    CopyStore {
+        /// The config whose `[storage]` is copied from.
+        #[arg(long)]
+        from: PathBuf,
+        /// The config whose `[storage]` is copied to.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Re-encrypt every stored token under a new master key (with the bridge stopped).
     RotateKey {
         #[command(flatten)]
@@ -202,6 +212,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::RotateKey { config, new_key } => {
             runtime.block_on(rotate_key(&config.config, new_key))
         }
+        Command::CopyStore { from, to } => runtime.block_on(copy_store(&from, &to)),
         Command::Token(command) => runtime.block_on(token(command)),
         Command::Jobs(command) => runtime.block_on(jobs(command)),
     }
@@ -230,6 +241,23 @@ async fn rotate_key(path: &std::path::Path, new_key: Option<String>) -> anyhow::
             "re-encrypted {count} token(s). Set storage.master_key to the new key before starting bb2tc."
         );
     }
+    Ok(())
+}
+
+async fn copy_store(from: &std::path::Path, to: &std::path::Path) -> anyhow::Result<()> {
+    let source = Config::load(from)?;
+    let target = Config::load(to)?;
+    let from_store = Store::connect(&source.storage)
+        .await
+        .with_context(|| format!("cannot open the store of {}", from.display()))?;
+    let to_store = Store::connect(&target.storage)
+        .await
+        .with_context(|| format!("cannot open the store of {}", to.display()))?;
+    let copied = crate::store::copy::copy_store(&from_store, &to_store).await?;
+    println!(
+        "copied {} token(s), {} session(s), {} job(s), {} de-duplication mark(s) and {} delivery record(s); counts verified",
+        copied.tokens, copied.sessions, copied.jobs, copied.marks, copied.deliveries
+    );
     Ok(())
 }
 

@@ -14,7 +14,9 @@
 //! outcome), [`tokens`], [`sessions`], [`stats`]; [`TokenCipher`] seals tokens for every
 //! backend.
 
+pub mod copy;
 mod crypto;
+pub mod dump;
 pub mod jobs;
 pub(crate) mod postgres;
 mod reopen;
@@ -626,6 +628,28 @@ impl Store {
     pub async fn end_session(&self, id: String) -> Result<(), StoreError> {
         either!(self, sled: self.write_durably(move |s| s.end_session(&id)).await,
             pg(pg) => pg.end_session(&id).await)
+    }
+
+    /// Everything the store holds (`copy-store`, bridge stopped).
+    pub async fn dump(&self) -> Result<dump::Dump, StoreError> {
+        either!(self, sled: self.blocking(|s| s.dump()).await, pg(pg) => pg.dump().await)
+    }
+
+    /// How many records of each kind it holds.
+    pub async fn counts(&self) -> Result<dump::Counts, StoreError> {
+        either!(self, sled: self.blocking(|s| s.counts()).await, pg(pg) => pg.counts().await)
+    }
+
+    /// Writes a dump into this empty store, durably (`copy-store`).
+    pub async fn load(&self, dump: Arc<dump::Dump>) -> Result<(), StoreError> {
+        either!(self, sled: self.blocking(move |s| s.load(&dump)).await,
+            pg(pg) => pg.load(&dump).await)
+    }
+
+    /// Whether an instance on this store looks alive (PostgreSQL: a dispatch lease still
+    /// runs; sled's own lock keeps a second process out).
+    pub async fn in_use(&self) -> Result<bool, StoreError> {
+        either!(self, sled: Ok(false), pg(pg) => pg.leases_held().await)
     }
 
     /// Re-seals every token under `new_key` (`bb2tc rotate-key`, bridge stopped; sled).

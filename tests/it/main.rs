@@ -5,6 +5,7 @@ mod browser;
 mod build_statuses;
 mod check_for_changes;
 mod cli;
+mod copy_store;
 mod delivery;
 mod disk_full;
 mod durability;

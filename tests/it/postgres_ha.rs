@@ -139,13 +139,14 @@ async fn two_instances_one_killed_mid_stream_build_every_202_once() {
     let tc = FakeTeamCity::start().await;
     tc.add_token("t", "jdoe");
     tc.agents(Duration::from_millis(5), Duration::from_millis(100));
-    tc.post_delay(Duration::from_millis(10));
+    // Each call takes 100 ms: at any moment the holder has calls under way.
+    tc.post_delay(Duration::from_millis(100));
     let retries = (
         "retry_schedule_secs = [1, 1]",
         "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]",
     );
     let config = process_config(dir.path(), "a", &url, &tc.url, retries);
-    let mut bridges = vec![
+    let mut bridges = [
         Some(Bridge::start(&config, "")),
         Some(Bridge::start(&config, "")),
     ];
@@ -176,7 +177,7 @@ async fn two_instances_one_killed_mid_stream_build_every_202_once() {
             }
         }));
     }
-    while answered.load(Ordering::SeqCst) < 120 {
+    while answered.load(Ordering::SeqCst) < 120 || tc.build_calls().len() < 20 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     // The instance sending the builds dies with calls under way; senders fail over.
@@ -226,7 +227,7 @@ async fn the_lease_is_taken_over_within_15_s_of_a_kill() {
     let tc = FakeTeamCity::start().await;
     tc.add_token("t", "jdoe");
     let config = process_config(dir.path(), "a", &url, &tc.url, ("", ""));
-    let mut bridges = vec![
+    let mut bridges = [
         Some(Bridge::start(&config, "")),
         Some(Bridge::start(&config, "")),
     ];
@@ -276,7 +277,7 @@ async fn the_rate_limit_holds_across_instances_and_a_handover() {
             "rate_per_second = 5.0\nburst = 2",
         ),
     );
-    let mut bridges = vec![
+    let mut bridges = [
         Some(Bridge::start(&config, "")),
         Some(Bridge::start(&config, "")),
     ];

@@ -5,6 +5,7 @@
 use super::jobs::{lock_key, newest_job};
 use super::{PgStore, big, pg_error, retrying, schema, to_record};
 use crate::job::{Job, Purpose, lifecycle};
+use crate::store::dump::delivery_mark;
 use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, already_seen};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use deadpool_postgres::Transaction;
@@ -14,13 +15,6 @@ pub const JOBS_CHANNEL: &str = "bb2tc_jobs";
 
 /// Job ids per notification (each at most 20 digits and a comma).
 const NOTIFY_IDS: usize = 300;
-
-/// The mark of a delivery id (build marks are [`Job::dedup_key`]s).
-fn delivery_mark(id: &str) -> Vec<u8> {
-    let mut key = b"delivery\0".to_vec();
-    key.extend_from_slice(id.as_bytes());
-    key
-}
 
 /// Sets mark `key` first seen `now` unless it was seen within the window: `true` when it
 /// was not (new, or expired and renewed). A concurrent transaction inserting the same key

@@ -23,6 +23,13 @@ pub(super) fn state_from(text: &str) -> Option<JobState> {
     })
 }
 
+/// A transition of a job, given the newest job id of its key and, when another, that job.
+type Decide<'a> =
+    dyn Fn(&Job, Option<u64>, Option<&Job>) -> Result<Transition, Refused> + Sync + 'a;
+
+/// The status report a transition calls for, from the job before and after.
+type Report<'a> = dyn Fn(&Job, &Job) -> Option<status::StatusReport> + Sync + 'a;
+
 /// Who may change an in-flight job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fence {
@@ -214,8 +221,8 @@ impl PgStore {
         &self,
         id: u64,
         fence: Fence,
-        decide: &(dyn Fn(&Job, Option<u64>, Option<&Job>) -> Result<Transition, Refused> + Sync),
-        report: &(dyn Fn(&Job, &Job) -> Option<status::StatusReport> + Sync),
+        decide: &Decide<'_>,
+        report: &Report<'_>,
         now: u64,
     ) -> Result<Result<(Job, Transition), Unchanged>, StoreError> {
         retrying(|| async {

@@ -29,6 +29,7 @@
 //! **Leases** (`leases`): acquiring and renewing a server's dispatch lease, and the
 //! `LISTEN` connection through which other instances' new jobs arrive.
 
+mod dump;
 mod intake;
 mod jobs;
 mod leases;

@@ -6,6 +6,7 @@ use super::{PgStore, big, pg_error, retrying, unbig};
 use crate::clock;
 use crate::ids::{ServerId, SourceId, TeamCityToken, UserKey};
 use crate::store::StoreError;
+use crate::store::dump::DumpedToken;
 use crate::store::tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
 
 const COLUMNS: &str = "id, source, user_name, server, teamcity, teamcity_user, added_at, \
@@ -208,6 +209,79 @@ impl PgStore {
             )
             .await
             .map_err(pg_error)?;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// Every token, opened (for `copy-store`).
+    pub(super) async fn dump_tokens(&self) -> Result<Vec<DumpedToken>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, source, user_name, user_key, server, teamcity, teamcity_user, \
+                 added_at, last_authenticated_at, status, revision, sealed FROM bb2tc_tokens \
+                 ORDER BY added_at, id",
+                &[],
+            )
+            .await
+            .map_err(pg_error)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let id: String = row.get(0);
+            let plain = self.cipher.open(id.as_bytes(), row.get(11))?;
+            let secret = String::from_utf8(plain).map_err(|_| StoreError::Crypto)?;
+            out.push(DumpedToken {
+                source: SourceId::new(row.get::<_, String>(1)),
+                user: row.get(2),
+                user_key: UserKey::parse(row.get(3))
+                    .ok_or_else(|| StoreError::Corrupt(format!("token {id} has no user")))?,
+                server: ServerId::new(row.get::<_, String>(4)),
+                teamcity: row.get(5),
+                teamcity_user: row.get(6),
+                added_at: unbig(row.get(7)),
+                last_authenticated_at: row.get::<_, Option<i64>>(8).map(unbig),
+                status: status_from(row.get(9)).unwrap_or(TokenStatus::Unverified),
+                revision: unbig(row.get(10)),
+                secret: TeamCityToken::new(secret),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores dumped tokens, sealed under this store's key, in `tx`.
+    pub(super) async fn load_tokens(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        tokens: &[DumpedToken],
+    ) -> Result<(), StoreError> {
+        for t in tokens {
+            let sealed = self
+                .cipher
+                .seal(t.id.as_bytes(), t.secret.expose().as_bytes())?;
+            tx.execute(
+                "INSERT INTO bb2tc_tokens (id, source, user_key, server, user_name, teamcity, \
+                 teamcity_user, added_at, last_authenticated_at, status, sealed, revision) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                &[
+                    &t.id,
+                    &t.source.as_str(),
+                    &t.user_key.as_str(),
+                    &t.server.as_str(),
+                    &t.user,
+                    &t.teamcity,
+                    &t.teamcity_user,
+                    &big(t.added_at),
+                    &t.last_authenticated_at.map(big),
+                    &t.status.as_str(),
+                    &sealed,
+                    &big(t.revision),
+                ],
+            )
+            .await
+            .map_err(pg_error)?;
+        }
         Ok(())
     }
 }

@@ -87,7 +87,7 @@ fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write])
 
 /// `meta` keys: the last intake-log delivery applied, and the next job id to give.
 pub(super) const APPLIED_SEQ: &[u8] = b"intake_applied_seq";
-const NEXT_JOB_ID: &[u8] = b"next_job_id";
+pub(super) const NEXT_JOB_ID: &[u8] = b"next_job_id";
 
 fn read_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
     Ok(tree

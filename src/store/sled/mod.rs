@@ -25,6 +25,7 @@
 //! that must survive a crash (tokens, sessions, admin changes) are followed by
 //! [`Trees::commit`] (flush + fsync, shared between concurrent callers; see `group_commit`).
 
+mod dump;
 pub(crate) mod group_commit;
 mod intake;
 mod job_v1;

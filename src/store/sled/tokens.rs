@@ -6,6 +6,7 @@ use super::records::{decode, encode};
 use crate::clock;
 use crate::ids::{ServerId, SourceId, TeamCityToken, UserKey};
 use crate::store::StoreError;
+use crate::store::dump::DumpedToken;
 use crate::store::tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
@@ -246,6 +247,61 @@ impl Trees {
 
     fn stored_token(&self, id: &[u8]) -> Result<Option<StoredToken>, StoreError> {
         self.read_record(&self.tokens, id)
+    }
+}
+
+impl Trees {
+    /// Every readable token, opened (for `copy-store`).
+    pub(super) fn dump_tokens(&self) -> Result<Vec<DumpedToken>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.records::<StoredToken>(&self.tokens) {
+            let (_, t) = item?;
+            let plain = self.cipher.open(t.id.as_bytes(), &t.sealed)?;
+            let secret = String::from_utf8(plain).map_err(|_| StoreError::Crypto)?;
+            out.push(DumpedToken {
+                id: t.id,
+                source: t.source,
+                user: t.user,
+                user_key: t.user_key,
+                server: t.server,
+                teamcity: t.teamcity,
+                teamcity_user: t.teamcity_user,
+                added_at: t.added_at,
+                last_authenticated_at: t.last_authenticated_at,
+                status: t.status,
+                revision: t.revision,
+                secret: TeamCityToken::new(secret),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stores dumped tokens, sealed under this store's key (synced by the caller).
+    pub(super) fn load_tokens(&self, tokens: &[DumpedToken]) -> Result<(), StoreError> {
+        for t in tokens {
+            let record = StoredToken {
+                sealed: self
+                    .cipher
+                    .seal(t.id.as_bytes(), t.secret.expose().as_bytes())?,
+                id: t.id.clone(),
+                source: t.source.clone(),
+                user: t.user.clone(),
+                user_key: t.user_key.clone(),
+                server: t.server.clone(),
+                teamcity: t.teamcity.clone(),
+                teamcity_user: t.teamcity_user.clone(),
+                added_at: t.added_at,
+                last_authenticated_at: t.last_authenticated_at,
+                status: t.status,
+                revision: t.revision,
+            };
+            self.tokens.insert(t.id.as_bytes(), encode(&record)?)?;
+            self.token_index.insert(
+                index_key(&t.source, &t.user_key, &t.server),
+                t.id.as_bytes(),
+            )?;
+        }
+        Ok(())
     }
 }
 
