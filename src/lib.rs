@@ -274,8 +274,13 @@ fn shared_store_tasks(app: &Arc<App>, stop: &Shutdown) -> Vec<tokio::task::JoinH
                 _ = sweeping_stop.wait() => return,
                 _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
             }
-            let held = sweeping.queue.held_servers();
-            match sweeping.store.sweep_claims(&held, clock::now_ms()).await {
+            let servers = sweeping.queue.held_servers();
+            let sources = sweeping.queue.held_status_sources();
+            match sweeping
+                .store
+                .sweep_claims(&servers, &sources, clock::now_ms())
+                .await
+            {
                 Ok(jobs) => {
                     for job in &jobs {
                         sweeping.queue.schedule(job);

@@ -1,5 +1,7 @@
 //! Dispatch leases (PostgreSQL, SPEC §7.1): each TeamCity server's jobs are sent by one
-//! instance at a time, so the server's rate limit holds across the cluster.
+//! instance at a time, so the server's rate limit holds across the cluster. Each source's
+//! build statuses, likewise, are posted by one instance at a time (lease `status:<source>`),
+//! within the source's own limit.
 //!
 //! A keeper task per server takes the server's lease when it is free or expired, renews it
 //! every [`RENEW_EVERY`], and counts it held only until [`LEASE_TTL`] (less a margin) after
@@ -14,7 +16,7 @@
 //! keeper and no gate: the only instance always holds every server.
 
 use super::Scheduled;
-use crate::ids::ServerId;
+use crate::ids::{ServerId, SourceId};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -77,39 +79,57 @@ pub(super) fn step(held: bool, taken: bool) -> Step {
     }
 }
 
-/// Keeps one server's lease for this instance while it can.
+/// What a lease is for.
+#[derive(Debug, Clone)]
+pub(super) enum Leased {
+    /// A TeamCity server's jobs.
+    Server(ServerId),
+    /// A Bitbucket source's build statuses.
+    Statuses(SourceId),
+}
+
+impl Leased {
+    /// The lease's row (ids hold no `:`, so the two kinds never meet).
+    fn name(&self) -> String {
+        match self {
+            Leased::Server(id) => id.to_string(),
+            Leased::Statuses(id) => format!("status:{id}"),
+        }
+    }
+}
+
+/// Keeps one lease for this instance while it can.
 pub(super) struct LeaseKeeper {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
-    pub server: ServerId,
+    pub leased: Leased,
     pub held: watch::Sender<bool>,
-    /// The server's worker, handed the server's jobs when the lease is gained.
+    /// The worker, handed what it sends when the lease is gained.
     pub inbox: mpsc::UnboundedSender<Scheduled>,
     pub shutdown: Shutdown,
 }
 
 impl LeaseKeeper {
     pub async fn run(mut self) {
+        let name = self.leased.name();
         let mut valid_until: Option<Instant> = None;
         loop {
             let started = Instant::now();
             // A renewal must answer while the lease is still ours; a take, within a round.
             let deadline = valid_until.unwrap_or(started + RENEW_EVERY * 2);
-            let attempt = tokio::time::timeout_at(
-                deadline,
-                self.store.take_dispatch_lease(&self.server, LEASE_TTL),
-            );
+            let attempt =
+                tokio::time::timeout_at(deadline, self.store.take_dispatch_lease(&name, LEASE_TTL));
             let taken = tokio::select! {
                 biased;
                 _ = self.shutdown.wait() => break,
                 taken = attempt => match taken {
                     Ok(Ok(taken)) => taken,
                     Ok(Err(e)) => {
-                        tracing::warn!(server = %self.server, error = %e, "cannot take or renew the dispatch lease");
+                        tracing::warn!(lease = %name, error = %e, "cannot take or renew the dispatch lease");
                         false
                     }
                     Err(_) => {
-                        tracing::warn!(server = %self.server, "the dispatch lease's renewal did not answer in time");
+                        tracing::warn!(lease = %name, "the dispatch lease's renewal did not answer in time");
                         false
                     }
                 },
@@ -122,7 +142,7 @@ impl LeaseKeeper {
                 Step::Lost => {
                     valid_until = None;
                     self.set(false);
-                    tracing::warn!(server = %self.server, "lost the dispatch lease; another instance sends this server's jobs");
+                    tracing::warn!(lease = %name, "lost the dispatch lease; another instance sends these jobs");
                 }
                 Step::Waiting => {}
             }
@@ -134,23 +154,30 @@ impl LeaseKeeper {
         }
         if valid_until.is_some() {
             self.set(false);
-            if let Err(e) = self.store.give_up_dispatch_lease(&self.server).await {
-                tracing::warn!(server = %self.server, error = %e, "cannot give up the dispatch lease; it expires by itself");
+            if let Err(e) = self.store.give_up_dispatch_lease(&name).await {
+                tracing::warn!(lease = %name, error = %e, "cannot give up the dispatch lease; it expires by itself");
             }
         }
     }
 
     fn set(&self, held: bool) {
         self.held.send_replace(held);
-        self.metrics.dispatch_lease(self.server.as_str(), held);
+        if let Leased::Server(server) = &self.leased {
+            self.metrics.dispatch_lease(server.as_str(), held);
+        }
     }
 
-    /// The lease is ours: the worker opens, then is handed every job of the server (those
-    /// made from now on arrive as they are made). `false` when it was given up again.
+    /// The lease is ours: the worker opens, then is handed every job it sends (those made
+    /// from now on arrive as they are made). `false` when it was given up again.
     async fn gained(&self) -> bool {
         self.set(true);
-        tracing::info!(server = %self.server, "holding the dispatch lease: this instance sends this server's jobs");
-        match self.store.resume_server_jobs(&self.server).await {
+        let name = self.leased.name();
+        tracing::info!(lease = %name, "holding the dispatch lease: this instance sends these jobs");
+        let jobs = match &self.leased {
+            Leased::Server(server) => self.store.resume_server_jobs(server).await,
+            Leased::Statuses(source) => self.store.resume_status_jobs(source).await,
+        };
+        match jobs {
             Ok(jobs) => {
                 for job in &jobs {
                     super::hand_to(&self.inbox, job);
@@ -159,9 +186,9 @@ impl LeaseKeeper {
             }
             Err(e) => {
                 // Without its jobs the worker would send nothing: let another instance try.
-                tracing::error!(server = %self.server, error = %e, "cannot read the server's jobs; giving the lease up");
+                tracing::error!(lease = %name, error = %e, "cannot read the jobs to send; giving the lease up");
                 self.set(false);
-                let _ = self.store.give_up_dispatch_lease(&self.server).await;
+                let _ = self.store.give_up_dispatch_lease(&name).await;
                 false
             }
         }

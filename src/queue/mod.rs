@@ -38,8 +38,10 @@ struct WorkerHandle {
 /// Hands jobs to the running workers.
 pub struct Queue {
     workers: HashMap<ServerId, WorkerHandle>,
-    /// The status worker of each source that has a `status_token`.
-    status_workers: HashMap<crate::ids::SourceId, mpsc::UnboundedSender<Scheduled>>,
+    /// The status worker of each source that has a `status_token`, and whether this
+    /// instance holds that source's status lease (PostgreSQL only).
+    status_workers:
+        HashMap<crate::ids::SourceId, (mpsc::UnboundedSender<Scheduled>, Option<lease::LeaseGate>)>,
 }
 
 /// What shutdown waits for: the worker tasks and their in-flight calls.
@@ -68,19 +70,8 @@ impl Queue {
             let slots = Arc::new(Semaphore::new(server.max_in_flight));
             // Several instances: the server's jobs go out only while its lease is held here.
             let lease = store.is_shared().then(|| {
-                let (held, gate) = lease::gate();
-                let keeper = lease::LeaseKeeper {
-                    store: store.clone(),
-                    metrics: metrics.clone(),
-                    server: server.id.clone(),
-                    held,
-                    inbox: inbox.clone(),
-                    shutdown: shutdown.clone(),
-                };
-                tasks
-                    .workers
-                    .push((tokio::spawn(keeper.run()), Arc::new(Semaphore::new(1)), 1));
-                gate
+                let leased = lease::Leased::Server(server.id.clone());
+                keep_lease(&store, &metrics, leased, &inbox, &shutdown, &mut tasks)
             });
             let worker = worker::Worker {
                 store: store.clone(),
@@ -118,7 +109,14 @@ impl Queue {
                 continue;
             };
             let (inbox, receiver) = mpsc::unbounded_channel();
-            status_workers.insert(source.source.id.clone(), inbox.clone());
+            status_workers.insert(source.source.id.clone(), (inbox.clone(), None));
+            let lease = store.is_shared().then(|| {
+                let leased = lease::Leased::Statuses(source.source.id.clone());
+                keep_lease(&store, &metrics, leased, &inbox, &shutdown, &mut tasks)
+            });
+            if let Some(entry) = status_workers.get_mut(&source.source.id) {
+                entry.1 = lease.clone();
+            }
             let worker = status_worker::StatusWorker {
                 store: store.clone(),
                 metrics: metrics.clone(),
@@ -133,6 +131,7 @@ impl Queue {
                 shutdown: shutdown.clone(),
                 jitter,
                 cancelled_status: None,
+                lease,
             };
             tasks
                 .workers
@@ -157,15 +156,7 @@ impl Queue {
     pub fn schedule(&self, job: &Job) {
         if job.purpose == crate::job::Purpose::ReportStatus {
             match self.status_workers.get(&job.source) {
-                Some(inbox) => {
-                    let delay =
-                        Duration::from_millis(job.next_attempt_at.saturating_sub(clock::now_ms()));
-                    let _ = inbox.send(Scheduled {
-                        id: job.id,
-                        due: Instant::now() + delay,
-                        work: Work::Send,
-                    });
-                }
+                Some((inbox, _)) => hand_to(inbox, job),
                 None => tracing::warn!(
                     job = job.id, source = %job.source,
                     "build status for a source without a status_token stays queued"
@@ -196,6 +187,20 @@ impl Queue {
         out
     }
 
+    /// The sources whose build statuses this instance posts (see [`held_servers`]).
+    ///
+    /// [`held_servers`]: Self::held_servers
+    pub fn held_status_sources(&self) -> Vec<crate::ids::SourceId> {
+        let mut out: Vec<_> = self
+            .status_workers
+            .iter()
+            .filter(|(_, (_, lease))| lease.as_ref().is_none_or(lease::LeaseGate::held))
+            .map(|(id, _)| id.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Stops a worker as a crash would (for tests of readiness).
     #[cfg(test)]
     pub(crate) fn abort_worker(&self, server: &ServerId) {
@@ -214,6 +219,30 @@ impl Queue {
         out.sort();
         out
     }
+}
+
+/// Starts the keeper of one lease; the gate its worker looks at.
+fn keep_lease(
+    store: &Arc<Store>,
+    metrics: &Arc<Metrics>,
+    leased: lease::Leased,
+    inbox: &mpsc::UnboundedSender<Scheduled>,
+    shutdown: &Shutdown,
+    tasks: &mut QueueTasks,
+) -> lease::LeaseGate {
+    let (held, gate) = lease::gate();
+    let keeper = lease::LeaseKeeper {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        leased,
+        held,
+        inbox: inbox.clone(),
+        shutdown: shutdown.clone(),
+    };
+    tasks
+        .workers
+        .push((tokio::spawn(keeper.run()), Arc::new(Semaphore::new(1)), 1));
+    gate
 }
 
 /// Hands a stored pending job — or a done one whose build is followed — to a worker.

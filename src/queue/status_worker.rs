@@ -52,12 +52,34 @@ pub(super) struct StatusWorker {
     pub jitter: fn() -> f64,
     /// Whether the (Data Center) source takes `CANCELLED`, once asked.
     pub cancelled_status: Option<bool>,
+    /// With PostgreSQL: whether this instance holds the source's status lease. Not
+    /// holding it, the worker posts nothing and drops what it is handed.
+    pub lease: Option<super::lease::LeaseGate>,
 }
 
 impl StatusWorker {
     pub async fn run(mut self) {
         let mut schedule: BinaryHeap<Reverse<(Instant, u64)>> = BinaryHeap::new();
         loop {
+            if let Some(gate) = self.lease.as_mut()
+                && !gate.held()
+            {
+                schedule.clear();
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.wait() => break,
+                    changed = gate.changed() => {
+                        if !changed {
+                            break;
+                        }
+                        if gate.held() {
+                            self.limit = RateLimit::empty(RATE_PER_SECOND, BURST);
+                        }
+                    }
+                    message = self.inbox.recv() => if message.is_none() { break },
+                }
+                continue;
+            }
             let next = schedule.peek().map(|Reverse((due, _))| *due);
             if next.is_some_and(|due| due <= Instant::now()) {
                 let Some(Reverse((_, id))) = schedule.pop() else {
@@ -88,6 +110,11 @@ impl StatusWorker {
     async fn post(&mut self, id: u64) {
         let job = match self.store.claim_job(id).await {
             Ok(Ok(job)) => job,
+            Ok(Err(crate::store::Unchanged::NotDue { at })) => {
+                let wait = at.saturating_sub(crate::clock::now_ms());
+                self.again(id, Duration::from_millis(wait));
+                return;
+            }
             Ok(Err(_)) => return, // replaced by a newer status, or removed
             Err(e) => {
                 tracing::warn!(job = id, error = %e, "cannot claim a status job; will look again");

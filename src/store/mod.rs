@@ -436,28 +436,45 @@ impl Store {
         }, pg(pg) => pg.resume_jobs(Some(server)).await)
     }
 
-    /// PostgreSQL: claims of `servers` (and of status posts) whose lease ran out become
-    /// pending again, flagged for the check first. The jobs taken back (sled: none).
+    /// [`resume_jobs`](Self::resume_jobs) of one source's status posts: what a new holder
+    /// of its status lease schedules.
+    pub async fn resume_status_jobs(&self, source: &SourceId) -> Result<Vec<Job>, StoreError> {
+        either!(self, sled: {
+            let now = crate::clock::now_ms();
+            Ok(self
+                .resume_jobs(now)
+                .await?
+                .into_iter()
+                .filter(|j| j.purpose == crate::job::Purpose::ReportStatus && &j.source == source)
+                .collect())
+        }, pg(pg) => pg.resume_status_jobs(source).await)
+    }
+
+    /// PostgreSQL: claims of `servers`' jobs and of `sources`' status posts whose lease ran
+    /// out become pending again, flagged for the check first. The jobs taken back (sled:
+    /// none).
     pub async fn sweep_claims(
         &self,
         servers: &[ServerId],
+        sources: &[SourceId],
         now: u64,
     ) -> Result<Vec<Job>, StoreError> {
-        either!(self, sled: Ok(Vec::new()), pg(pg) => pg.sweep_claims(servers, now).await)
+        either!(self, sled: Ok(Vec::new()), pg(pg) => pg.sweep_claims(servers, sources, now).await)
     }
 
-    /// Takes or renews server `server`'s dispatch lease for `ttl` (sled: always held).
+    /// Takes or renews dispatch lease `name` (a server id, or `status:<source>`) for `ttl`
+    /// (sled: always held).
     pub async fn take_dispatch_lease(
         &self,
-        server: &ServerId,
+        name: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, StoreError> {
-        either!(self, sled: Ok(true), pg(pg) => pg.take_dispatch_lease(server, ttl).await)
+        either!(self, sled: Ok(true), pg(pg) => pg.take_dispatch_lease(name, ttl).await)
     }
 
-    /// Gives up server `server`'s dispatch lease (shutdown).
-    pub async fn give_up_dispatch_lease(&self, server: &ServerId) -> Result<(), StoreError> {
-        either!(self, sled: Ok(()), pg(pg) => pg.give_up_dispatch_lease(server).await)
+    /// Gives up dispatch lease `name` (shutdown).
+    pub async fn give_up_dispatch_lease(&self, name: &str) -> Result<(), StoreError> {
+        either!(self, sled: Ok(()), pg(pg) => pg.give_up_dispatch_lease(name).await)
     }
 
     /// Keeps what TeamCity answered about done job `id`'s build (SPEC §6.1). Not synced on

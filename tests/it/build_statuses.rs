@@ -10,7 +10,7 @@ const STATUS_TOKEN: &str = "bb-status-token";
 
 /// Source `dc` (Data Center) and `cloud` at the fake Bitbucket, each with a status token;
 /// routes reporting `mode` ("triggers" or "builds").
-fn config(tc: &str, bb: &str, mode: &str) -> String {
+pub(crate) fn config(tc: &str, bb: &str, mode: &str) -> String {
     format!(
         r#"
 [admin]
@@ -63,14 +63,18 @@ struct World {
 }
 
 async fn world(mode: &str) -> World {
+    world_on(Backend::Sled, mode).await.unwrap()
+}
+
+async fn world_on(backend: Backend, mode: &str) -> Option<World> {
     let tc = FakeTeamCity::start().await;
     let bb = FakeBitbucket::start().await;
     bb.add_access_token(STATUS_TOKEN, "PROJ/*");
     bb.add_access_token("other-token", "OTHER/*");
-    let app = TestApp::spawn(&config(&tc.url, &bb.url, mode)).await;
+    let app = TestApp::spawn_backend(backend, &config(&tc.url, &bb.url, mode)).await?;
     tc.add_token("tc-jdoe", "jdoe");
     app.register_token("dc", "jdoe", "main", "tc-jdoe").await;
-    World { tc, bb, app }
+    Some(World { tc, bb, app })
 }
 
 fn push_of(user: &str, branch: &str, n: u32) -> Vec<u8> {
@@ -81,9 +85,10 @@ fn push_of(user: &str, branch: &str, n: u32) -> Vec<u8> {
     )
 }
 
-#[tokio::test]
-async fn a_trigger_is_reported_as_queued_as_the_user_under_bb2tcs_own_key() {
-    let w = world("triggers").await;
+async fn a_trigger_is_reported_as_queued_as_the_user_under_bb2tcs_own_key(backend: Backend) {
+    let Some(w) = world_on(backend, "triggers").await else {
+        return;
+    };
     let (status, _) = w.app.dc_push(&push_of("jdoe", "main", 1), "t-1").await;
     assert_eq!(status, 202);
     let posted = w.bb.wait_for_statuses(1).await.remove(0);
@@ -114,9 +119,10 @@ async fn a_trigger_is_reported_as_queued_as_the_user_under_bb2tcs_own_key() {
     );
 }
 
-#[tokio::test]
-async fn why_no_build_will_run_is_reported_failed_with_where_to_fix_it() {
-    let w = world("triggers").await;
+async fn why_no_build_will_run_is_reported_failed_with_where_to_fix_it(backend: Backend) {
+    let Some(w) = world_on(backend, "triggers").await else {
+        return;
+    };
     // No token: the status links the token page.
     let (_, answer) = w.app.dc_push(&push_of("stranger", "main", 2), "n-1").await;
     assert_eq!(answer["jobs"], 0, "statuses are not builds: {answer}");
@@ -343,3 +349,8 @@ async fn a_cancelled_build_is_reported_cancelled_where_data_center_takes_it() {
     assert_eq!(cancelled["state"], "CANCELLED", "{cancelled}");
     assert_eq!(cancelled["description"], "Build by jdoe was cancelled");
 }
+
+crate::on_both_backends!(
+    a_trigger_is_reported_as_queued_as_the_user_under_bb2tcs_own_key,
+    why_no_build_will_run_is_reported_failed_with_where_to_fix_it,
+);

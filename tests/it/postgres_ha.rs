@@ -369,3 +369,37 @@ async fn tokens_and_sessions_are_shared_between_instances() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_are_posted_once_whichever_instance_took_the_push() {
+    const PUSHES: u32 = 12;
+    let Some(url) = postgres::database("statuses_are_posted_once").await else {
+        return;
+    };
+    let tc = FakeTeamCity::start().await;
+    let bb = FakeBitbucket::start().await;
+    bb.add_access_token("bb-status-token", "PROJ/*");
+    tc.add_token("tc-jdoe", "jdoe");
+    let config = crate::build_statuses::config(&tc.url, &bb.url, "triggers");
+    let a = TestApp::spawn_postgres(&config, &url).await;
+    let b = TestApp::spawn_postgres(&config, &url).await;
+    a.register_token("dc", "jdoe", "main", "tc-jdoe").await;
+    for n in 1..=PUSHES {
+        let app = if n % 2 == 0 { &a } else { &b };
+        let (status, answer) = app.dc_push(&signed_push(n).0, &format!("st-{n}")).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let posted = bb.wait_for_statuses(PUSHES as usize).await;
+    // Whatever instance queued the build and whichever holds the source's status lease:
+    // one status per commit.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut per_commit: HashMap<String, usize> = HashMap::new();
+    for status in bb.statuses() {
+        assert_eq!(status.body["state"], "SUCCESSFUL", "{}", status.body);
+        *per_commit.entry(status.sha).or_default() += 1;
+    }
+    assert_eq!(per_commit.len(), PUSHES as usize, "{posted:?}");
+    assert!(per_commit.values().all(|&n| n == 1), "{per_commit:?}");
+    a.stop().await;
+    b.stop().await;
+}

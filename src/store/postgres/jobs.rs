@@ -4,7 +4,7 @@
 use super::{
     JobRow, PgStore, big, from_record, pg_error, purpose_str, retrying, schema, to_record, unbig,
 };
-use crate::ids::ServerId;
+use crate::ids::{ServerId, SourceId};
 use crate::job::lifecycle::{self, Refused, Transition, Write};
 use crate::job::{Finish, Job, JobState, Purpose, follow, status};
 use crate::store::StoreError;
@@ -284,8 +284,9 @@ impl PgStore {
         Ok(unbig(row.get(0)))
     }
 
-    /// Hands the pending status jobs a transition made to this instance's workers.
-    fn announce_statuses(&self, t: &Transition) {
+    /// Hands the pending status jobs a transition made to this instance's workers, and
+    /// tells the others (the holder of the source's status lease may be another).
+    async fn announce_statuses(&self, t: &Transition) -> Result<(), StoreError> {
         let jobs: Vec<Job> = t
             .writes
             .iter()
@@ -298,12 +299,15 @@ impl PgStore {
                 _ => None,
             })
             .collect();
-        if !jobs.is_empty() {
-            let _ = self.events.send(Applied {
-                jobs,
-                coalesced: Vec::new(),
-            });
+        if jobs.is_empty() {
+            return Ok(());
         }
+        let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+        let _ = self.events.send(Applied {
+            jobs,
+            coalesced: Vec::new(),
+        });
+        self.notify_jobs(&ids).await
     }
 
     /// A pending job that is due goes in flight, claimed by this instance. One not due yet
@@ -400,8 +404,11 @@ impl PgStore {
                 now,
             )
             .await?;
-        if let Ok((_, t)) = &t {
-            self.announce_statuses(t);
+        if let Ok((_, t)) = &t
+            && let Err(e) = self.announce_statuses(t).await
+        {
+            // Committed: the holder of the status lease finds it when it next resumes.
+            tracing::warn!(error = %e, "cannot tell the other instances of a new status post");
         }
         Ok(t.map(|(_, t)| t.job))
     }
@@ -422,8 +429,11 @@ impl PgStore {
                 now,
             )
             .await?;
-        if let Ok((_, t)) = &t {
-            self.announce_statuses(t);
+        if let Ok((_, t)) = &t
+            && let Err(e) = self.announce_statuses(t).await
+        {
+            // Committed: the holder of the status lease finds it when it next resumes.
+            tracing::warn!(error = %e, "cannot tell the other instances of a new status post");
         }
         Ok(t.and_then(|(_, t)| t.job.ok_or(Unchanged::Gone)))
     }
@@ -464,21 +474,24 @@ impl PgStore {
         Ok(t.is_ok())
     }
 
-    /// Claims of `servers` (and of status posts) whose lease ran out — their instance
-    /// stopped or lost the database — become pending again, flagged so that TeamCity is
-    /// asked first. The jobs taken back.
+    /// Claims of `servers`' jobs and of `sources`' status posts whose lease ran out —
+    /// their instance stopped or lost the database — become pending again, flagged so that
+    /// TeamCity is asked first. The jobs taken back.
     pub async fn sweep_claims(
         &self,
         servers: &[ServerId],
+        sources: &[SourceId],
         now: u64,
     ) -> Result<Vec<Job>, StoreError> {
-        let names: Vec<&str> = servers.iter().map(ServerId::as_str).collect();
+        let servers: Vec<&str> = servers.iter().map(ServerId::as_str).collect();
+        let sources: Vec<&str> = sources.iter().map(SourceId::as_str).collect();
         let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT id FROM bb2tc_jobs WHERE state = 'inflight' AND lease_until < now() \
-                 AND (server = ANY($1) OR purpose = 'report_status') ORDER BY id LIMIT 500",
-                &[&names],
+                 AND CASE WHEN purpose = 'report_status' THEN source = ANY($2) \
+                 ELSE server = ANY($1) END ORDER BY id LIMIT 500",
+                &[&servers, &sources],
             )
             .await
             .map_err(pg_error)?;
@@ -505,8 +518,22 @@ impl PgStore {
         Ok(back)
     }
 
-    /// Every pending job, and every done one whose build is still followed — of one server,
-    /// or of all. Claims in flight are left to [`sweep_claims`](Self::sweep_claims): another
+    /// The pending status posts of `source`.
+    pub async fn resume_status_jobs(&self, source: &SourceId) -> Result<Vec<Job>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT format, record FROM bb2tc_jobs WHERE state = 'pending' \
+                 AND purpose = 'report_status' AND source = $1 ORDER BY id",
+                &[&source.as_str()],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(self.readable_jobs(rows))
+    }
+
+    /// Every pending job, and every done one whose build is still followed — of one server
+    /// (no status posts), or of all. Claims in flight are left to [`sweep_claims`](Self::sweep_claims): another
     /// instance may be making their calls.
     pub async fn resume_jobs(&self, server: Option<&ServerId>) -> Result<Vec<Job>, StoreError> {
         let client = self.client().await?;
@@ -514,7 +541,7 @@ impl PgStore {
         let rows = client
             .query(
                 "SELECT format, record FROM bb2tc_jobs WHERE (state = 'pending' OR followed) \
-                 AND ($1::text IS NULL OR server = $1) ORDER BY id",
+                 AND ($1::text IS NULL OR (server = $1 AND purpose <> 'report_status')) ORDER BY id",
                 &[&server],
             )
             .await

@@ -3,7 +3,6 @@
 
 use super::intake::{JOBS_CHANNEL, parse_notification};
 use super::{PgStore, big, pg_error, unbig};
-use crate::ids::ServerId;
 use crate::shutdown::Shutdown;
 use crate::store::StoreError;
 use crate::store::jobs::Applied;
@@ -19,13 +18,9 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(2);
 const CATCH_UP_BATCH: i64 = 1000;
 
 impl PgStore {
-    /// Takes server `server`'s dispatch lease for `ttl` if it is free, expired or already
-    /// this instance's (then renewed). `true` when this instance holds it now.
-    pub async fn take_dispatch_lease(
-        &self,
-        server: &ServerId,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    /// Takes dispatch lease `name` for `ttl` if it is free, expired or already this
+    /// instance's (then renewed). `true` when this instance holds it now.
+    pub async fn take_dispatch_lease(&self, name: &str, ttl: Duration) -> Result<bool, StoreError> {
         let client = self.client().await?;
         let ttl_ms = big(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
         let row = client
@@ -36,7 +31,7 @@ impl PgStore {
                  expires_at = EXCLUDED.expires_at \
                  WHERE bb2tc_dispatch_leases.holder = EXCLUDED.holder \
                  OR bb2tc_dispatch_leases.expires_at < now() RETURNING holder",
-                &[&server.as_str(), &self.instance, &ttl_ms],
+                &[&name, &self.instance, &ttl_ms],
             )
             .await
             .map_err(pg_error)?;
@@ -44,12 +39,12 @@ impl PgStore {
     }
 
     /// Gives up a lease this instance holds (at shutdown: another takes over at once).
-    pub async fn give_up_dispatch_lease(&self, server: &ServerId) -> Result<(), StoreError> {
+    pub async fn give_up_dispatch_lease(&self, name: &str) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
             .execute(
                 "DELETE FROM bb2tc_dispatch_leases WHERE server = $1 AND holder = $2",
-                &[&server.as_str(), &self.instance],
+                &[&name, &self.instance],
             )
             .await
             .map_err(pg_error)?;
