@@ -647,6 +647,27 @@ impl Store {
             pg(pg) => pg.end_session(&id).await)
     }
 
+    /// PostgreSQL: keeps an OAuth sign-in under way for the instance the browser comes back
+    /// to (sled: the one instance keeps them in memory; nothing to do).
+    pub async fn put_oauth_sign_in(
+        &self,
+        state: &str,
+        source: &SourceId,
+        verifier: &str,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        either!(self, sled: Ok(()),
+            pg(pg) => pg.put_oauth_sign_in(state, source, verifier, expires_at).await)
+    }
+
+    /// PostgreSQL: takes the sign-in under way for `state`, once (sled: `None`).
+    pub async fn take_oauth_sign_in(
+        &self,
+        state: &str,
+    ) -> Result<Option<(SourceId, String)>, StoreError> {
+        either!(self, sled: Ok(None), pg(pg) => pg.take_oauth_sign_in(state).await)
+    }
+
     /// Everything the store holds (`copy-store`, bridge stopped).
     pub async fn dump(&self) -> Result<dump::Dump, StoreError> {
         either!(self, sled: self.blocking(|s| s.dump()).await, pg(pg) => pg.dump().await)

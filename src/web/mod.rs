@@ -110,7 +110,7 @@ pub async fn handle(
         ["signin"] if get => sign_in::page(app, &request).await,
         ["signin", "token"] if post => sign_in::with_bitbucket_token(app, request, peer).await,
         ["signin", "admin"] if post => sign_in::as_admin(app, request, peer).await,
-        ["signin", "oauth", source] if get => sign_in::start_oauth(app, peer, source),
+        ["signin", "oauth", source] if get => sign_in::start_oauth(app, peer, source).await,
         ["oauth", "callback"] if get => sign_in::finish_oauth(app, &request, peer).await,
         ["signout"] if post => sign_in::sign_out(app, request).await,
         ["static", "bb2tc.css"] if get => Ok(respond::stylesheet(html::STYLESHEET)),

@@ -1,5 +1,7 @@
 //! The OAuth sign-ins under way: `state` → (source, PKCE verifier), kept in memory for ten
-//! minutes. A restart forgets them; the user then simply starts the sign-in again.
+//! minutes. A restart forgets them; the user then simply starts the sign-in again. With
+//! several instances (PostgreSQL) each is also kept in the store, so the instance Bitbucket
+//! sends the browser back to can finish it; the limits here stay per instance.
 
 use crate::ids::SourceId;
 use crate::store::sessions::random_token;
@@ -64,6 +66,8 @@ pub struct Started {
     pub state: String,
     /// The PKCE S256 code challenge.
     pub challenge: String,
+    /// The PKCE verifier (kept in the shared store too when there are several instances).
+    pub verifier: String,
 }
 
 impl std::fmt::Debug for Started {
@@ -90,12 +94,16 @@ impl PendingSignIns {
             state.clone(),
             Pending {
                 source,
-                verifier,
+                verifier: verifier.clone(),
                 client,
                 started: Instant::now(),
             },
         );
-        Some(Started { state, challenge })
+        Some(Started {
+            state,
+            challenge,
+            verifier,
+        })
     }
 
     /// Takes the sign-in for `state` (each can be finished once); `None` when unknown or

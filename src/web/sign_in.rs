@@ -149,7 +149,11 @@ pub async fn as_admin(
 }
 
 /// `GET /signin/oauth/{source}`: off to Bitbucket's consent screen.
-pub fn start_oauth(app: &App, peer: IpAddr, source_id: &str) -> Result<Response<Body>, PageError> {
+pub async fn start_oauth(
+    app: &App,
+    peer: IpAddr,
+    source_id: &str,
+) -> Result<Response<Body>, PageError> {
     limit(app, peer, SignInMethod::OAuth)?;
     let source = app
         .config
@@ -168,6 +172,11 @@ pub fn start_oauth(app: &App, peer: IpAddr, source_id: &str) -> Result<Response<
         .ok_or_else(|| {
             PageError::Unavailable("Too many sign-ins are under way; try again in a minute.".into())
         })?;
+    // Several instances: the browser may come back to another one.
+    let expires_at = crate::clock::now_ms() + PENDING_TTL.as_millis() as u64;
+    app.store
+        .put_oauth_sign_in(&started.state, &source.id, &started.verifier, expires_at)
+        .await?;
     let url = BitbucketClient::authorize_url(
         source,
         &redirect_uri(app),
@@ -223,7 +232,18 @@ pub async fn finish_oauth(
                 .into(),
         ));
     }
-    let pending = app.web.pending.finish(state).ok_or_else(|| {
+    // Several instances: the store says whether it is under way (it may have started on
+    // another one, or been finished there), and the copy here only counts toward its limits.
+    let local = app
+        .web
+        .pending
+        .finish(state)
+        .map(|p| (p.source, p.verifier));
+    let pending = match app.store.is_shared() {
+        true => app.store.take_oauth_sign_in(state).await?,
+        false => local,
+    };
+    let (pending_source, verifier) = pending.ok_or_else(|| {
         PageError::BadRequest(
             "This sign-in has expired or was already used. Start again from the sign-in page."
                 .into(),
@@ -235,7 +255,7 @@ pub async fn finish_oauth(
         let failure = format!("Bitbucket did not grant access ({error}).");
         return sign_in_form(app, headers, Some((StatusCode::FORBIDDEN, failure)));
     }
-    let (Some(code), Some(source)) = (param("code"), app.config.source(pending.source.as_str()))
+    let (Some(code), Some(source)) = (param("code"), app.config.source(pending_source.as_str()))
     else {
         return Err(PageError::BadRequest(
             "Bitbucket's answer has no authorization code.".into(),
@@ -243,7 +263,7 @@ pub async fn finish_oauth(
     };
     let bitbucket = &app.web.bitbucket;
     let identity = match bitbucket
-        .exchange_code(source, code, &redirect_uri(app), &pending.verifier)
+        .exchange_code(source, code, &redirect_uri(app), &verifier)
         .await
     {
         Ok(access) => {

@@ -403,3 +403,98 @@ async fn statuses_are_posted_once_whichever_instance_took_the_push() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_bitbucket_sign_in_started_on_one_instance_finishes_on_the_other() {
+    let Some(url) = postgres::database("a_bitbucket_sign_in_started_on_one_instance").await else {
+        return;
+    };
+    let world = PageWorld::start_on(Some(&url), "").await;
+    // Behind one load balancer: one public URL; Bitbucket sends the browser back to it.
+    let same_public_url = format!(
+        "{}\n[server]\npublic_url = \"{}\"\n",
+        page_config(&world.bitbucket.url, &world.teamcity.url, ""),
+        world.app.url
+    );
+    let b = TestApp::spawn_postgres(&same_public_url, &url).await;
+    world.bitbucket.consent_as(Some("jdoe"));
+    let mut browser = world.client();
+    let start = browser.get("/signin/oauth/dc").await;
+    assert_eq!(start.status, 303);
+    let state = browser.cookies["__Secure-bb2tc_oauth"].clone();
+    let consent = browser.get(&start.location.unwrap()).await;
+    assert_eq!(consent.status, 302, "{}", consent.body);
+    let back = consent.location.unwrap();
+    let path = back.strip_prefix(&world.app.url).expect("back to bb2tc");
+    // The load balancer sends the callback to the other instance.
+    browser.base = b.url.clone();
+    let callback = browser.get(path).await;
+    assert_eq!(callback.status, 200, "{}", callback.body);
+    assert!(callback.set_cookie("__Host-bb2tc_session").is_some());
+    assert!(world.bitbucket.asked("/rest/oauth2/latest/token").is_some());
+    // Once only: the same callback again is refused, on either instance (with the state
+    // cookie a replay would carry).
+    for base in [&b.url, &world.app.url] {
+        browser.base = base.clone();
+        browser
+            .cookies
+            .insert("__Secure-bb2tc_oauth".into(), state.clone());
+        let again = browser.get(path).await;
+        assert_eq!(again.status, 400, "{}", again.body);
+        assert!(again.body.contains("expired or was already used"));
+    }
+    b.stop().await;
+}
+
+/// The `[storage]` settings of a bridge on the database at `url`.
+fn storage_settings(url: &str, master_key: &str) -> bb2tc::config::StorageSettings {
+    let text = format!(
+        "{}{}",
+        postgres_storage(url).replace(MASTER_KEY, master_key),
+        standard_config("http://127.0.0.1:9", "")
+    );
+    bb2tc::config::Config::from_toml_str(&text, &|_| None)
+        .unwrap()
+        .storage
+}
+
+async fn query(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.query(sql, &[]).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once_and_a_newer_schema_or_another_key_is_refused() {
+    let Some(url) = postgres::database("instances_starting_together_migrate_once").await else {
+        return;
+    };
+    let settings = storage_settings(&url, MASTER_KEY);
+    let (a, b, c) = tokio::join!(
+        bb2tc::store::Store::connect(&settings),
+        bb2tc::store::Store::connect(&settings),
+        bb2tc::store::Store::connect(&settings),
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.id(), b.id());
+    assert_eq!(b.id(), c.id());
+    let versions: Vec<i32> = query(&url, "SELECT version FROM bb2tc_schema ORDER BY version")
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2], "each migration ran once");
+    drop((a, b, c));
+
+    // Another master key: refused, naming the key to check.
+    let other = storage_settings(&url, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=");
+    let err = bb2tc::store::Store::connect(&other).await.unwrap_err().to_string();
+    assert!(err.contains("master key") && err.contains("storage.master_key"), "{err}");
+
+    // A schema from a newer bb2tc: refused, nothing changed.
+    query(&url, "INSERT INTO bb2tc_schema (version) VALUES (99)").await;
+    let err = bb2tc::store::Store::connect(&settings).await.unwrap_err().to_string();
+    assert!(err.contains("version 99") && err.contains("newer"), "{err}");
+}

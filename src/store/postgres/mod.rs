@@ -9,6 +9,8 @@
 //! - `deliveries`, `tokens` (the token sealed under the master key, as in sled),
 //!   `sessions` (keyed by the SHA-256 of the cookie)
 //! - `dispatch_leases`: which instance dispatches each TeamCity server's jobs, until when
+//! - `oauth_sign_ins`: token-page sign-ins waiting for Bitbucket's redirect back (the PKCE
+//!   verifier sealed), so that any instance finishes them
 //! - `meta`: store id, the master-key canary, the admin token hash; `unreadable`: rows set
 //!   aside; `schema`: the schema version
 //!
@@ -394,13 +396,12 @@ impl PgStore {
         ] {
             removed += client.execute(sql, &[&cutoff]).await.map_err(pg_error)?;
         }
-        removed += client
-            .execute(
-                "DELETE FROM bb2tc_sessions WHERE expires_at <= $1",
-                &[&big(now)],
-            )
-            .await
-            .map_err(pg_error)?;
+        for sql in [
+            "DELETE FROM bb2tc_sessions WHERE expires_at <= $1",
+            "DELETE FROM bb2tc_oauth_sign_ins WHERE expires_at <= $1",
+        ] {
+            removed += client.execute(sql, &[&big(now)]).await.map_err(pg_error)?;
+        }
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 }

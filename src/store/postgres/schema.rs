@@ -16,9 +16,15 @@ const MIGRATION_LOCK: i64 = 0x6262_3274_6300_0001;
 pub const RECORD_FORMAT: i16 = 1;
 
 /// Each migration takes the schema from the version before to its own.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+///
+/// | version | adds |
+/// |---|---|
+/// | 1 | jobs, marks, deliveries, tokens, sessions, dispatch leases, meta |
+/// | 2 | OAuth sign-ins under way (`oauth_sign_ins`), so any instance finishes one |
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE bb2tc_meta (
     key text PRIMARY KEY,
     value text NOT NULL
@@ -94,7 +100,19 @@ CREATE TABLE bb2tc_dispatch_leases (
     expires_at timestamptz NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE bb2tc_oauth_sign_ins (
+    key bytea PRIMARY KEY,
+    source text NOT NULL,
+    verifier text NOT NULL,
+    expires_at bigint NOT NULL
+);
+"#,
+    ),
+];
 
 /// The schema version this bb2tc writes.
 pub fn current_version() -> i32 {

@@ -3,6 +3,7 @@
 
 use super::{PgStore, big, from_record, pg_error, schema, to_record};
 use crate::clock;
+use crate::ids::SourceId;
 use crate::store::StoreError;
 use crate::store::sessions::{Principal, Session, random_token};
 use sha2::{Digest, Sha256};
@@ -71,5 +72,56 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         Ok(())
+    }
+}
+
+impl PgStore {
+    /// Keeps an OAuth sign-in under way until `expires_at` (ms), its PKCE verifier sealed:
+    /// the browser may come back to another instance.
+    pub async fn put_oauth_sign_in(
+        &self,
+        state: &str,
+        source: &SourceId,
+        verifier: &str,
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let key = session_key(state);
+        let sealed = self.cipher.seal(&key, verifier.as_bytes())?;
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO bb2tc_oauth_sign_ins (key, source, verifier, expires_at) \
+                 VALUES ($1, $2, $3, $4)",
+                &[&key, &source.as_str(), &sealed, &big(expires_at)],
+            )
+            .await
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
+    /// Takes the sign-in under way for `state` (once): its source and verifier, unless
+    /// unknown or expired.
+    pub async fn take_oauth_sign_in(
+        &self,
+        state: &str,
+    ) -> Result<Option<(SourceId, String)>, StoreError> {
+        let key = session_key(state);
+        let client = self.client().await?;
+        let Some(row) = client
+            .query_opt(
+                "DELETE FROM bb2tc_oauth_sign_ins WHERE key = $1 RETURNING source, verifier, expires_at",
+                &[&key],
+            )
+            .await
+            .map_err(pg_error)?
+        else {
+            return Ok(None);
+        };
+        if super::unbig(row.get(2)) <= clock::now_ms() {
+            return Ok(None);
+        }
+        let verifier = self.cipher.open(&key, row.get(1))?;
+        let verifier = String::from_utf8(verifier).map_err(|_| StoreError::Crypto)?;
+        Ok(Some((SourceId::new(row.get::<_, String>(0)), verifier)))
     }
 }

@@ -255,6 +255,11 @@ pub const ADA_UUID: &str = "{a1a1a1a1-2222-3333-4444-555555555555}";
 impl PageWorld {
     /// Starts the world; `web` is the config's `[web]` table body.
     pub async fn start(web: &str) -> Self {
+        Self::start_on(None, web).await
+    }
+
+    /// [`start`](Self::start), on the PostgreSQL database at `postgres` when given.
+    pub async fn start_on(postgres: Option<&str>, web: &str) -> Self {
         let teamcity = FakeTeamCity::start().await;
         for (token, user) in [
             ("tc-jdoe", "jdoe"),
@@ -295,7 +300,11 @@ impl PageWorld {
         ] {
             bitbucket.add_account(account, token);
         }
-        let app = TestApp::spawn(&page_config(&bitbucket.url, &teamcity.url, web)).await;
+        let config = page_config(&bitbucket.url, &teamcity.url, web);
+        let app = match postgres {
+            Some(url) => TestApp::spawn_postgres(&config, url).await,
+            None => TestApp::spawn(&config).await,
+        };
         Self {
             app,
             teamcity,
