@@ -973,6 +973,48 @@ mod tests {
     const MINIMAL: &str = "[[bitbucket]]\nid = \"dc\"\nkind = \"datacenter\"\nsecrets = [\"s\"]\n";
 
     #[test]
+    fn the_postgres_backend_needs_a_url_and_a_shared_master_key() {
+        let key = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+        let good = format!(
+            "[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:p@db:5432/bb2tc\"\nmax_connections = 4\nmaster_key = \"{key}\"\n[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com\"\ntimeout_secs = 20\n{MINIMAL}"
+        );
+        let config = Config::from_toml_str(&good, &no_env).unwrap();
+        let pg = config.storage.postgres.expect("postgres settings");
+        assert_eq!(pg.max_connections, 4);
+        assert_eq!(
+            pg.job_lease,
+            Duration::from_secs(50),
+            "2 × the longest timeout + 10 s"
+        );
+        assert!(
+            !format!("{pg:?}").contains(":p@"),
+            "the URL's password is redacted"
+        );
+        assert!(
+            Config::from_toml_str(MINIMAL, &no_env)
+                .unwrap()
+                .storage
+                .postgres
+                .is_none()
+        );
+
+        let err = problems_of(&format!("[storage]\nbackend = \"postgres\"\n{MINIMAL}"));
+        assert!(
+            err.contains("storage.url") && err.contains("storage.master_key"),
+            "{err}"
+        );
+        let err = problems_of(&good.replace("postgres://u:p@db:5432/bb2tc", "mysql://db/x"));
+        assert!(
+            err.contains("storage.url") && err.contains("postgres://"),
+            "{err}"
+        );
+        let err = problems_of(&good.replace("max_connections = 4", "max_connections = 1"));
+        assert!(err.contains("storage.max_connections"), "{err}");
+        let err = problems_of(&good.replace("backend = \"postgres\"", "backend = \"redis\""));
+        assert!(err.contains("storage.backend"), "{err}");
+    }
+
+    #[test]
     fn pull_request_keys_are_read_and_checked() {
         let route = "[[teamcity]]\nid = \"main\"\nurl = \"https://tc.example.com\"\n[[route]]\nrepository = \"*\"\nteamcity = \"main\"\nbuild_types = [\"B\"]\n";
         let config = Config::from_toml_str(

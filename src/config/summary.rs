@@ -61,6 +61,12 @@ impl Config {
                 ));
             }
         }
+        if self.storage.postgres.is_some()
+            && !self.storage.path.as_os_str().is_empty()
+            && self.storage.path != std::path::Path::new("data")
+        {
+            out.push("storage.path is not used with backend = \"postgres\"".into());
+        }
         if self.storage.master_key.is_none() {
             let key_file = self.storage.path.join("master.key");
             if let Some(mode) = file_mode(&key_file)
@@ -84,7 +90,20 @@ impl Config {
             "listen: {} (public URL {})",
             self.http.listen, self.http.public_url
         );
-        let _ = writeln!(out, "store: {}", self.storage.path.display());
+        match &self.storage.postgres {
+            None => {
+                let _ = writeln!(out, "store: sled at {}", self.storage.path.display());
+            }
+            Some(pg) => {
+                let _ = writeln!(
+                    out,
+                    "store: PostgreSQL {} (pool of {}; claims held {} s) — several instances may share it",
+                    redacted_url(pg.url.expose()),
+                    pg.max_connections,
+                    pg.job_lease.as_secs()
+                );
+            }
+        }
         let _ = writeln!(out, "sources:");
         for s in &self.sources {
             let signing = if s.secrets.is_empty() {
@@ -246,8 +265,23 @@ fn file_mode(path: &std::path::Path) -> Option<u32> {
     }
 }
 
+/// A database URL without its password, for the summary.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "(url)".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((user, host)) => {
+            let user = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::redacted_url;
     use crate::config::Config;
 
     fn summary(extra: &str) -> String {
@@ -328,5 +362,17 @@ mod tests {
         ] {
             assert!(!summary(fine).contains("warning"), "{fine}");
         }
+    }
+
+    #[test]
+    fn a_database_url_is_shown_without_its_password() {
+        assert_eq!(
+            redacted_url("postgres://bb2tc:s3cr3t@db.example:5432/bb2tc?sslmode=require"),
+            "postgres://bb2tc:***@db.example:5432/bb2tc?sslmode=require"
+        );
+        assert_eq!(
+            redacted_url("postgres://db.example/bb2tc"),
+            "postgres://db.example/bb2tc"
+        );
     }
 }

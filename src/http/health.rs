@@ -42,11 +42,27 @@ pub async fn ready(app: &App) -> Response<Body> {
             json!({"status": "failing", "error": "write probe timed out"})
         }
     };
+    let mut store = store;
+    store["backend"] = json!(app.store.backend_name());
+    if let Some((open, idle, max)) = app.store.pool_status() {
+        store["connections"] = json!({"open": open, "idle": idle, "max": max});
+    }
     components.insert("store".into(), store);
+    let held = app.queue.held_servers();
     for (server, alive) in app.queue.liveness() {
         ready &= alive;
         let status = if alive { "ok" } else { "failing" };
-        components.insert(format!("worker:{server}"), json!({"status": status}));
+        let mut worker = json!({"status": status});
+        if app.store.is_shared() {
+            // Another instance sending this server's jobs is normal, not a failure.
+            let lease = if held.contains(&server) {
+                "held"
+            } else {
+                "elsewhere"
+            };
+            worker["dispatch_lease"] = json!(lease);
+        }
+        components.insert(format!("worker:{server}"), worker);
     }
     let status = if ready {
         StatusCode::OK

@@ -172,6 +172,11 @@ impl Store {
         })
     }
 
+    /// `sled` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        either!(self, sled: "sled", pg(_pg) => "postgres")
+    }
+
     /// Whether several instances share this store (PostgreSQL): each TeamCity server's
     /// jobs are then sent only by the holder of its dispatch lease.
     pub fn is_shared(&self) -> bool {

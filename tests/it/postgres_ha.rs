@@ -28,6 +28,37 @@ async fn a_push_is_built_on_postgres() {
     );
     let builds = tc.wait_for_builds(1).await;
     assert_eq!(builds[0].authorization.as_deref(), Some("Bearer t"));
+    // Readiness reports the database, and where this server's jobs are sent from.
+    let ready: serde_json::Value = reqwest::get(format!("{}/readyz", app.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(
+        ready["components"]["store"]["backend"], "postgres",
+        "{ready}"
+    );
+    assert_eq!(
+        ready["components"]["store"]["connections"]["max"], 8,
+        "{ready}"
+    );
+    assert_eq!(
+        ready["components"]["worker:main"]["dispatch_lease"], "held",
+        "{ready}"
+    );
+    let metrics = app.metrics().await;
+    for line in [
+        "bb2tc_dispatch_lease{server=\"main\"} 1",
+        "bb2tc_store_pool_connections{state=\"max\"} 8",
+        "bb2tc_job_claim_duration_seconds_count{server=\"main\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in {metrics}"
+        );
+    }
     app.stop().await;
 }
 
@@ -490,11 +521,20 @@ async fn instances_starting_together_migrate_once_and_a_newer_schema_or_another_
 
     // Another master key: refused, naming the key to check.
     let other = storage_settings(&url, "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVowMTIzNDU=");
-    let err = bb2tc::store::Store::connect(&other).await.unwrap_err().to_string();
-    assert!(err.contains("master key") && err.contains("storage.master_key"), "{err}");
+    let err = bb2tc::store::Store::connect(&other)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("master key") && err.contains("storage.master_key"),
+        "{err}"
+    );
 
     // A schema from a newer bb2tc: refused, nothing changed.
     query(&url, "INSERT INTO bb2tc_schema (version) VALUES (99)").await;
-    let err = bb2tc::store::Store::connect(&settings).await.unwrap_err().to_string();
+    let err = bb2tc::store::Store::connect(&settings)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("version 99") && err.contains("newer"), "{err}");
 }
