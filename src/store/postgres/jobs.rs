@@ -9,7 +9,7 @@ use crate::job::lifecycle::{self, Refused, Transition, Write};
 use crate::job::{Finish, Job, JobState, Purpose, follow, status};
 use crate::store::StoreError;
 use crate::store::jobs::{Applied, Unchanged};
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use sha2::{Digest, Sha256};
 
 /// The `state` column's value.
@@ -30,6 +30,44 @@ type Decide<'a> =
 /// The status report a transition calls for, from the job before and after.
 type Report<'a> = dyn Fn(&Job, &Job) -> Option<status::StatusReport> + Sync + 'a;
 
+/// The statements a transition's writes use, prepared.
+pub(super) struct WriteStatements {
+    put: tokio_postgres::Statement,
+    delete: tokio_postgres::Statement,
+    set_latest: tokio_postgres::Statement,
+    clear_latest: tokio_postgres::Statement,
+}
+
+impl WriteStatements {
+    pub(super) async fn prepare<C: GenericClient + Sync>(tx: &C) -> Result<Self, StoreError> {
+        Ok(Self {
+            put: super::cached(
+                tx,
+                "INSERT INTO bb2tc_jobs (id, server, source, state, purpose, token_id, created_at, \
+                 next_attempt_at, finished_at, followed, owner, lease_until, format, record) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                 CASE WHEN $11::text IS NULL THEN NULL ELSE now() + $12::bigint * interval '1 millisecond' END, \
+                 $13, $14) \
+                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
+                 next_attempt_at = EXCLUDED.next_attempt_at, finished_at = EXCLUDED.finished_at, \
+                 followed = EXCLUDED.followed, owner = EXCLUDED.owner, \
+                 lease_until = EXCLUDED.lease_until, format = EXCLUDED.format, \
+                 record = EXCLUDED.record",
+            )
+            .await?,
+            delete: super::cached(tx, "DELETE FROM bb2tc_jobs WHERE id = $1").await?,
+            set_latest: super::cached(
+                tx,
+                "INSERT INTO bb2tc_latest_jobs (key, id) VALUES ($1, $2) \
+                 ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id",
+            )
+            .await?,
+            clear_latest: super::cached(tx, "DELETE FROM bb2tc_latest_jobs WHERE key = $1")
+                .await?,
+        })
+    }
+}
+
 /// Who may change an in-flight job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fence {
@@ -41,15 +79,20 @@ enum Fence {
     Expired,
 }
 
-/// The advisory lock standing for a coalescing key: every transaction that reads or moves
-/// the newest job of a key holds it, taken before any row lock.
-pub(super) async fn lock_key(tx: &Transaction<'_>, key: &[u8]) -> Result<(), StoreError> {
+/// The advisory lock number of a coalescing key: the first 8 bytes of its SHA-256.
+pub(super) fn advisory_key(key: &[u8]) -> i64 {
     let digest = Sha256::digest(key);
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// The advisory lock standing for a coalescing key: every transaction that reads or moves
+/// the newest job of a key holds it, taken before any row lock.
+pub(super) async fn lock_key(tx: &Transaction<'_>, key: &[u8]) -> Result<(), StoreError> {
     tx.execute(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[&i64::from_be_bytes(first)],
+        &super::cached(tx, "SELECT pg_advisory_xact_lock($1)").await?,
+        &[&advisory_key(key)],
     )
     .await
     .map_err(pg_error)?;
@@ -59,7 +102,10 @@ pub(super) async fn lock_key(tx: &Transaction<'_>, key: &[u8]) -> Result<(), Sto
 /// The newest job id of `key`.
 pub(super) async fn latest_id(tx: &Transaction<'_>, key: &[u8]) -> Result<Option<u64>, StoreError> {
     let row = tx
-        .query_opt("SELECT id FROM bb2tc_latest_jobs WHERE key = $1", &[&key])
+        .query_opt(
+            &super::cached(tx, "SELECT id FROM bb2tc_latest_jobs WHERE key = $1").await?,
+            &[&key],
+        )
         .await
         .map_err(pg_error)?;
     Ok(row.map(|r| unbig(r.get(0))))
@@ -79,7 +125,11 @@ async fn read_job_row(
         "SELECT format, record, owner, coalesce(lease_until < now(), false) FROM bb2tc_jobs \
          WHERE id = $1"
     };
-    let Some(row) = tx.query_opt(sql, &[&big(id)]).await.map_err(pg_error)? else {
+    let Some(row) = tx
+        .query_opt(&super::cached(tx, sql).await?, &[&big(id)])
+        .await
+        .map_err(pg_error)?
+    else {
         return Ok(None);
     };
     match from_record::<Job>(row.get(0), row.get(1)) {
@@ -114,9 +164,13 @@ impl PgStore {
         reason: &str,
     ) -> Result<(), StoreError> {
         tx.execute(
-            "WITH gone AS (DELETE FROM bb2tc_jobs WHERE id = $1 RETURNING record) \
+            &super::cached(
+                tx,
+                "WITH gone AS (DELETE FROM bb2tc_jobs WHERE id = $1 RETURNING record) \
              INSERT INTO bb2tc_unreadable (kind, key, record, reason, set_aside_at) \
              SELECT 'job', $2, record, $3, $4 FROM gone",
+            )
+            .await?,
             &[
                 &big(id),
                 &id.to_string(),
@@ -134,40 +188,52 @@ impl PgStore {
         Ok(())
     }
 
-    /// Applies a transition's writes; an in-flight job is claimed by this instance.
-    pub(super) async fn apply(
+    /// Applies a transition's writes, pipelined (sent together, run in order: each
+    /// statement is prepared first, so each write is sent on its first poll); an in-flight
+    /// job is claimed by this instance.
+    pub(super) async fn apply<C: GenericClient + Sync>(
         &self,
-        tx: &Transaction<'_>,
+        tx: &C,
         writes: &[Write],
     ) -> Result<(), StoreError> {
-        for write in writes {
-            match write {
-                Write::Put(job) => self.put_job(tx, job).await?,
-                Write::Delete(id) => {
-                    tx.execute("DELETE FROM bb2tc_jobs WHERE id = $1", &[&big(*id)])
-                        .await
-                        .map_err(pg_error)?;
-                }
-                Write::SetLatest { key, id } => {
-                    tx.execute(
-                        "INSERT INTO bb2tc_latest_jobs (key, id) VALUES ($1, $2) \
-                         ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id",
-                        &[key, &big(*id)],
-                    )
-                    .await
-                    .map_err(pg_error)?;
-                }
-                Write::ClearLatest { key } => {
-                    tx.execute("DELETE FROM bb2tc_latest_jobs WHERE key = $1", &[key])
-                        .await
-                        .map_err(pg_error)?;
-                }
-            }
-        }
+        let st = WriteStatements::prepare(tx).await?;
+        self.apply_prepared(tx, &st, writes).await
+    }
+
+    /// [`apply`](Self::apply) with the statements prepared: every write is sent on the
+    /// first poll, so writes pipelined with a `COMMIT` all go before it.
+    pub(super) async fn apply_prepared<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        st: &WriteStatements,
+        writes: &[Write],
+    ) -> Result<(), StoreError> {
+        let sent = writes.iter().map(|write| self.write(tx, st, write));
+        futures_util::future::try_join_all(sent).await?;
         Ok(())
     }
 
-    async fn put_job(&self, tx: &Transaction<'_>, job: &Job) -> Result<(), StoreError> {
+    async fn write<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        st: &WriteStatements,
+        write: &Write,
+    ) -> Result<(), StoreError> {
+        let done = match write {
+            Write::Put(job) => return self.put_job(tx, &st.put, job).await,
+            Write::Delete(id) => tx.execute(&st.delete, &[&big(*id)]).await,
+            Write::SetLatest { key, id } => tx.execute(&st.set_latest, &[key, &big(*id)]).await,
+            Write::ClearLatest { key } => tx.execute(&st.clear_latest, &[key]).await,
+        };
+        done.map(drop).map_err(pg_error)
+    }
+
+    async fn put_job<C: GenericClient + Sync>(
+        &self,
+        tx: &C,
+        stmt: &tokio_postgres::Statement,
+        job: &Job,
+    ) -> Result<(), StoreError> {
         let record = to_record(job)?;
         let token = match &job.token {
             crate::job::TokenRef::User(id) => Some(id.as_str()),
@@ -175,23 +241,8 @@ impl PgStore {
         };
         let owner = (job.state == JobState::Inflight).then_some(self.instance.as_str());
         let lease_ms = big(u64::try_from(self.settings.job_lease.as_millis()).unwrap_or(u64::MAX));
-        let stmt = tx
-            .prepare_cached(
-                "INSERT INTO bb2tc_jobs (id, server, source, state, purpose, token_id, created_at, \
-                 next_attempt_at, finished_at, followed, owner, lease_until, format, record) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-                 CASE WHEN $11::text IS NULL THEN NULL ELSE now() + $12::bigint * interval '1 millisecond' END, \
-                 $13, $14) \
-                 ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, \
-                 next_attempt_at = EXCLUDED.next_attempt_at, finished_at = EXCLUDED.finished_at, \
-                 followed = EXCLUDED.followed, owner = EXCLUDED.owner, \
-                 lease_until = EXCLUDED.lease_until, format = EXCLUDED.format, \
-                 record = EXCLUDED.record",
-            )
-            .await
-            .map_err(pg_error)?;
         tx.execute(
-            &stmt,
+            stmt,
             &[
                 &big(job.id),
                 &job.server.as_str(),
@@ -278,7 +329,10 @@ impl PgStore {
     /// The next job id.
     pub(super) async fn next_job_id(&self, tx: &Transaction<'_>) -> Result<u64, StoreError> {
         let row = tx
-            .query_one("SELECT nextval('bb2tc_job_ids')", &[])
+            .query_one(
+                &super::cached(tx, "SELECT nextval('bb2tc_job_ids')").await?,
+                &[],
+            )
             .await
             .map_err(pg_error)?;
         Ok(unbig(row.get(0)))

@@ -93,6 +93,15 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     }
 }
 
+/// `sql` prepared once per connection (deadpool keeps the statement with it): a statement
+/// costs one round trip and no parsing after the first.
+async fn cached<C: deadpool_postgres::GenericClient + Sync>(
+    client: &C,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    client.prepare_cached(sql).await.map_err(pg_error)
+}
+
 /// Runs `once` again while it loses a deadlock or serialisation race.
 async fn retrying<R, F, Fut>(mut once: F) -> Result<R, StoreError>
 where
