@@ -24,7 +24,8 @@
 //!    delivery to its intake log — one `write` + `fdatasync` shared by all concurrent
 //!    deliveries — and only then is the 202 sent. A moment later the log's applier writes it
 //!    into sled's trees in a batch (coalescing older pending jobs for the same branch, as
-//!    [`job::lifecycle`] decides) and hands the jobs to the workers.
+//!    [`job::lifecycle`] decides) and hands the jobs to the workers. (With PostgreSQL: one
+//!    transaction, committed before the 202, and a `NOTIFY` for the other instances.)
 //! 5. The [`queue`] worker of each TeamCity server takes due jobs through its token bucket
 //!    and in-flight limit, and [`teamcity`] makes the `buildQueue` (or commit-hook) call with
 //!    `Authorization: Bearer <pusher's token>`. The answer decides: done, retry later, or dead.
@@ -49,10 +50,13 @@
 //! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now); when a build
 //!   is asked about (`follow`) and which status it calls for (`status`).
 //! - [`store`] — the async store boundary (deliveries, jobs, tokens, sessions, counts) and the
-//!   sled backend behind it: the intake log, versioned records, migration, group commit,
-//!   encryption.
+//!   two backends behind it: sled (embedded, the default: the intake log, versioned records,
+//!   migration, group commit, encryption) and PostgreSQL (several instances on one database:
+//!   a transaction per delivery, fenced job claims, dispatch leases, `LISTEN`/`NOTIFY`,
+//!   embedded schema migrations); `copy-store` between them.
 //! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job, the
-//!   cancellation of superseded queued builds, following builds; a status worker per source.
+//!   cancellation of superseded queued builds, following builds; a status worker per source;
+//!   with PostgreSQL, the dispatch lease each worker sends under.
 //! - [`teamcity`] — the REST client.
 //! - [`http`] — server, router, one file per endpoint group.
 //! - [`web`] — the token page: sign-in (Bitbucket OAuth, pasted token, admin), sessions,
