@@ -50,6 +50,39 @@ impl LeaseGate {
     }
 }
 
+/// What a worker not holding its lease learnt while it waited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Idle {
+    /// Shutdown, or the keeper or the inbox is gone.
+    Stop,
+    /// The lease is held now: start with an empty bucket.
+    Gained,
+    /// Still not held (what it was handed was dropped).
+    Waiting,
+}
+
+/// Waits, while the lease is not held, for it to change — dropping what the worker is
+/// handed meanwhile (the holder has those jobs; they come back when the lease is gained).
+pub(super) async fn idle(
+    gate: &mut LeaseGate,
+    shutdown: &mut Shutdown,
+    inbox: &mut mpsc::UnboundedReceiver<Scheduled>,
+) -> Idle {
+    tokio::select! {
+        biased;
+        _ = shutdown.wait() => Idle::Stop,
+        changed = gate.changed() => match changed {
+            false => Idle::Stop,
+            true if gate.held() => Idle::Gained,
+            true => Idle::Waiting,
+        },
+        message = inbox.recv() => match message {
+            None => Idle::Stop,
+            Some(_) => Idle::Waiting,
+        },
+    }
+}
+
 /// A gate and the sender its keeper sets.
 pub(super) fn gate() -> (watch::Sender<bool>, LeaseGate) {
     let (tx, rx) = watch::channel(false);

@@ -65,18 +65,12 @@ impl StatusWorker {
                 && !gate.held()
             {
                 schedule.clear();
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.wait() => break,
-                    changed = gate.changed() => {
-                        if !changed {
-                            break;
-                        }
-                        if gate.held() {
-                            self.limit = RateLimit::empty(RATE_PER_SECOND, BURST);
-                        }
+                match super::lease::idle(gate, &mut self.shutdown, &mut self.inbox).await {
+                    super::lease::Idle::Stop => break,
+                    super::lease::Idle::Gained => {
+                        self.limit = RateLimit::empty(RATE_PER_SECOND, BURST);
                     }
-                    message = self.inbox.recv() => if message.is_none() { break },
+                    super::lease::Idle::Waiting => {}
                 }
                 continue;
             }

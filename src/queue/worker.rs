@@ -8,7 +8,7 @@
 
 use super::cancel::cancel_superseded;
 use super::dispatch::dispatch;
-use super::lease::LeaseGate;
+use super::lease::{Idle, LeaseGate};
 use super::rate_limit::RateLimit;
 use super::trigger::Trigger;
 use crate::metrics::Metrics;
@@ -100,18 +100,10 @@ impl<T: Trigger> Worker<T> {
                 // The holder has the schedule; this one gets every job when it gains the lease.
                 schedule.clear();
                 polls.clear();
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.wait() => break,
-                    changed = gate.changed() => {
-                        if !changed {
-                            break;
-                        }
-                        if gate.held() {
-                            self.empty_buckets();
-                        }
-                    }
-                    message = self.inbox.recv() => if message.is_none() { break },
+                match super::lease::idle(gate, &mut self.shutdown, &mut self.inbox).await {
+                    Idle::Stop => break,
+                    Idle::Gained => self.empty_buckets(),
+                    Idle::Waiting => {}
                 }
                 continue;
             }

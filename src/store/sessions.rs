@@ -43,6 +43,19 @@ pub struct Session {
     pub expires_at: u64,
 }
 
+impl Session {
+    /// A new session of `principal` lasting `ttl_ms` from now, and the cookie value that
+    /// names it (stores keep only its SHA-256).
+    pub fn start(principal: Principal, ttl_ms: u64) -> (String, Session) {
+        let session = Session {
+            principal,
+            csrf: random_token(),
+            expires_at: crate::clock::now_ms().saturating_add(ttl_ms),
+        };
+        (random_token(), session)
+    }
+}
+
 /// The CSRF value is a secret of the session: redacted.
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

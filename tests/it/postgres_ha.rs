@@ -123,6 +123,22 @@ async fn lease_holder(urls: &[String]) -> usize {
     }
 }
 
+/// Two bridge processes on one database, jdoe's token `t` registered through the first;
+/// the bridges, their URLs, and which one holds server `main`'s lease.
+async fn two_bridges(config: &Path) -> ([Option<Bridge>; 2], Vec<String>, usize) {
+    let bridges = [
+        Some(Bridge::start(config, "")),
+        Some(Bridge::start(config, "")),
+    ];
+    let urls: Vec<String> = bridges
+        .iter()
+        .map(|b| b.as_ref().unwrap().url.clone())
+        .collect();
+    register_token_at(&urls[0], "jdoe", "t").await;
+    let holder = lease_holder(&urls).await;
+    (bridges, urls, holder)
+}
+
 /// Builds TeamCity got, per branch.
 fn builds_per_branch(tc: &FakeTeamCity) -> HashMap<String, usize> {
     let mut per_branch = HashMap::new();
@@ -177,16 +193,7 @@ async fn two_instances_one_killed_mid_stream_build_every_202_once() {
         "retry_schedule_secs = [0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2]",
     );
     let config = process_config(dir.path(), "a", &url, &tc.url, retries);
-    let mut bridges = [
-        Some(Bridge::start(&config, "")),
-        Some(Bridge::start(&config, "")),
-    ];
-    let urls: Vec<String> = bridges
-        .iter()
-        .map(|b| b.as_ref().unwrap().url.clone())
-        .collect();
-    register_token_at(&urls[1], "jdoe", "t").await;
-    let holder = lease_holder(&urls).await;
+    let (mut bridges, urls, holder) = two_bridges(&config).await;
 
     let http = reqwest::Client::new();
     let targets = Arc::new(Mutex::new(urls.clone()));
@@ -261,16 +268,7 @@ async fn the_lease_is_taken_over_within_15_s_of_a_kill() {
     let tc = FakeTeamCity::start().await;
     tc.add_token("t", "jdoe");
     let config = process_config(dir.path(), "a", &url, &tc.url, ("", ""));
-    let mut bridges = [
-        Some(Bridge::start(&config, "")),
-        Some(Bridge::start(&config, "")),
-    ];
-    let urls: Vec<String> = bridges
-        .iter()
-        .map(|b| b.as_ref().unwrap().url.clone())
-        .collect();
-    register_token_at(&urls[0], "jdoe", "t").await;
-    let holder = lease_holder(&urls).await;
+    let (mut bridges, urls, holder) = two_bridges(&config).await;
     let other = 1 - holder;
     assert!(!holds_lease(&urls[other]).await, "one holder at a time");
     bridges[holder].take().unwrap().kill();
@@ -311,16 +309,7 @@ async fn the_rate_limit_holds_across_instances_and_a_handover() {
             "rate_per_second = 5.0\nburst = 2",
         ),
     );
-    let mut bridges = [
-        Some(Bridge::start(&config, "")),
-        Some(Bridge::start(&config, "")),
-    ];
-    let urls: Vec<String> = bridges
-        .iter()
-        .map(|b| b.as_ref().unwrap().url.clone())
-        .collect();
-    register_token_at(&urls[0], "jdoe", "t").await;
-    let holder = lease_holder(&urls).await;
+    let (mut bridges, urls, holder) = two_bridges(&config).await;
     let http = reqwest::Client::new();
     let targets = Mutex::new(urls.clone());
     for n in 1..=PUSHES {

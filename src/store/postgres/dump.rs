@@ -1,8 +1,7 @@
 //! The whole PostgreSQL store out and in, for `bb2tc copy-store` (see
 //! [`crate::store::dump`]).
 
-use super::{PgStore, big, from_record, pg_error, purpose_str, schema, to_record, unbig};
-use crate::job::JobState;
+use super::{PgStore, big, from_record, pg_error, schema, to_record, unbig};
 use crate::store::StoreError;
 use crate::store::dump::{Counts, Dump};
 
@@ -96,36 +95,10 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         }
+        // A job in flight stays claimed by nobody alive, its lease already over.
+        let writes = super::jobs::WriteStatements::prepare(&tx).await?;
         for job in &dump.jobs {
-            let token = match &job.token {
-                crate::job::TokenRef::User(id) => Some(id.as_str()),
-                crate::job::TokenRef::Service => None,
-            };
-            let inflight = job.state == JobState::Inflight;
-            tx.execute(
-                "INSERT INTO bb2tc_jobs (id, server, source, state, purpose, token_id, created_at, \
-                 next_attempt_at, finished_at, followed, owner, lease_until, format, record) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 CASE WHEN $11 THEN 'copy-store' END, CASE WHEN $11 THEN now() - interval '1 second' END, \
-                 $12, $13)",
-                &[
-                    &big(job.id),
-                    &job.server.as_str(),
-                    &job.source.as_str(),
-                    &job.state.as_str(),
-                    &purpose_str(job.purpose),
-                    &token,
-                    &big(job.created_at),
-                    &big(job.next_attempt_at),
-                    &job.finished_at.map(big),
-                    &crate::job::follow::is_followed(job),
-                    &inflight,
-                    &schema::RECORD_FORMAT,
-                    &to_record(job)?,
-                ],
-            )
-            .await
-            .map_err(pg_error)?;
+            super::jobs::put_job_as(&tx, &writes.put, job, "copy-store", -1000).await?;
         }
         for (key, id) in &dump.latest {
             tx.execute(

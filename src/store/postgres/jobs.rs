@@ -32,7 +32,7 @@ type Report<'a> = dyn Fn(&Job, &Job) -> Option<status::StatusReport> + Sync + 'a
 
 /// The statements a transition's writes use, prepared.
 pub(super) struct WriteStatements {
-    put: tokio_postgres::Statement,
+    pub(super) put: tokio_postgres::Statement,
     delete: tokio_postgres::Statement,
     set_latest: tokio_postgres::Statement,
     clear_latest: tokio_postgres::Statement,
@@ -234,13 +234,27 @@ impl PgStore {
         stmt: &tokio_postgres::Statement,
         job: &Job,
     ) -> Result<(), StoreError> {
+        let lease_ms = big(u64::try_from(self.settings.job_lease.as_millis()).unwrap_or(u64::MAX));
+        put_job_as(tx, stmt, job, &self.instance, lease_ms).await
+    }
+}
+
+/// Writes job `job`'s row; in flight, it is claimed by `owner` for `lease_ms` from now
+/// (negative: a claim whose lease ran out already).
+pub(super) async fn put_job_as<C: GenericClient + Sync>(
+    tx: &C,
+    stmt: &tokio_postgres::Statement,
+    job: &Job,
+    owner: &str,
+    lease_ms: i64,
+) -> Result<(), StoreError> {
+    {
         let record = to_record(job)?;
         let token = match &job.token {
             crate::job::TokenRef::User(id) => Some(id.as_str()),
             crate::job::TokenRef::Service => None,
         };
-        let owner = (job.state == JobState::Inflight).then_some(self.instance.as_str());
-        let lease_ms = big(u64::try_from(self.settings.job_lease.as_millis()).unwrap_or(u64::MAX));
+        let owner = (job.state == JobState::Inflight).then_some(owner);
         tx.execute(
             stmt,
             &[
@@ -264,7 +278,9 @@ impl PgStore {
         .map_err(pg_error)?;
         Ok(())
     }
+}
 
+impl PgStore {
     /// Reads job `id` under its key's lock, checks `fence`, runs `decide` (given the newest
     /// job id of the key and, when another, that job), adds the status job `report` asks
     /// for, and applies the writes. The job before, and the transition.
@@ -324,6 +340,20 @@ impl PgStore {
             Ok(Ok((job, t)))
         })
         .await
+    }
+
+    /// [`transition`](Self::transition) of a change that calls for no status report.
+    async fn change(
+        &self,
+        id: u64,
+        fence: Fence,
+        decide: &Decide<'_>,
+        now: u64,
+    ) -> Result<Result<Transition, Unchanged>, StoreError> {
+        let t = self
+            .transition(id, fence, decide, &|_, _| None, now)
+            .await?;
+        Ok(t.map(|(_, t)| t))
     }
 
     /// The next job id.
@@ -413,15 +443,14 @@ impl PgStore {
     /// A claimed job goes back unsent; `Ok(None)` when dropped as superseded.
     pub async fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
         let t = self
-            .transition(
+            .change(
                 id,
                 Fence::Owner,
                 &|job, latest, _| lifecycle::release(job, latest),
-                &|_, _| None,
                 crate::clock::now_ms(),
             )
             .await?;
-        Ok(t.map(|(_, t)| t.job))
+        Ok(t.map(|t| t.job))
     }
 
     /// A job whose call may have reached TeamCity goes back, flagged for the check first.
@@ -431,15 +460,14 @@ impl PgStore {
         now: u64,
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
         let t = self
-            .transition(
+            .change(
                 id,
                 Fence::Owner,
                 &|job, latest, _| lifecycle::interrupted(job, latest, now),
-                &|_, _| None,
                 now,
             )
             .await?;
-        Ok(t.map(|(_, t)| t.job))
+        Ok(t.map(|t| t.job))
     }
 
     /// How a call ended (fenced: only this instance's claim).
@@ -499,15 +527,14 @@ impl PgStore {
         now: u64,
     ) -> Result<Result<Job, Unchanged>, StoreError> {
         let t = self
-            .transition(
+            .change(
                 id,
                 Fence::None,
                 &|job, _, newest| lifecycle::revive(job, newest, now),
-                &|_, _| None,
                 now,
             )
             .await?;
-        let job = t.and_then(|(_, t)| t.job.ok_or(Unchanged::Gone));
+        let job = t.and_then(|t| t.job.ok_or(Unchanged::Gone));
         if let Ok(job) = &job {
             self.notify_jobs(&[job.id]).await?;
         }
@@ -517,11 +544,10 @@ impl PgStore {
     /// Deletes a job in any state; `false` when there was none.
     pub async fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
         let t = self
-            .transition(
+            .change(
                 id,
                 Fence::None,
                 &|job, latest, _| Ok(lifecycle::remove(job, latest)),
-                &|_, _| None,
                 crate::clock::now_ms(),
             )
             .await?;
@@ -554,15 +580,14 @@ impl PgStore {
         for row in rows {
             let id = unbig(row.get(0));
             let t = self
-                .transition(
+                .change(
                     id,
                     Fence::Expired,
                     &|job, latest, _| lifecycle::interrupted(job, latest, now),
-                    &|_, _| None,
                     now,
                 )
                 .await?;
-            if let Ok((_, t)) = t
+            if let Ok(t) = t
                 && let Some(job) = t.job
             {
                 tracing::warn!(job = job.id, server = %job.server, "took back a claim whose instance stopped; TeamCity is asked before it is sent again");

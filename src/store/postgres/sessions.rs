@@ -5,7 +5,7 @@ use super::{PgStore, big, from_record, pg_error, schema, to_record};
 use crate::clock;
 use crate::ids::SourceId;
 use crate::store::StoreError;
-use crate::store::sessions::{Principal, Session, random_token};
+use crate::store::sessions::{Principal, Session};
 use sha2::{Digest, Sha256};
 
 fn session_key(id: &str) -> Vec<u8> {
@@ -19,12 +19,7 @@ impl PgStore {
         principal: Principal,
         ttl_ms: u64,
     ) -> Result<(String, Session), StoreError> {
-        let id = random_token();
-        let session = Session {
-            principal,
-            csrf: random_token(),
-            expires_at: clock::now_ms().saturating_add(ttl_ms),
-        };
+        let (id, session) = Session::start(principal, ttl_ms);
         let client = self.client().await?;
         client
             .execute(

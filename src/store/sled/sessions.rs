@@ -4,7 +4,7 @@ use super::Trees;
 use super::records::{decode, encode};
 use crate::clock;
 use crate::store::StoreError;
-use crate::store::sessions::{Principal, Session, random_token};
+use crate::store::sessions::{Principal, Session};
 use sha2::{Digest, Sha256};
 
 fn session_key(id: &str) -> [u8; 32] {
@@ -19,12 +19,7 @@ impl Trees {
         principal: Principal,
         ttl_ms: u64,
     ) -> Result<(String, Session), StoreError> {
-        let id = random_token();
-        let session = Session {
-            principal,
-            csrf: random_token(),
-            expires_at: clock::now_ms().saturating_add(ttl_ms),
-        };
+        let (id, session) = Session::start(principal, ttl_ms);
         self.sessions.insert(session_key(&id), encode(&session)?)?;
         Ok((id, session))
     }
