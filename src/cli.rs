@@ -220,6 +220,12 @@ fn execute(command: Command) -> anyhow::Result<()> {
 
 async fn rotate_key(path: &std::path::Path, new_key: Option<String>) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    if config.storage.postgres.is_some() {
+        anyhow::bail!(
+            "rotate-key re-encrypts a sled store; with PostgreSQL, stop every instance and \
+             copy-store into a new database under a new storage.master_key"
+        );
+    }
     let generated = new_key.is_none();
     let key = new_key.unwrap_or_else(TokenCipher::generate_key);
     let store = Store::open(&config.storage)?;

@@ -75,6 +75,18 @@ async fn a_sled_store_moves_to_postgres_and_back() {
         "{out}"
     );
     assert!(out.contains("counts verified"), "{out}");
+    // rotate-key is sled's: with PostgreSQL it says what to do instead, and touches nothing.
+    let out = Command::new(env!("CARGO_BIN_EXE_bb2tc"))
+        .args(["rotate-key", "--config"])
+        .arg(&pg_config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("copy-store into a new database"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Into a store that holds something: refused, nothing written.
     let (ok, out) = copy_store(&sled_config, &pg_config);
     assert!(!ok && out.contains("not empty"), "{out}");
