@@ -530,3 +530,47 @@ async fn instances_starting_together_migrate_once_and_a_newer_schema_or_another_
         .to_string();
     assert!(err.contains("version 99") && err.contains("newer"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_still_under_way_at_a_handover_is_retried_by_the_new_holder() {
+    let Some(url) = postgres::database("a_call_still_under_way_at_a_handover").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let config = process_config(
+        dir.path(),
+        "a",
+        &url,
+        &tc.url,
+        ("timeout_secs = 2", "timeout_secs = 8"),
+    );
+    let (mut bridges, urls, holder) = two_bridges(&config).await;
+    // The first call takes 5 s and is answered 503: when it ends, the holder is stopping and
+    // the other instance took the lease (within 2 s of the SIGTERM) while the job was in
+    // flight — it never saw it pending.
+    tc.post_delay(Duration::from_secs(5));
+    tc.fail_next(503, "TeamCity is starting", None);
+    let targets = Mutex::new(vec![urls[holder].clone()]);
+    let http = reqwest::Client::new();
+    assert_eq!(deliver_push(&http, &targets, 0, "handover", 1).await, 202);
+    tc.wait_for(1, |r| r.method == "POST").await;
+    let stopping = bridges[holder].take().unwrap();
+    let (status, log) = tokio::task::spawn_blocking(move || stopping.terminate_and_log())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(log.contains("outcome=\"retry\""), "{log}");
+    tc.post_delay(Duration::ZERO);
+    let builds = tc
+        .wait_for_within(2, Duration::from_secs(20), |r| {
+            r.method == "POST" && r.path == "/app/rest/buildQueue"
+        })
+        .await;
+    assert_eq!(builds.len(), 2, "the retry, sent by the new holder");
+    assert_eq!(builds[1].authorization.as_deref(), Some("Bearer t"));
+    let survivor = bridges[1 - holder].take().unwrap();
+    assert!(survivor.log().contains("holding the dispatch lease"));
+    assert!(survivor.terminate().success());
+}

@@ -394,6 +394,22 @@ impl PgStore {
         self.notify_jobs(&ids).await
     }
 
+    /// A job this instance had in flight and that is pending again (put back, interrupted,
+    /// to be retried) is told to the other instances: the holder of its server's lease may be
+    /// another one now, which did not see it pending when it took the lease.
+    async fn hand_back(
+        &self,
+        job: Result<Option<Job>, Unchanged>,
+    ) -> Result<Option<Job>, Unchanged> {
+        if let Ok(Some(pending)) = &job
+            && pending.state == JobState::Pending
+            && let Err(e) = self.notify_jobs(&[pending.id]).await
+        {
+            tracing::warn!(job = pending.id, error = %e, "cannot tell the other instances of a job pending again");
+        }
+        job
+    }
+
     /// A pending job that is due goes in flight, claimed by this instance. One not due yet
     /// is left as it is (another instance scheduled it too, or it was rescheduled since).
     pub async fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
@@ -450,7 +466,7 @@ impl PgStore {
                 crate::clock::now_ms(),
             )
             .await?;
-        Ok(t.map(|t| t.job))
+        Ok(self.hand_back(t.map(|t| t.job)).await)
     }
 
     /// A job whose call may have reached TeamCity goes back, flagged for the check first.
@@ -467,7 +483,7 @@ impl PgStore {
                 now,
             )
             .await?;
-        Ok(t.map(|t| t.job))
+        Ok(self.hand_back(t.map(|t| t.job)).await)
     }
 
     /// How a call ended (fenced: only this instance's claim).
@@ -492,7 +508,7 @@ impl PgStore {
             // Committed: the holder of the status lease finds it when it next resumes.
             tracing::warn!(error = %e, "cannot tell the other instances of a new status post");
         }
-        Ok(t.map(|(_, t)| t.job))
+        Ok(self.hand_back(t.map(|(_, t)| t.job)).await)
     }
 
     /// What TeamCity answered about a done job's build.
