@@ -248,36 +248,34 @@ pub(super) async fn put_job_as<C: GenericClient + Sync>(
     owner: &str,
     lease_ms: i64,
 ) -> Result<(), StoreError> {
-    {
-        let record = to_record(job)?;
-        let token = match &job.token {
-            crate::job::TokenRef::User(id) => Some(id.as_str()),
-            crate::job::TokenRef::Service => None,
-        };
-        let owner = (job.state == JobState::Inflight).then_some(owner);
-        tx.execute(
-            stmt,
-            &[
-                &big(job.id),
-                &job.server.as_str(),
-                &job.source.as_str(),
-                &job.state.as_str(),
-                &purpose_str(job.purpose),
-                &token,
-                &big(job.created_at),
-                &big(job.next_attempt_at),
-                &job.finished_at.map(big),
-                &follow::is_followed(job),
-                &owner,
-                &lease_ms,
-                &schema::RECORD_FORMAT,
-                &record,
-            ],
-        )
-        .await
-        .map_err(pg_error)?;
-        Ok(())
-    }
+    let record = to_record(job)?;
+    let token = match &job.token {
+        crate::job::TokenRef::User(id) => Some(id.as_str()),
+        crate::job::TokenRef::Service => None,
+    };
+    let owner = (job.state == JobState::Inflight).then_some(owner);
+    tx.execute(
+        stmt,
+        &[
+            &big(job.id),
+            &job.server.as_str(),
+            &job.source.as_str(),
+            &job.state.as_str(),
+            &purpose_str(job.purpose),
+            &token,
+            &big(job.created_at),
+            &big(job.next_attempt_at),
+            &job.finished_at.map(big),
+            &follow::is_followed(job),
+            &owner,
+            &lease_ms,
+            &schema::RECORD_FORMAT,
+            &record,
+        ],
+    )
+    .await
+    .map_err(pg_error)?;
+    Ok(())
 }
 
 impl PgStore {
