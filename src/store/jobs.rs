@@ -98,6 +98,41 @@ pub enum Unchanged {
     },
 }
 
+/// The jobs a delivery's `changes` make, in order, each given an id by `next_id`: a build
+/// of a de-duplicated change that `is_new` says was asked for already is left out, and noted
+/// in `record.skipped`. `record.jobs` counts the builds made (status reports are jobs too,
+/// but not builds).
+pub(crate) fn new_jobs<E>(
+    record: &mut DeliveryRecord,
+    changes: &[ChangeJobs],
+    mut is_new: impl FnMut(&Job) -> Result<bool, E>,
+    mut next_id: impl FnMut() -> Result<u64, E>,
+) -> Result<Vec<Job>, E> {
+    let mut jobs = Vec::new();
+    for change in changes {
+        let mut seen = Vec::new();
+        let mut made = 0;
+        for job in &change.jobs {
+            if change.deduplicate && !is_new(job)? {
+                seen.push(job.clone());
+                continue;
+            }
+            let mut job = job.clone();
+            job.id = next_id()?;
+            jobs.push(job);
+            made += 1;
+        }
+        record
+            .skipped
+            .extend(already_seen(&change.reference, &seen, made == 0));
+    }
+    record.jobs = jobs
+        .iter()
+        .filter(|j| j.purpose != crate::job::Purpose::ReportStatus)
+        .count();
+    Ok(jobs)
+}
+
 /// What the answer says of a change's jobs whose build was already asked for (by a push or
 /// a pull request, SPEC §5.4): one line for the change when none was left, else one per job.
 pub(crate) fn already_seen(reference: &str, seen: &[Job], none_left: bool) -> Vec<Skipped> {

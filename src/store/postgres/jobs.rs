@@ -197,46 +197,41 @@ impl PgStore {
         writes: &[Write],
     ) -> Result<(), StoreError> {
         let st = WriteStatements::prepare(tx).await?;
-        self.apply_prepared(tx, &st, writes).await
+        apply_writes(tx, &st, writes, &self.instance, self.lease_ms()).await
     }
 
-    /// [`apply`](Self::apply) with the statements prepared: every write is sent on the
-    /// first poll, so writes pipelined with a `COMMIT` all go before it.
-    pub(super) async fn apply_prepared<C: GenericClient + Sync>(
-        &self,
-        tx: &C,
-        st: &WriteStatements,
-        writes: &[Write],
-    ) -> Result<(), StoreError> {
-        let sent = writes.iter().map(|write| self.write(tx, st, write));
-        futures_util::future::try_join_all(sent).await?;
-        Ok(())
+    /// A claim's lease, in milliseconds from now.
+    pub(super) fn lease_ms(&self) -> i64 {
+        lease_ms(&self.settings)
     }
+}
 
-    async fn write<C: GenericClient + Sync>(
-        &self,
-        tx: &C,
-        st: &WriteStatements,
-        write: &Write,
-    ) -> Result<(), StoreError> {
+/// A claim's lease under `settings`, in milliseconds.
+pub(super) fn lease_ms(settings: &crate::config::PostgresSettings) -> i64 {
+    big(u64::try_from(settings.job_lease.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// [`PgStore::apply`] with the statements prepared: every write is sent on the first poll,
+/// so writes pipelined with a `COMMIT` all go before it. An in-flight job is claimed by
+/// `owner` for `lease_ms`.
+pub(super) async fn apply_writes<C: GenericClient + Sync>(
+    tx: &C,
+    st: &WriteStatements,
+    writes: &[Write],
+    owner: &str,
+    lease_ms: i64,
+) -> Result<(), StoreError> {
+    let sent = writes.iter().map(|write| async move {
         let done = match write {
-            Write::Put(job) => return self.put_job(tx, &st.put, job).await,
+            Write::Put(job) => return put_job_as(tx, &st.put, job, owner, lease_ms).await,
             Write::Delete(id) => tx.execute(&st.delete, &[&big(*id)]).await,
             Write::SetLatest { key, id } => tx.execute(&st.set_latest, &[key, &big(*id)]).await,
             Write::ClearLatest { key } => tx.execute(&st.clear_latest, &[key]).await,
         };
         done.map(drop).map_err(pg_error)
-    }
-
-    async fn put_job<C: GenericClient + Sync>(
-        &self,
-        tx: &C,
-        stmt: &tokio_postgres::Statement,
-        job: &Job,
-    ) -> Result<(), StoreError> {
-        let lease_ms = big(u64::try_from(self.settings.job_lease.as_millis()).unwrap_or(u64::MAX));
-        put_job_as(tx, stmt, job, &self.instance, lease_ms).await
-    }
+    });
+    futures_util::future::try_join_all(sent).await?;
+    Ok(())
 }
 
 /// Writes job `job`'s row; in flight, it is claimed by `owner` for `lease_ms` from now
@@ -442,7 +437,7 @@ impl PgStore {
     /// renewed). `false`: it was taken back, and the call must not be made.
     pub async fn confirm_claim(&self, id: u64) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let lease_ms = big(u64::try_from(self.settings.job_lease.as_millis()).unwrap_or(u64::MAX));
+        let lease_ms = self.lease_ms();
         let n = client
             .execute(
                 "UPDATE bb2tc_jobs SET lease_until = now() + $3::bigint * interval '1 millisecond' \

@@ -14,11 +14,11 @@
 //! - `meta`: store id, the master-key canary, the admin token hash; `unreadable`: rows set
 //!   aside; `schema`: the schema version
 //!
-//! **Intake** (`intake`): one transaction per delivery — its marks inserted with
-//! `ON CONFLICT` (a concurrent insert of the same mark waits for the first transaction, so a
-//! duplicate is answered only once the original committed), its jobs and record — then a
-//! `NOTIFY` for the instances holding dispatch leases; the 202 follows the commit
-//! (`synchronous_commit` on).
+//! **Intake** (`intake`, `group_commit`): one transaction per group of concurrent
+//! deliveries — their marks inserted with `ON CONFLICT` (a concurrent insert of the same
+//! mark waits for the first transaction, so a duplicate is answered only once the original
+//! committed), their jobs and records — then a `NOTIFY` for the instances holding dispatch
+//! leases; the 202s follow the commit (`synchronous_commit` on).
 //!
 //! **Jobs** (`jobs`): every change runs [`crate::job::lifecycle`] on the row read
 //! `FOR UPDATE`, under an advisory lock on the job's coalescing key (taken before any row
@@ -32,6 +32,7 @@
 //! `LISTEN` connection through which other instances' new jobs arrive.
 
 mod dump;
+mod group_commit;
 mod intake;
 mod jobs;
 mod leases;
@@ -159,6 +160,8 @@ pub struct PgStore {
     stats: Mutex<StatsSnapshot>,
     /// Where the jobs this instance made are announced to its workers.
     events: mpsc::UnboundedSender<Applied>,
+    /// The committers deliveries go through.
+    intake: group_commit::GroupCommit,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -204,14 +207,25 @@ impl PgStore {
         let mut client = pool.get().await.map_err(pool_error)?;
         let version = schema::migrate(&mut client).await?;
         drop(client);
+        let instance = hex::encode(rand::random::<[u8; 8]>());
+        let intake = group_commit::GroupCommit::start(
+            pool.clone(),
+            intake::Intake {
+                instance: instance.clone(),
+                lease_ms: jobs::lease_ms(settings),
+                events: events.clone(),
+            },
+            group_commit::committers(settings.max_connections),
+        );
         let store = Self {
             pool,
             cipher,
             id: String::new(),
-            instance: hex::encode(rand::random::<[u8; 8]>()),
+            instance,
             settings: settings.clone(),
             stats: Mutex::new(StatsSnapshot::default()),
             events,
+            intake,
         };
         store.check_canary().await?;
         let id = store
