@@ -470,6 +470,85 @@ async fn a_200_whose_body_stalls_is_retried_after_asking_teamcity(backend: Backe
     );
 }
 
+/// Deliveries that arrive together are decided as if one after the other (on PostgreSQL they
+/// share transactions, see `group_commit`): 8 commits, each pushed under 3 delivery ids,
+/// each id sent twice, all 48 at once. Every commit is built once; of each commit's ids one
+/// made the build and the others say it was already seen; of each id's two sends one is
+/// the delivery and the other its duplicate.
+async fn concurrent_deliveries_are_decided_as_one_after_another(backend: Backend) {
+    let Some((tc, app)) = app_with(backend, "").await else {
+        return;
+    };
+    const COMMITS: u32 = 8;
+    let sends = (1..=COMMITS).flat_map(|n| {
+        ["a", "b", "c"].into_iter().flat_map(move |id| {
+            [
+                (n, format!("together-{n}-{id}")),
+                (n, format!("together-{n}-{id}")),
+            ]
+        })
+    });
+    let app = &app;
+    let answers = futures_util::future::join_all(sends.map(|(n, id)| async move {
+        let body = dc_payload(
+            "jdoe",
+            "PROJ/repo",
+            &[(&format!("refs/heads/b{n}"), &sha(n), "UPDATE")],
+        );
+        let (status, answer) = app.dc_push(&body, &id).await;
+        (n, id, status, answer)
+    }))
+    .await;
+    for n in 1..=COMMITS {
+        let of_commit: Vec<_> = answers.iter().filter(|a| a.0 == n).collect();
+        let built = of_commit
+            .iter()
+            .filter(|a| a.2 == 202 && a.3["jobs"] == 1)
+            .count();
+        let seen = of_commit
+            .iter()
+            .filter(|a| {
+                a.2 == 202
+                    && a.3["jobs"] == 0
+                    && a.3["skipped"][0]["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("already seen"))
+            })
+            .count();
+        let duplicates = of_commit
+            .iter()
+            .filter(|a| a.2 == 200 && a.3 == serde_json::json!({"result": "duplicate"}))
+            .count();
+        assert_eq!(
+            (built, seen, duplicates),
+            (1, 2, 3),
+            "commit {n}: {of_commit:#?}"
+        );
+        for id in ["a", "b", "c"] {
+            let id = format!("together-{n}-{id}");
+            let sent: Vec<u16> = of_commit
+                .iter()
+                .filter(|a| a.1 == id)
+                .map(|a| a.2)
+                .collect();
+            assert_eq!(
+                sent.iter().filter(|s| **s == 202).count(),
+                1,
+                "{id}: {sent:?}"
+            );
+        }
+    }
+    let calls = tc.wait_for_builds(COMMITS as usize).await;
+    for n in 1..=COMMITS {
+        let of_commit = calls
+            .iter()
+            .filter(|c| c.json()["branchName"] == format!("b{n}"))
+            .count();
+        assert_eq!(of_commit, 1, "commit {n}");
+    }
+    assert_eq!(app.api_jobs("").await.len(), COMMITS as usize);
+}
+
 crate::on_both_backends!(
     three_503s_then_200_is_exactly_one_build,
     client_errors_are_dead_at_once_with_teamcity_text,
@@ -481,4 +560,5 @@ crate::on_both_backends!(
     deliveries_are_listed_with_their_outcome,
     an_oversized_answer_to_a_queued_build_is_checked_in_teamcity_not_posted_twice,
     a_200_whose_body_stalls_is_retried_after_asking_teamcity,
+    concurrent_deliveries_are_decided_as_one_after_another,
 );

@@ -574,3 +574,63 @@ async fn a_call_still_under_way_at_a_handover_is_retried_by_the_new_holder() {
     assert!(survivor.log().contains("holding the dispatch lease"));
     assert!(survivor.terminate().success());
 }
+
+/// Concurrent deliveries share transactions (`group_commit`); one the database refuses
+/// (here a trigger refuses its record) fails alone, and leaves nothing behind: the others of
+/// its group are built once each, and it is built once delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_the_database_refuses_fails_alone_in_its_group() {
+    let Some(url) = postgres::database("a_delivery_the_database_refuses_fails_alone").await else {
+        return;
+    };
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    let app = TestApp::spawn_postgres(&standard_config(&tc.url, ""), &url).await;
+    app.register_token("dc", "jdoe", "main", "t").await;
+    query(
+        &url,
+        "CREATE FUNCTION refuse_delivery() RETURNS trigger LANGUAGE plpgsql \
+         AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+    )
+    .await;
+    query(
+        &url,
+        "CREATE TRIGGER refuse_delivery BEFORE INSERT ON bb2tc_deliveries FOR EACH ROW \
+         WHEN (NEW.id = 'refused') EXECUTE FUNCTION refuse_delivery()",
+    )
+    .await;
+    const PUSHES: u32 = 40;
+    let push = |n: u32| {
+        dc_payload(
+            "jdoe",
+            "PROJ/repo",
+            &[(&format!("refs/heads/b{n}"), &sha(n), "UPDATE")],
+        )
+    };
+    let app = &app;
+    let sends = (1..=PUSHES + 1).map(|n| async move {
+        let id = if n > PUSHES {
+            "refused".to_owned()
+        } else {
+            format!("group-{n}")
+        };
+        app.dc_push(&push(n), &id).await
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let (refused, accepted) = answers.split_last().unwrap();
+    assert_eq!(refused.0, 503, "{}", refused.1);
+    for (status, answer) in accepted {
+        assert_eq!(
+            (*status, answer["jobs"].as_u64()),
+            (202, Some(1)),
+            "{answer}"
+        );
+    }
+    assert_each_built_once(&tc, PUSHES, Duration::from_secs(15)).await;
+    assert!(!builds_per_branch(&tc).contains_key(&format!("b{}", PUSHES + 1)));
+
+    query(&url, "DROP TRIGGER refuse_delivery ON bb2tc_deliveries").await;
+    let (status, again) = app.dc_push(&push(PUSHES + 1), "refused").await;
+    assert_eq!((status, again["jobs"].as_u64()), (202, Some(1)), "{again}");
+    assert_each_built_once(&tc, PUSHES + 1, Duration::from_secs(15)).await;
+}

@@ -75,7 +75,10 @@ async fn commit_groups(
                 }
             }
             Err(e) if group.len() == 1 => {
-                let _ = group.into_iter().next().map(|(_, answer)| answer.send(Err(e)));
+                let _ = group
+                    .into_iter()
+                    .next()
+                    .map(|(_, answer)| answer.send(Err(e)));
             }
             Err(e) => {
                 tracing::warn!(
@@ -145,6 +148,55 @@ async fn next_group(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn push(id: &str, dedup_id: bool) -> (Push, Answer) {
+        let push = Push {
+            delivery: crate::store::test_support::delivery(id),
+            dedup_id,
+            changes: Vec::new(),
+        };
+        (push, oneshot::channel().0)
+    }
+
+    fn ids(group: &[(Push, Answer)]) -> Vec<&str> {
+        group.iter().map(|(p, _)| p.delivery.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_group_takes_what_waits_and_holds_a_repeated_id_back() {
+        let (queue, waiting) = mpsc::unbounded_channel();
+        let waiting = Mutex::new(waiting);
+        for (id, dedup_id) in [
+            ("a", true),
+            ("b", true),
+            ("a", true),
+            ("page", false),
+            ("page", false),
+        ] {
+            queue.send(push(id, dedup_id)).unwrap();
+        }
+        let mut later = VecDeque::new();
+        let first = next_group(&waiting, &mut later).await.unwrap();
+        // An id not de-duplicated by id (a run from the token page) may repeat.
+        assert_eq!(ids(&first), ["a", "b", "page", "page"]);
+        assert_eq!(later.len(), 1);
+        queue.send(push("c", true)).unwrap();
+        let second = next_group(&waiting, &mut later).await.unwrap();
+        assert_eq!(ids(&second), ["a", "c"]);
+        for n in 0..MAX_GROUP + 1 {
+            queue.send(push(&n.to_string(), true)).unwrap();
+        }
+        assert_eq!(
+            next_group(&waiting, &mut later).await.unwrap().len(),
+            MAX_GROUP
+        );
+        assert_eq!(
+            ids(&next_group(&waiting, &mut later).await.unwrap()),
+            ["64"]
+        );
+        drop(queue);
+        assert!(next_group(&waiting, &mut later).await.is_none());
+    }
 
     #[test]
     fn a_quarter_of_the_pool_commits() {

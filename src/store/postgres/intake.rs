@@ -130,7 +130,8 @@ impl Intake {
             client.query(&newest, &newest_params),
         )
         .map_err(pg_error)?;
-        let new_deliveries: HashSet<Vec<u8>> = taken.get::<_, Vec<Vec<u8>>>(1).into_iter().collect();
+        let new_deliveries: HashSet<Vec<u8>> =
+            taken.get::<_, Vec<Vec<u8>>>(1).into_iter().collect();
         let mut fresh: HashSet<Vec<u8>> = taken.get::<_, Vec<Vec<u8>>>(2).into_iter().collect();
         let mut ids = taken.get::<_, Vec<i64>>(3).into_iter();
         let mut latest: HashMap<Vec<u8>, Option<Job>> = HashMap::new();
@@ -162,9 +163,9 @@ impl Intake {
                 &push.changes,
                 |job| Ok(fresh.remove(&job.dedup_key())),
                 || {
-                    ids.next().map(super::unbig).ok_or_else(|| {
-                        StoreError::Postgres("fewer job ids than asked for".into())
-                    })
+                    ids.next()
+                        .map(super::unbig)
+                        .ok_or_else(|| StoreError::Postgres("fewer job ids than asked for".into()))
                 },
             )?;
             for job in &jobs {
@@ -192,7 +193,10 @@ impl Intake {
         // A group with more jobs than one payload holds notifies the rest separately.
         let (first, rest) = ids.split_at(ids.len().min(NOTIFY_IDS));
         let notify = (!first.is_empty()).then(|| notification(&self.instance, first));
-        let saved = records.iter().map(to_record).collect::<Result<Vec<_>, _>>()?;
+        let saved = records
+            .iter()
+            .map(to_record)
+            .collect::<Result<Vec<_>, _>>()?;
         let delivery_ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
         let received: Vec<i64> = records.iter().map(|r| big(r.received_at)).collect();
         let formats = vec![schema::RECORD_FORMAT; records.len()];
