@@ -99,21 +99,21 @@ pub enum Unchanged {
 }
 
 /// The jobs a delivery's `changes` make, in order, each given an id by `next_id`: a build
-/// of a de-duplicated change that `is_new` says was asked for already is left out, and noted
-/// in `record.skipped`. `record.jobs` counts the builds made (status reports are jobs too,
+/// of a de-duplicated change that `is_new` (given the change's index and the job's in it)
+/// says was asked for already is left out, and noted in `record.skipped`. `record.jobs` counts the builds made (status reports are jobs too,
 /// but not builds).
 pub(crate) fn new_jobs<E>(
     record: &mut DeliveryRecord,
     changes: &[ChangeJobs],
-    mut is_new: impl FnMut(&Job) -> Result<bool, E>,
+    mut is_new: impl FnMut((usize, usize), &Job) -> Result<bool, E>,
     mut next_id: impl FnMut() -> Result<u64, E>,
 ) -> Result<Vec<Job>, E> {
     let mut jobs = Vec::new();
-    for change in changes {
+    for (c, change) in changes.iter().enumerate() {
         let mut seen = Vec::new();
         let mut made = 0;
-        for job in &change.jobs {
-            if change.deduplicate && !is_new(job)? {
+        for (j, job) in change.jobs.iter().enumerate() {
+            if change.deduplicate && !is_new((c, j), job)? {
                 seen.push(job.clone());
                 continue;
             }

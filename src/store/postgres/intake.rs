@@ -161,7 +161,7 @@ impl Intake {
             let jobs = new_jobs(
                 &mut record,
                 &push.changes,
-                |job| Ok(fresh.remove(&job.dedup_key())),
+                |_, job| Ok(fresh.remove(&job.dedup_key())),
                 || {
                     ids.next()
                         .map(super::unbig)

@@ -40,7 +40,7 @@ mod writer;
 use super::Trees;
 use crate::job::Job;
 use crate::store::StoreError;
-use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, already_seen};
+use crate::store::jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, new_jobs};
 use segment::{Accepted, Entry};
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -199,12 +199,9 @@ impl Intake {
         let trees = self.applier.trees();
         let now = delivery.received_at;
         // Each job's mark is made before the lock is taken: every delivery waits for it.
-        let changes: Vec<(ChangeJobs, Vec<Vec<u8>>)> = changes
-            .into_iter()
-            .map(|c| {
-                let keys = c.jobs.iter().map(Job::dedup_key).collect();
-                (c, keys)
-            })
+        let keys: Vec<Vec<Vec<u8>>> = changes
+            .iter()
+            .map(|c| c.jobs.iter().map(Job::dedup_key).collect())
             .collect();
         let mut pending = lock(&self.pending);
         if dedup_id {
@@ -216,43 +213,34 @@ impl Intake {
                 return Ok((RecordOutcome::Duplicate, Durable::ready()));
             }
         }
-        let mut record = delivery;
-        let mut jobs = Vec::new();
-        let mut marks = Vec::new();
-        for (change, keys) in changes {
-            // A change marked by bb2tc up to 551746f (per ref, not per build) still counts.
-            let legacy_seen = match &change.legacy_mark {
-                Some(mark) if change.deduplicate => trees.change_seen(mark, now)?,
-                _ => false,
-            };
-            let mut seen = Vec::new();
-            let mut made = 0;
-            for (mut job, mark) in change.jobs.into_iter().zip(keys) {
-                if change.deduplicate {
-                    if legacy_seen
-                        || pending.marks.contains(&mark)
-                        || marks.contains(&mark)
-                        || trees.change_seen(&mark, now)?
-                    {
-                        seen.push(job);
-                        continue;
-                    }
-                    marks.push(mark);
-                }
-                // Under the lock, so that ids follow the log's order.
-                job.id = trees.take_job_id();
-                jobs.push(job);
-                made += 1;
-            }
-            record
-                .skipped
-                .extend(already_seen(&change.reference, &seen, made == 0));
-        }
-        // Status reports are jobs too, but not builds.
-        record.jobs = jobs
+        // A change marked by bb2tc up to 551746f (per ref, not per build) still counts.
+        let legacy_seen = changes
             .iter()
-            .filter(|j| j.purpose != crate::job::Purpose::ReportStatus)
-            .count();
+            .map(|c| match &c.legacy_mark {
+                Some(mark) if c.deduplicate => trees.change_seen(mark, now),
+                _ => Ok(false),
+            })
+            .collect::<Result<Vec<bool>, StoreError>>()?;
+        let mut record = delivery;
+        let mut marks: Vec<Vec<u8>> = Vec::new();
+        let jobs = new_jobs(
+            &mut record,
+            &changes,
+            |(c, j), _| {
+                let mark = &keys[c][j];
+                if legacy_seen[c]
+                    || pending.marks.contains(mark)
+                    || marks.contains(mark)
+                    || trees.change_seen(mark, now)?
+                {
+                    return Ok::<_, StoreError>(false);
+                }
+                marks.push(mark.clone());
+                Ok(true)
+            },
+            // Under the lock, so that ids follow the log's order.
+            || Ok(trees.take_job_id()),
+        )?;
         let accepted = Accepted {
             delivery: record,
             dedup_id,
