@@ -519,7 +519,7 @@ impl Store {
 
     /// One job.
     pub async fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        either!(self, sled: self.blocking(move |s| s.job(id)).await, pg(pg) => pg.job(id).await)
+        either!(self, sled: self.blocking(move |s| s.caught_up().job(id)).await, pg(pg) => pg.job(id).await)
     }
 
     /// Jobs, newest first, optionally of one state.
@@ -528,7 +528,7 @@ impl Store {
         state: Option<JobState>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        either!(self, sled: self.blocking(move |s| s.list_jobs(state, limit)).await,
+        either!(self, sled: self.blocking(move |s| s.caught_up().list_jobs(state, limit)).await,
             pg(pg) => pg.list_jobs(state, limit).await)
     }
 
@@ -539,13 +539,13 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         either!(self,
-            sled: self.blocking(move |s| s.recent_builds(tokens.as_deref(), limit)).await,
+            sled: self.blocking(move |s| s.caught_up().recent_builds(tokens.as_deref(), limit)).await,
             pg(pg) => pg.recent_builds(tokens.as_deref(), limit).await)
     }
 
     /// Recent deliveries, newest first.
     pub async fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        either!(self, sled: self.blocking(move |s| s.list_deliveries(limit)).await,
+        either!(self, sled: self.blocking(move |s| s.caught_up().list_deliveries(limit)).await,
             pg(pg) => pg.list_deliveries(limit).await)
     }
 

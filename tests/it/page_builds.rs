@@ -111,22 +111,12 @@ async fn run_a_build_applies_the_routes_like_a_push_with_the_users_token() {
         .into_iter()
         .find(|j| j["branch"] == "release/2.0")
         .unwrap();
-    let deliveries: serde_json::Value = world
-        .app
-        .admin(reqwest::Method::GET, "/deliveries?limit=50")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let deliveries = world.app.api_deliveries(50).await;
     assert!(
-        deliveries["deliveries"]
-            .as_array()
-            .unwrap()
+        deliveries
             .iter()
             .any(|d| d["id"] == job["delivery"] && d["event"] == "page:run"),
-        "{job} {deliveries}"
+        "{job} {deliveries:?}"
     );
     // Bad input: a clear 400 saying what to give.
     for (repository, branch, commit, says) in [

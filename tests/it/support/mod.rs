@@ -516,6 +516,18 @@ impl TestApp {
         answer["tokens"].as_array().unwrap().clone()
     }
 
+    /// The newest `limit` deliveries the admin API lists.
+    pub async fn api_deliveries(&self, limit: usize) -> Vec<serde_json::Value> {
+        let response = self
+            .admin(reqwest::Method::GET, &format!("/deliveries?limit={limit}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: serde_json::Value = response.json().await.unwrap();
+        body["deliveries"].as_array().unwrap().clone()
+    }
+
     /// The jobs the admin API lists for `query` (e.g. `?state=dead`).
     pub async fn api_jobs(&self, query: &str) -> Vec<serde_json::Value> {
         let response = self

@@ -28,7 +28,6 @@ type Watermark = Arc<(Mutex<u64>, Condvar)>;
 pub struct Applier {
     trees: Arc<Trees>,
     stop: Arc<AtomicBool>,
-    #[cfg(test)]
     applied: Watermark,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -81,7 +80,6 @@ impl Applier {
         Ok(Self {
             trees,
             stop,
-            #[cfg(test)]
             applied,
             thread: Some(thread),
         })
@@ -92,15 +90,16 @@ impl Applier {
         &self.trees
     }
 
-    /// Test-only: waits (at most 10 s) until delivery `seq` is applied.
-    #[cfg(test)]
-    pub fn wait_applied(&self, seq: u64) {
+    /// Waits (at most `limit`) until delivery `seq` is applied; whether it was.
+    pub fn wait_applied(&self, seq: u64, limit: Duration) -> bool {
         let (applied, changed) = &*self.applied;
-        let guard = applied.lock().unwrap();
+        let guard = applied
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (_guard, timeout) = changed
-            .wait_timeout_while(guard, Duration::from_secs(10), |at| *at < seq)
-            .unwrap();
-        assert!(!timeout.timed_out(), "delivery {seq} was not applied");
+            .wait_timeout_while(guard, limit, |at| *at < seq)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        !timeout.timed_out()
     }
 }
 

@@ -51,8 +51,7 @@ use tokio::sync::{mpsc, watch};
 #[derive(Debug, Default)]
 struct Pending {
     next_seq: u64,
-    /// The sequence number of the last delivery queued (for `wait_applied`).
-    #[cfg(test)]
+    /// The sequence number of the last delivery queued (for [`Intake::catch_up`]).
     last_delivery: u64,
     /// Deliveries queued and not yet applied or refused.
     unapplied: usize,
@@ -250,10 +249,7 @@ impl Intake {
         let seq = pending.next_seq;
         let frame = segment::frame(seq, &Entry::Delivery(Box::new(accepted.clone())))?;
         pending.next_seq += 1;
-        #[cfg(test)]
-        {
-            pending.last_delivery = seq;
-        }
+        pending.last_delivery = seq;
         pending.unapplied += 1;
         let (settle, durable) = Settle::new();
         if dedup_id {
@@ -307,11 +303,21 @@ impl Intake {
         Ok(durable)
     }
 
+    /// Waits (at most `limit`) until sled holds every delivery taken in before the call, so
+    /// that a reader sees what was answered 202 before it asked; `false` when the limit
+    /// passed first (sled is falling behind, or the last delivery was refused).
+    pub fn catch_up(&self, limit: std::time::Duration) -> bool {
+        let last = lock(&self.pending).last_delivery;
+        self.applier.wait_applied(last, limit)
+    }
+
     /// Test-only: waits until the applier has applied every delivery recorded so far.
     #[cfg(test)]
     pub fn wait_applied(&self) {
-        let last = lock(&self.pending).last_delivery;
-        self.applier.wait_applied(last);
+        assert!(
+            self.catch_up(std::time::Duration::from_secs(10)),
+            "the applier did not catch up"
+        );
     }
 }
 
