@@ -8,9 +8,9 @@
 //! memory, in [`Pending`]; the rest are read from sled), one framed entry, and its share of
 //! one `write` + `fdatasync` per group of concurrent deliveries (`writer`). The 202 is sent
 //! then. The writer hands each durable delivery, in order, to the applier thread
-//! (`applier`), which writes batches of them into sled in one transaction each — jobs
-//! coalesced there as before, the last applied sequence number in the same transaction —
-//! and announces the new jobs to the workers.
+//! (`applier`), which writes batches of them into sled in one transaction each (at most one
+//! every 2 ms under load) — jobs coalesced there as before, the last applied sequence number
+//! in the same transaction — and announces the new jobs to the workers.
 //!
 //! The worker's in-flight mark goes into the same log ([`Entry::Claim`]): the claim is
 //! written to sled first, and the call waits only for the log's fsync.
