@@ -16,16 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const BODY: usize = 1024 * 1024;
 
 fn main() {
-    let connections: usize = std::env::var("BB2TC_BENCH_FLOOD")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(connections));
+    let connections: usize = env_number("BB2TC_BENCH_FLOOD", 1000);
+    block_on(run(connections));
 }
 
 async fn run(connections: usize) {

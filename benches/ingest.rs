@@ -30,16 +30,8 @@ fn main() {
         Ok(path) if !path.is_empty() => return baseline_server(Some(path.into())),
         _ => {}
     }
-    let secs: u64 = std::env::var("BB2TC_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(Duration::from_secs(secs)));
+    let secs: u64 = env_number("BB2TC_BENCH_SECS", 5);
+    block_on(run(Duration::from_secs(secs)));
 }
 
 async fn run(duration: Duration) {

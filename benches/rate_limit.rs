@@ -13,18 +13,17 @@ const RATE: f64 = 20.0;
 const BURST: usize = 5;
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    block_on(async {
         let tc = FakeTeamCity::start().await;
         tc.add_token("bench-token", "bench");
         let dir = tempfile::tempdir().unwrap();
         let (bridge, _) = start_bridge(
             dir.path(),
-            &config(&dir.path().join("data"), &tc.url, &format!("rate_per_second = {RATE}\nburst = {BURST}\nmax_in_flight = 8")),
+            &config(
+                &dir.path().join("data"),
+                &tc.url,
+                &format!("rate_per_second = {RATE}\nburst = {BURST}\nmax_in_flight = 8"),
+            ),
         );
         register_token(&bridge.url, "bench-token").await;
         let http = reqwest::Client::new();
@@ -48,7 +47,9 @@ fn main() {
             worst = worst.max(in_window);
         }
         let sustained = (JOBS - BURST) as f64 / times[JOBS - 1];
-        println!("| jobs | rate | burst | max calls in any 1 s | allowed (burst + rate × 1 s) | achieved rate | error vs rate | total time |");
+        println!(
+            "| jobs | rate | burst | max calls in any 1 s | allowed (burst + rate × 1 s) | achieved rate | error vs rate | total time |"
+        );
         println!("|---|---|---|---|---|---|---|---|");
         println!(
             "| {JOBS} | {RATE} | {BURST} | {worst} | {} | {sustained:.3}/s | {:+.2} % | {:.1} s |",

@@ -11,16 +11,8 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn main() {
-    let jobs: usize = std::env::var("BB2TC_BENCH_JOBS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(100_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(jobs));
+    let jobs: usize = env_number("BB2TC_BENCH_JOBS", 100_000);
+    block_on(run(jobs));
 }
 
 async fn run(jobs: usize) {

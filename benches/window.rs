@@ -13,8 +13,7 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
-use std::convert::Infallible;
+use http_body_util::Full;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,20 +21,9 @@ use std::time::{Duration, Instant};
 const SLICE: Duration = Duration::from_secs(10);
 
 fn main() {
-    let deliveries: u64 = std::env::var("BB2TC_BENCH_DELIVERIES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300_000);
-    let rate: f64 = std::env::var("BB2TC_BENCH_RATE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000.0);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(run(deliveries, rate));
+    let deliveries: u64 = env_number("BB2TC_BENCH_DELIVERIES", 300_000);
+    let rate: f64 = env_number("BB2TC_BENCH_RATE", 1000.0);
+    block_on(run(deliveries, rate));
 }
 
 async fn run(target: u64, rate: f64) {
@@ -130,51 +118,34 @@ async fn send(http: &reqwest::Client, url: &str, n: u64, id: &str) -> serde_json
 }
 
 /// A TeamCity that only counts: every `POST /app/rest/buildQueue` is answered at once with a
-/// queued build on the branch asked for (as TeamCity's JSON answer has it). The tests' fake
-/// records every call, which a million calls would make the benchmark's own memory.
+/// queued build on the branch asked for (as TeamCity's JSON answer has it), anything else
+/// with TeamCity's plain-text 404. The tests' fake records every call, which a million calls
+/// would make the benchmark's own memory.
 async fn counting_teamcity() -> (String, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let calls = Arc::new(AtomicU64::new(0));
     let counted = calls.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let calls = counted.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let calls = calls.clone();
-                    async move { Ok::<_, Infallible>(answer(request, &calls).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+    fake_server::serve_http(listener, move |head, body| {
+        let calls = counted.clone();
+        async move { answer(&head, &body, &calls) }
     });
     (url, calls)
 }
 
-async fn answer(
-    request: hyper::Request<hyper::body::Incoming>,
+fn answer(
+    head: &hyper::http::request::Parts,
+    body: &Bytes,
     calls: &AtomicU64,
 ) -> hyper::Response<Full<Bytes>> {
-    let is_trigger =
-        request.method() == hyper::Method::POST && request.uri().path() == "/app/rest/buildQueue";
-    let body = request.into_body().collect().await.map(|b| b.to_bytes());
-    let asked: serde_json::Value = body
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    if !is_trigger {
+    if head.method != hyper::Method::POST || head.uri.path() != "/app/rest/buildQueue" {
         return hyper::Response::builder()
             .status(404)
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from_static(b"Not found")))
             .unwrap();
     }
+    let asked: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     let id = calls.fetch_add(1, Ordering::Relaxed) + 1;
     let build = serde_json::json!({
         "id": id,

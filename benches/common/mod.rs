@@ -235,6 +235,24 @@ pub async fn load(
     result
 }
 
+/// A number from the environment variable `name`, or `default` when unset or unreadable.
+pub fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a benchmark on tokio with two workers (the machine's two cores).
+pub fn block_on<F: std::future::Future>(benchmark: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(benchmark)
+}
+
 /// The median of some figures.
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
