@@ -1,6 +1,7 @@
 //! The intake log across a crash, with the real binary: a write cut short by `kill -9` (a
 //! torn last entry) is dropped at the next start, and everything acknowledged before it is
-//! built exactly once.
+//! built exactly once; so is everything acknowledged around checkpoints that a `kill -9`
+//! interrupts.
 
 use crate::support::process::Bridge;
 use crate::support::*;
@@ -9,7 +10,9 @@ use std::time::Duration;
 
 const PUSHES: u32 = 20;
 
-async fn push(http: &reqwest::Client, url: &str, n: u32) -> u16 {
+/// Push `n` (branch `t{n}`, delivery id `torn-{n}`); its status, or the error when the
+/// connection died with the process.
+async fn try_push(http: &reqwest::Client, url: &str, n: u32) -> Result<u16, reqwest::Error> {
     let body = dc_payload(
         "jdoe",
         "PROJ/repo",
@@ -25,9 +28,20 @@ async fn push(http: &reqwest::Client, url: &str, n: u32) -> u16 {
         .body(body)
         .send()
         .await
-        .unwrap()
-        .status()
-        .as_u16()
+        .map(|response| response.status().as_u16())
+}
+
+async fn push(http: &reqwest::Client, url: &str, n: u32) -> u16 {
+    try_push(http, url, n).await.unwrap()
+}
+
+/// The builds the fake TeamCity was asked for, per branch.
+fn builds_per_branch(tc: &FakeTeamCity) -> HashMap<String, usize> {
+    let mut per_branch: HashMap<String, usize> = HashMap::new();
+    for (_, _, branch, _) in tc.builds() {
+        *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
+    }
+    per_branch
 }
 
 /// Where the entries of an intake log segment end (frames: u32 length, u32 CRC, payload;
@@ -84,10 +98,7 @@ async fn a_write_torn_by_kill_9_is_dropped_and_every_202_built_once() {
     let bridge = Bridge::start(&config, "");
     tc.wait_for_builds(PUSHES as usize).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut per_branch: HashMap<String, usize> = HashMap::new();
-    for (_, _, branch, _) in tc.builds() {
-        *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
-    }
+    let per_branch = builds_per_branch(&tc);
     for n in 1..=PUSHES {
         assert_eq!(
             per_branch.get(&format!("t{n}")),
@@ -105,5 +116,103 @@ async fn a_write_torn_by_kill_9_is_dropped_and_every_202_built_once() {
     );
     // Bitbucket's redelivery of an acknowledged push is still a duplicate.
     assert_eq!(push(&http, &bridge.url, 7).await, 200);
+    assert!(bridge.terminate().success());
+}
+
+const CHECKPOINT: &str = "intake log checkpoint: sled synced, segments removed";
+
+#[tokio::test]
+async fn kill_9_amid_checkpoints_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let tc = FakeTeamCity::start().await;
+    tc.add_token("t", "jdoe");
+    // The smallest segments (64 KiB, a few dozen deliveries each): while pushes stream in
+    // and their jobs are sent, a segment is closed and checkpointed (sled flushed and
+    // fsynced, the segment deleted) many times a second.
+    let (config, store) = write_process_config(dir.path(), &standard_config(&tc.url, ""));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("[storage]\n", "[storage]\nintake_segment_bytes = 65536\n");
+    std::fs::write(&config, text).unwrap();
+    let http = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    let mut next = 1u32;
+    for cycle in 0..3 {
+        let bridge = Bridge::start(&config, "");
+        if cycle == 0 {
+            register_token_at(&bridge.url, "jdoe", "t").await;
+        }
+        // 8 senders until the connection dies; bb2tc is killed once it has checkpointed
+        // twice in this run, so the kill falls among checkpoints.
+        let first = next;
+        next += 8 * 400;
+        let mut senders = Vec::new();
+        for lane in 0..8u32 {
+            let (http, url) = (http.clone(), bridge.url.clone());
+            senders.push(tokio::spawn(async move {
+                let mut accepted = Vec::new();
+                for n in (first..first + 8 * 400).filter(|n| n % 8 == lane) {
+                    match try_push(&http, &url, n).await {
+                        Ok(202) => accepted.push(n),
+                        Ok(other) => panic!("push {n} answered {other}"),
+                        Err(_) => break, // the process is gone: this one was not accepted
+                    }
+                }
+                accepted
+            }));
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while bridge.log().matches(CHECKPOINT).count() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no checkpoints: {}",
+                bridge.log()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        bridge.kill();
+        for sender in senders {
+            accepted.extend(sender.await.unwrap());
+        }
+    }
+    assert!(accepted.len() > 100, "{} accepted", accepted.len());
+
+    // Started once more: every acknowledged push is built exactly once, none twice.
+    let bridge = Bridge::start(&config, "");
+    tc.wait_for_builds(accepted.len()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while jobs_in(&bridge.url, &["pending", "inflight", "dead"]).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let per_branch = builds_per_branch(&tc);
+    for n in &accepted {
+        assert_eq!(
+            per_branch.get(&format!("t{n}")),
+            Some(&1),
+            "push {n} lost or doubled"
+        );
+    }
+    assert!(
+        per_branch.values().all(|&count| count == 1),
+        "a push was built twice: {per_branch:?}"
+    );
+    // The checkpoints removed what sled held: a few segments are left, not one per 64 KiB.
+    let segments = std::fs::read_dir(&store)
+        .unwrap()
+        .filter(|e| {
+            let name = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            name.starts_with("intake-") && name.ends_with(".log")
+        })
+        .count();
+    assert!(segments <= 4, "{segments} segments left");
     assert!(bridge.terminate().success());
 }
