@@ -18,7 +18,8 @@ use tokio::sync::mpsc;
 /// At most this many deliveries go into one sled transaction.
 const BATCH: usize = 1024;
 
-/// The shortest time between two of the applier's transactions. sled 0.34 seals and writes
+/// The shortest time between two of the applier's transactions while deliveries queue up
+/// for it. sled 0.34 seals and writes
 /// its io buffer twice per transaction (a `pwrite` + `sync_file_range` on its thread pool,
 /// waking all its io threads each time), whatever the transaction holds: with a transaction
 /// per handful of deliveries, that was a quarter of bb2tc's CPU under load.
@@ -72,10 +73,12 @@ impl Applier {
                 let mut last_applied: Option<Instant> = None;
                 while let Some(first) = queue.blocking_recv() {
                     batch.push(first);
-                    // Under load, a transaction at most every PACE: the deliveries meanwhile
-                    // join the batch. After a pause, the first is applied at once.
-                    if let Some(wait) = last_applied
-                        .and_then(|at| (at + PACE).checked_duration_since(Instant::now()))
+                    // Under load (more deliveries already waiting), a transaction at most
+                    // every PACE: the deliveries meanwhile join the batch. A delivery alone
+                    // (one push at a time, or after a pause) is applied at once.
+                    if !queue.is_empty()
+                        && let Some(wait) = last_applied
+                            .and_then(|at| (at + PACE).checked_duration_since(Instant::now()))
                     {
                         std::thread::sleep(wait);
                     }

@@ -9,7 +9,7 @@
 //! one `write` + `fdatasync` per group of concurrent deliveries (`writer`). The 202 is sent
 //! then. The writer hands each durable delivery, in order, to the applier thread
 //! (`applier`), which writes batches of them into sled in one transaction each (at most one
-//! every 2 ms under load) — jobs coalesced there as before, the last applied sequence number
+//! every 2 ms while deliveries queue up) — jobs coalesced there as before, the last applied sequence number
 //! in the same transaction — and announces the new jobs to the workers.
 //!
 //! The worker's in-flight mark goes into the same log ([`Entry::Claim`]): the claim is
