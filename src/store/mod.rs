@@ -91,6 +91,10 @@ impl From<::sled::transaction::TransactionError<StoreError>> for StoreError {
     }
 }
 
+/// How long a read waits for the sled intake log's applier to catch up (it takes well under
+/// a millisecond when idle; only a failing disk holds it back longer).
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs `work` on `store` on tokio's blocking pool.
 async fn on_blocking_pool<R, F>(
     store: std::sync::Arc<sled::SledStore>,
@@ -517,9 +521,27 @@ impl Store {
             pg(pg) => pg.job_exists(id).await)
     }
 
+    /// With sled, waits (at most [`CATCH_UP`], on the calling task, not on the blocking pool)
+    /// until the trees hold every delivery answered before the call: the lists the API and
+    /// the token page show then hold every job answered 202 before they were asked for.
+    /// PostgreSQL answers 202 after its commit, so there is nothing to wait for.
+    async fn caught_up(&self) {
+        let Backend::Sled(handle) = &self.backend else {
+            return;
+        };
+        let Ok(store) = handle.current() else {
+            return; // being reopened: the read reports that itself
+        };
+        if !store.catch_up().wait(CATCH_UP).await {
+            tracing::debug!(
+                "the store has not applied every accepted delivery yet; reading what it holds"
+            );
+        }
+    }
+
     /// One job.
     pub async fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        either!(self, sled: self.blocking(move |s| s.caught_up().job(id)).await, pg(pg) => pg.job(id).await)
+        either!(self, sled: self.blocking(move |s| s.job(id)).await, pg(pg) => pg.job(id).await)
     }
 
     /// Jobs, newest first, optionally of one state.
@@ -528,7 +550,8 @@ impl Store {
         state: Option<JobState>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
-        either!(self, sled: self.blocking(move |s| s.caught_up().list_jobs(state, limit)).await,
+        self.caught_up().await;
+        either!(self, sled: self.blocking(move |s| s.list_jobs(state, limit)).await,
             pg(pg) => pg.list_jobs(state, limit).await)
     }
 
@@ -538,14 +561,16 @@ impl Store {
         tokens: Option<Vec<String>>,
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
+        self.caught_up().await;
         either!(self,
-            sled: self.blocking(move |s| s.caught_up().recent_builds(tokens.as_deref(), limit)).await,
+            sled: self.blocking(move |s| s.recent_builds(tokens.as_deref(), limit)).await,
             pg(pg) => pg.recent_builds(tokens.as_deref(), limit).await)
     }
 
     /// Recent deliveries, newest first.
     pub async fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        either!(self, sled: self.blocking(move |s| s.caught_up().list_deliveries(limit)).await,
+        self.caught_up().await;
+        either!(self, sled: self.blocking(move |s| s.list_deliveries(limit)).await,
             pg(pg) => pg.list_deliveries(limit).await)
     }
 

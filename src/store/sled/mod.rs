@@ -55,10 +55,6 @@ const CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 const ADMIN_HASH: &[u8] = b"admin_token_sha256";
 
-/// How long a read waits for the intake log's applier to catch up (it takes well under a
-/// millisecond when idle; only a failing disk holds it back longer).
-const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// The open sled store: its trees and, in front of them, the intake log that deliveries
 /// and in-flight marks are made durable in (`intake`). It derefs to [`Trees`].
 #[derive(Debug)]
@@ -116,15 +112,9 @@ impl SledStore {
         self.intake.log_claim(job, attempt)
     }
 
-    /// The trees, once they hold every delivery answered before the call (waiting at most
-    /// [`CATCH_UP`]): what the API reads, so that a job is listed as soon as its 202 is sent.
-    pub fn caught_up(&self) -> &Trees {
-        if !self.intake.catch_up(CATCH_UP) {
-            tracing::debug!(
-                "the store has not applied every accepted delivery yet; reading what it holds"
-            );
-        }
-        &self.trees
+    /// What to wait on until the trees hold every delivery taken in before this call.
+    pub fn catch_up(&self) -> intake::CatchUp {
+        self.intake.catch_up()
     }
 
     /// Writes a probe entry to the intake log (whether it takes writes).

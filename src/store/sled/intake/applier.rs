@@ -11,31 +11,29 @@ use super::{Closed, Shared, lock};
 use crate::store::jobs::Applied;
 use crate::store::sled::Trees;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// At most this many deliveries go into one sled transaction.
 const BATCH: usize = 1024;
 
 /// The shortest time between two of the applier's transactions while deliveries queue up
-/// for it. sled 0.34 seals and writes
-/// its io buffer twice per transaction (a `pwrite` + `sync_file_range` on its thread pool,
-/// waking all its io threads each time), whatever the transaction holds: with a transaction
-/// per handful of deliveries, that was a quarter of bb2tc's CPU under load.
+/// for it. sled 0.34 seals and writes its io buffer twice per transaction (a `pwrite` +
+/// `sync_file_range` on its thread pool, waking all its io threads each time), whatever the
+/// transaction holds: with a transaction per handful of deliveries, that was a quarter of
+/// bb2tc's CPU under load.
 const PACE: Duration = Duration::from_millis(2);
 
 /// How long a batch sled refused waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// The highest delivery sequence number applied, for those who wait for it.
-type Watermark = Arc<(Mutex<u64>, Condvar)>;
-
 #[derive(Debug)]
 pub struct Applier {
     trees: Arc<Trees>,
     stop: Arc<AtomicBool>,
-    applied: Watermark,
+    /// The highest delivery sequence number applied, for those who wait for it.
+    applied: watch::Receiver<u64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -45,7 +43,7 @@ struct Run {
     closed: Arc<Mutex<Vec<Closed>>>,
     events: mpsc::UnboundedSender<Applied>,
     stop: Arc<AtomicBool>,
-    applied: Watermark,
+    applied: watch::Sender<u64>,
 }
 
 impl Applier {
@@ -57,14 +55,14 @@ impl Applier {
         events: mpsc::UnboundedSender<Applied>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let applied: Watermark = Arc::default();
+        let (watermark, applied) = watch::channel(0);
         let run = Run {
             trees: trees.clone(),
             pending,
             closed,
             events,
             stop: stop.clone(),
-            applied: applied.clone(),
+            applied: watermark,
         };
         let thread = std::thread::Builder::new()
             .name("bb2tc-intake-apply".into())
@@ -108,16 +106,9 @@ impl Applier {
         &self.trees
     }
 
-    /// Waits (at most `limit`) until delivery `seq` is applied; whether it was.
-    pub fn wait_applied(&self, seq: u64, limit: Duration) -> bool {
-        let (applied, changed) = &*self.applied;
-        let guard = applied
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (_guard, timeout) = changed
-            .wait_timeout_while(guard, limit, |at| *at < seq)
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        !timeout.timed_out()
+    /// The highest delivery sequence number applied, as it changes.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
     }
 }
 
@@ -154,9 +145,7 @@ impl Run {
         }
         let last = batch.last().map_or(0, |(seq, _)| *seq);
         let _ = self.events.send(applied);
-        let (at, changed) = &*self.applied;
-        *at.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = last;
-        changed.notify_all();
+        self.applied.send_replace(last);
         self.checkpoint(last);
         true
     }

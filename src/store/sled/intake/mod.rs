@@ -8,9 +8,10 @@
 //! memory, in [`Pending`]; the rest are read from sled), one framed entry, and its share of
 //! one `write` + `fdatasync` per group of concurrent deliveries (`writer`). The 202 is sent
 //! then. The writer hands each durable delivery, in order, to the applier thread
-//! (`applier`), which writes batches of them into sled in one transaction each (at most one
-//! every 2 ms while deliveries queue up) — jobs coalesced there as before, the last applied sequence number
-//! in the same transaction — and announces the new jobs to the workers.
+//! (`applier`), which writes batches of them into sled in one transaction each (at most
+//! one every 2 ms while deliveries queue up) — jobs coalesced there as before, the last
+//! applied sequence number in the same transaction — and announces the new jobs to the
+//! workers.
 //!
 //! The worker's in-flight mark goes into the same log ([`Entry::Claim`]): the claim is
 //! written to sled first, and the call waits only for the log's fsync.
@@ -303,21 +304,50 @@ impl Intake {
         Ok(durable)
     }
 
-    /// Waits (at most `limit`) until sled holds every delivery taken in before the call, so
-    /// that a reader sees what was answered 202 before it asked; `false` when the limit
-    /// passed first (sled is falling behind, or the last delivery was refused).
-    pub fn catch_up(&self, limit: std::time::Duration) -> bool {
-        let last = lock(&self.pending).last_delivery;
-        self.applier.wait_applied(last, limit)
+    /// What to wait on until sled holds every delivery taken in before this call.
+    pub fn catch_up(&self) -> CatchUp {
+        CatchUp {
+            last: lock(&self.pending).last_delivery,
+            applied: self.applier.applied(),
+        }
     }
 
     /// Test-only: waits until the applier has applied every delivery recorded so far.
     #[cfg(test)]
     pub fn wait_applied(&self) {
-        assert!(
-            self.catch_up(std::time::Duration::from_secs(10)),
-            "the applier did not catch up"
-        );
+        let catch_up = self.catch_up();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !catch_up.is_done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the applier did not catch up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+}
+
+/// Until sled holds the deliveries taken in before it was made (see [`Intake::catch_up`]).
+#[derive(Debug)]
+pub struct CatchUp {
+    last: u64,
+    applied: watch::Receiver<u64>,
+}
+
+impl CatchUp {
+    /// Waits (at most `limit`, on the calling task) until sled holds them, so that a reader
+    /// sees what was answered 202 before it asked; `false` when the limit passed first
+    /// (sled is falling behind, or the last delivery was refused) or the store closed.
+    pub async fn wait(mut self, limit: std::time::Duration) -> bool {
+        let last = self.last;
+        let applied = self.applied.wait_for(|at| *at >= last);
+        matches!(tokio::time::timeout(limit, applied).await, Ok(Ok(_)))
+    }
+
+    /// Whether sled holds them already.
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
+        *self.applied.borrow() >= self.last
     }
 }
 
