@@ -147,35 +147,10 @@ async fn kill_9_during_a_stream_of_pushes_loses_and_doubles_nothing() {
     tc.add_token("t", "jdoe");
     let bridge = Bridge::start(&config, "");
     tc.wait_for_builds(accepted.len()).await;
-    // Wait until nothing is pending or in flight, then count the calls per push.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if jobs_in(&bridge.url, &["pending", "inflight", "dead"]).await == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue never drained"
-        );
-        tokio::task::yield_now().await;
-    }
-    let mut per_branch: HashMap<String, usize> = HashMap::new();
-    for call in tc.build_calls() {
-        *per_branch
-            .entry(call.json()["branchName"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    for n in &accepted {
-        assert_eq!(
-            per_branch.get(&format!("b{n}")),
-            Some(&1),
-            "push {n} lost: {per_branch:?}"
-        );
-    }
-    assert!(
-        per_branch.values().all(|&count| count == 1),
-        "a push was built twice: {per_branch:?}"
-    );
+    // Wait until nothing is pending or in flight, then count the builds per push.
+    wait_until_drained(&bridge.url).await;
+    let branches: Vec<String> = accepted.iter().map(|n| format!("b{n}")).collect();
+    assert_built_exactly_once(&tc, &branches);
     let status = bridge.terminate();
     assert!(status.success(), "SIGTERM exits 0: {status:?}");
 }

@@ -5,7 +5,6 @@
 
 use crate::support::process::Bridge;
 use crate::support::*;
-use std::collections::HashMap;
 use std::time::Duration;
 
 const PUSHES: u32 = 20;
@@ -33,15 +32,6 @@ async fn try_push(http: &reqwest::Client, url: &str, n: u32) -> Result<u16, reqw
 
 async fn push(http: &reqwest::Client, url: &str, n: u32) -> u16 {
     try_push(http, url, n).await.unwrap()
-}
-
-/// The builds the fake TeamCity was asked for, per branch.
-fn builds_per_branch(tc: &FakeTeamCity) -> HashMap<String, usize> {
-    let mut per_branch: HashMap<String, usize> = HashMap::new();
-    for (_, _, branch, _) in tc.builds() {
-        *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
-    }
-    per_branch
 }
 
 /// Where the entries of an intake log segment end (frames: u32 length, u32 CRC, payload;
@@ -98,7 +88,7 @@ async fn a_write_torn_by_kill_9_is_dropped_and_every_202_built_once() {
     let bridge = Bridge::start(&config, "");
     tc.wait_for_builds(PUSHES as usize).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let per_branch = builds_per_branch(&tc);
+    let per_branch = tc.builds_per_branch();
     for n in 1..=PUSHES {
         assert_eq!(
             per_branch.get(&format!("t{n}")),
@@ -180,26 +170,9 @@ async fn kill_9_amid_checkpoints_loses_and_doubles_nothing() {
     // Started once more: every acknowledged push is built exactly once, none twice.
     let bridge = Bridge::start(&config, "");
     tc.wait_for_builds(accepted.len()).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while jobs_in(&bridge.url, &["pending", "inflight", "dead"]).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "queue never drained"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let per_branch = builds_per_branch(&tc);
-    for n in &accepted {
-        assert_eq!(
-            per_branch.get(&format!("t{n}")),
-            Some(&1),
-            "push {n} lost or doubled"
-        );
-    }
-    assert!(
-        per_branch.values().all(|&count| count == 1),
-        "a push was built twice: {per_branch:?}"
-    );
+    wait_until_drained(&bridge.url).await;
+    let branches: Vec<String> = accepted.iter().map(|n| format!("t{n}")).collect();
+    assert_built_exactly_once(&tc, &branches);
     // The checkpoints removed what sled held: a few segments are left, not one per 64 KiB.
     let segments = std::fs::read_dir(&store)
         .unwrap()

@@ -139,21 +139,12 @@ async fn two_bridges(config: &Path) -> ([Option<Bridge>; 2], Vec<String>, usize)
     (bridges, urls, holder)
 }
 
-/// Builds TeamCity got, per branch.
-fn builds_per_branch(tc: &FakeTeamCity) -> HashMap<String, usize> {
-    let mut per_branch = HashMap::new();
-    for (_, _, branch, _) in tc.builds() {
-        *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
-    }
-    per_branch
-}
-
 /// Waits until TeamCity has a build of every branch `b1`..`b{pushes}`; then asserts that
 /// each was built exactly once.
 async fn assert_each_built_once(tc: &FakeTeamCity, pushes: u32, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let per_branch = builds_per_branch(tc);
+        let per_branch = tc.builds_per_branch();
         let lost: Vec<u32> = (1..=pushes)
             .filter(|n| !per_branch.contains_key(&format!("b{n}")))
             .collect();
@@ -168,7 +159,8 @@ async fn assert_each_built_once(tc: &FakeTeamCity, pushes: u32, within: Duration
     }
     // Anything sent twice would have arrived by now, too.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let doubled: Vec<(String, usize)> = builds_per_branch(tc)
+    let doubled: Vec<(String, usize)> = tc
+        .builds_per_branch()
         .into_iter()
         .filter(|(_, n)| *n > 1)
         .collect();
@@ -627,7 +619,10 @@ async fn a_delivery_the_database_refuses_fails_alone_in_its_group() {
         );
     }
     assert_each_built_once(&tc, PUSHES, Duration::from_secs(15)).await;
-    assert!(!builds_per_branch(&tc).contains_key(&format!("b{}", PUSHES + 1)));
+    assert!(
+        !tc.builds_per_branch()
+            .contains_key(&format!("b{}", PUSHES + 1))
+    );
 
     query(&url, "DROP TRIGGER refuse_delivery ON bb2tc_deliveries").await;
     let (status, again) = app.dc_push(&push(PUSHES + 1), "refused").await;

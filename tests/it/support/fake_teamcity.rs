@@ -192,6 +192,15 @@ impl FakeTeamCity {
             .collect()
     }
 
+    /// How many builds TeamCity has of each branch (the default branch as "").
+    pub fn builds_per_branch(&self) -> std::collections::HashMap<String, usize> {
+        let mut per_branch = std::collections::HashMap::new();
+        for (_, _, branch, _) in self.builds() {
+            *per_branch.entry(branch.unwrap_or_default()).or_default() += 1;
+        }
+        per_branch
+    }
+
     /// Finished builds report this status (`SUCCESS` or `FAILURE`) and status text
     /// (default: `SUCCESS`, "Success").
     pub fn finish_as(&self, status: &str, text: &str) {

@@ -160,6 +160,34 @@ pub async fn jobs_in(url: &str, states: &[&str]) -> usize {
     count
 }
 
+/// Waits (at most 30 s) until the bridge at `url` has no pending, in-flight or dead job.
+pub async fn wait_until_drained(url: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while jobs_in(url, &["pending", "inflight", "dead"]).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "queue never drained"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Every accepted push's branch was built exactly once, and no branch twice.
+pub fn assert_built_exactly_once(tc: &FakeTeamCity, accepted_branches: &[String]) {
+    let per_branch = tc.builds_per_branch();
+    for branch in accepted_branches {
+        assert_eq!(
+            per_branch.get(branch),
+            Some(&1),
+            "the push to {branch} was lost or doubled"
+        );
+    }
+    assert!(
+        per_branch.values().all(|&count| count == 1),
+        "a push was built twice: {per_branch:?}"
+    );
+}
+
 /// Fails if any file under `dir` contains one of `secrets`.
 pub fn assert_no_file_holds(dir: &Path, secrets: &[&str]) {
     let mut todo = vec![dir.to_owned()];
@@ -518,26 +546,21 @@ impl TestApp {
 
     /// The newest `limit` deliveries the admin API lists.
     pub async fn api_deliveries(&self, limit: usize) -> Vec<serde_json::Value> {
-        let response = self
-            .admin(reqwest::Method::GET, &format!("/deliveries?limit={limit}"))
-            .send()
+        self.api_list(&format!("/deliveries?limit={limit}"), "deliveries")
             .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
-        body["deliveries"].as_array().unwrap().clone()
     }
 
     /// The jobs the admin API lists for `query` (e.g. `?state=dead`).
     pub async fn api_jobs(&self, query: &str) -> Vec<serde_json::Value> {
-        let response = self
-            .admin(reqwest::Method::GET, &format!("/jobs{query}"))
-            .send()
-            .await
-            .unwrap();
+        self.api_list(&format!("/jobs{query}"), "jobs").await
+    }
+
+    /// `GET /api/v1{path}`: checks the status; the array under `key`.
+    async fn api_list(&self, path: &str, key: &str) -> Vec<serde_json::Value> {
+        let response = self.admin(reqwest::Method::GET, path).send().await.unwrap();
         assert_eq!(response.status(), 200);
         let body: serde_json::Value = response.json().await.unwrap();
-        body["jobs"].as_array().unwrap().clone()
+        body[key].as_array().unwrap().clone()
     }
 
     /// `GET /metrics`: checks the status and the Prometheus content type; the text.
