@@ -4,8 +4,10 @@
 //! whose records carried no format version; `tests/upgrade/store-96cd6c8/` by commit
 //! 96cd6c8, the last release of store format 1 (versioned records, no intake log). Both hold
 //! the same things, as does `tests/upgrade/store-551746f/` (format 2, with an intake log
-//! left by a crash) (`tests/upgrade/regenerate.sh` rebuilds them from those commits), and
-//! the same test opens each. Every later format change adds its own store here.
+//! left by a crash), and `tests/upgrade/store-3a2b10f/` (format 3: every job in one tree,
+//! the intake log left by a crash) with two done jobs more (`tests/upgrade/regenerate.sh`
+//! rebuilds them from those commits), and the same test opens each. Every later format
+//! change adds its own store here.
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
@@ -54,9 +56,79 @@ async fn a_store_of_551746f_opens_with_nothing_lost() {
     opens_with_nothing_lost("551746f").await;
 }
 
+/// Format 3, left as a crash leaves it, with a done job whose build is no longer followed
+/// and one whose build is: the first moves to the tree of finished jobs (format 4), and
+/// both are still listed and counted.
+#[tokio::test]
+async fn a_store_of_3a2b10f_opens_with_nothing_lost_and_its_finished_job_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _tc) = open_and_check(dir.path(), "3a2b10f").await;
+    let done = app.api_jobs("?state=done&limit=100").await;
+    let done_branch = |branch: &str| {
+        done.iter()
+            .find(|j| j["branch"] == branch)
+            .unwrap_or_else(|| panic!("no done job for {branch}: {done:?}"))
+            .clone()
+    };
+    assert_eq!(done_branch("finished")["build_id"], 7, "{done:?}");
+    assert_eq!(done_branch("followed")["build_id"], 8, "{done:?}");
+    // The finished jobs are counted after start-up; the count catches up with the list.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = app.api_jobs("?state=done&limit=100").await.len() as f64;
+        let counted = metric_value(
+            &app.metrics().await,
+            r#"bb2tc_queue_depth{server="main",state="done"}"#,
+        );
+        if counted == Some(listed) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{counted:?} counted, {listed} listed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let finished_key = job_key(&done, "finished");
+    let (_, store) = app.stop().await;
+    let db = sled::open(&store).unwrap();
+    let meta = db.open_tree("meta").unwrap();
+    assert_eq!(
+        meta.get("format_version").unwrap().as_deref(),
+        Some(&[4u8][..])
+    );
+    let finished = db.open_tree("finished_jobs").unwrap();
+    assert!(finished.get(finished_key).unwrap().is_some());
+    let jobs = db.open_tree("jobs").unwrap();
+    assert!(jobs.get(finished_key).unwrap().is_none());
+}
+
+/// The sled key of the listed job for `branch`.
+fn job_key(jobs: &[serde_json::Value], branch: &str) -> [u8; 8] {
+    let job = jobs.iter().find(|j| j["branch"] == branch).unwrap();
+    job["id"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        .to_be_bytes()
+}
+
+fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
 async fn opens_with_nothing_lost(release: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (store, session) = old_store(dir.path(), release);
+    let (app, _tc) = open_and_check(dir.path(), release).await;
+    app.stop().await;
+}
+
+/// Opens the old store of `release` in `dir` and checks that everything it holds is there
+/// and works; the running bridge, and its TeamCity.
+async fn open_and_check(dir: &Path, release: &str) -> (TestApp, FakeTeamCity) {
+    let (store, session) = old_store(dir, release);
     let tc = FakeTeamCity::start().await;
     tc.add_token("tc-jdoe", "jdoe");
     tc.add_token("tc-asmith", "asmith");
@@ -153,7 +225,7 @@ async fn opens_with_nothing_lost(release: &str) {
         "{metrics}"
     );
     assert_eq!(tc.build_calls().len(), 4, "nothing sent twice");
-    app.stop().await;
+    (app, tc)
 }
 
 #[tokio::test]

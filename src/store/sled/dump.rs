@@ -22,7 +22,10 @@ impl Trees {
                 dump.sessions.push((key.to_vec(), session));
             }
         }
-        for item in self.records::<Job>(&self.jobs) {
+        for item in self
+            .records::<Job>(&self.jobs)
+            .chain(self.records::<Job>(&self.finished))
+        {
             dump.jobs.push(item?.1);
         }
         for item in self.latest.iter() {
@@ -60,7 +63,7 @@ impl Trees {
         Ok(Counts {
             tokens: self.tokens.len(),
             sessions: self.sessions.len(),
-            jobs: self.jobs.len(),
+            jobs: self.jobs.len() + self.finished.len(),
             marks: self.seen_changes.len() + ids,
             deliveries: self.deliveries.len(),
         })
@@ -74,7 +77,12 @@ impl Trees {
             self.sessions.insert(key.as_slice(), encode(session)?)?;
         }
         for job in &dump.jobs {
-            self.jobs.insert(job.id.to_be_bytes(), encode(job)?)?;
+            let tree = if super::finished::settled(job) {
+                &self.finished
+            } else {
+                &self.jobs
+            };
+            tree.insert(job.id.to_be_bytes(), encode(job)?)?;
         }
         for (key, id) in &dump.latest {
             self.latest.insert(key.as_slice(), &id.to_be_bytes())?;

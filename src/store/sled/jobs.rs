@@ -1,9 +1,11 @@
-//! Jobs and deliveries in sled: `jobs` (id, big-endian → job), `latest_jobs` (coalescing key
-//! → newest job id), `deliveries` and `seen_changes`. What happens to a job is decided by
+//! Jobs and deliveries in sled: `jobs` (id, big-endian → job) and `finished_jobs` (the same,
+//! for jobs with nothing left to do, see `finished`), `latest_jobs` (coalescing key → newest
+//! job id), `deliveries` and `seen_changes`. What happens to a job is decided by
 //! [`crate::job::lifecycle`]; each method here reads what a transition needs and applies the
 //! writes it returns in one transaction.
 
 use super::Trees;
+use super::finished::{self, CountCursor, JobTrees, Unreadable, job_key};
 use super::intake::segment::Accepted;
 use super::records::{decode, decode_mark, encode, encode_mark};
 use crate::job::lifecycle::{self, Refused, Transition, Write};
@@ -12,33 +14,11 @@ use crate::store::jobs::{Applied, DeliveryRecord, Unchanged};
 use crate::store::{DEDUP_WINDOW_MS, StoreError};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
-use std::cell::RefCell;
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
 
-fn job_key(id: u64) -> [u8; 8] {
-    id.to_be_bytes()
-}
-
 fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
     ConflictableTransactionError::Abort(e)
-}
-
-/// Keys of job records found unreadable inside a transaction, set aside after it.
-type Unreadable = RefCell<Vec<Vec<u8>>>;
-
-/// A job inside a transaction; one that cannot be decoded counts as absent and is noted.
-fn read_job(tree: &TransactionalTree, id: u64, bad: &Unreadable) -> TxResult<Option<Job>> {
-    let Some(bytes) = tree.get(job_key(id))? else {
-        return Ok(None);
-    };
-    match decode::<Job>(&bytes) {
-        Ok(job) => Ok(Some(job)),
-        Err(_) => {
-            bad.borrow_mut().push(job_key(id).to_vec());
-            Ok(None)
-        }
-    }
 }
 
 /// The id of the newest job for `key`.
@@ -65,15 +45,11 @@ fn made_statuses(t: &Transition) -> Vec<Job> {
         .collect()
 }
 
-fn apply(jobs: &TransactionalTree, latest: &TransactionalTree, writes: &[Write]) -> TxResult<()> {
+fn apply(jobs: &JobTrees<'_>, latest: &TransactionalTree, writes: &[Write]) -> TxResult<()> {
     for write in writes {
         match write {
-            Write::Put(job) => {
-                jobs.insert(&job_key(job.id), encode(job.as_ref()).map_err(abort)?)?;
-            }
-            Write::Delete(id) => {
-                jobs.remove(&job_key(*id))?;
-            }
+            Write::Put(job) => jobs.put(job)?,
+            Write::Delete(id) => jobs.remove(*id)?,
             Write::SetLatest { key, id } => {
                 latest.insert(key.as_slice(), &job_key(*id))?;
             }
@@ -104,12 +80,22 @@ fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
 }
 
 impl Trees {
-    /// Counts the jobs a transaction wrote; `before` are the jobs it read.
-    fn count_writes(&self, before: &[&Job], writes: &[Write]) {
-        let find = |id: u64| before.iter().copied().find(|j| j.id == id);
+    /// Counts the jobs a transaction wrote; `before` are the jobs it read. A finished job
+    /// that the count after start-up has still to reach is left to it (`finished`).
+    fn count_writes(&self, cursor: &CountCursor, before: &[&Job], writes: &[Write]) {
+        let find = |id: u64| {
+            before
+                .iter()
+                .copied()
+                .find(|j| j.id == id)
+                .filter(|j| !cursor.leaves_to_count(j))
+        };
         for write in writes {
             match write {
-                Write::Put(job) => self.stats.job_changed(find(job.id), Some(job)),
+                Write::Put(job) => self.stats.job_changed(
+                    find(job.id),
+                    Some(job.as_ref()).filter(|j| !cursor.leaves_to_count(j)),
+                ),
                 Write::Delete(id) => self.stats.job_changed(find(*id), None),
                 Write::SetLatest { .. } | Write::ClearLatest { .. } => {}
             }
@@ -119,6 +105,7 @@ impl Trees {
     fn set_aside_jobs(&self, bad: Unreadable) {
         for key in bad.into_inner() {
             self.set_aside_if_unreadable::<Job>(&self.jobs, &key);
+            self.set_aside_if_unreadable::<Job>(&self.finished, &key);
         }
     }
 
@@ -149,9 +136,11 @@ impl Trees {
             &self.jobs,
             &self.latest,
             &self.meta,
+            &self.finished,
         )
-            .transaction(|(deliveries, seen, jobs, latest, meta)| {
+            .transaction(|(deliveries, seen, jobs, latest, meta, finished)| {
                 bad.borrow_mut().clear();
+                let jobs = JobTrees { jobs, finished };
                 let mut transitions = Vec::new();
                 let mut next_job_id = read_u64(meta, NEXT_JOB_ID)?;
                 for (_, accepted) in batch {
@@ -162,11 +151,11 @@ impl Trees {
                     deliveries.insert(record.id.as_bytes(), encode(record).map_err(abort)?)?;
                     for job in &accepted.jobs {
                         let newest = match latest_id(latest, &job.coalescing_key())? {
-                            Some(id) => read_job(jobs, id, &bad)?,
+                            Some(id) => jobs.get(id, &bad)?,
                             None => None,
                         };
                         let t = lifecycle::enqueue(job.clone(), newest.as_ref());
-                        apply(jobs, latest, &t.writes)?;
+                        apply(&jobs, latest, &t.writes)?;
                         next_job_id = next_job_id.max(job.id + 1);
                         transitions.push(t);
                     }
@@ -180,7 +169,8 @@ impl Trees {
         let mut applied = Applied::default();
         for t in transitions {
             let before: Vec<&Job> = t.coalesced.iter().collect();
-            self.count_writes(&before, &t.writes);
+            // New jobs and the pending ones they replace: never finished ones.
+            self.count_writes(&CountCursor::DONE, &before, &t.writes);
             if let Some(old) = &t.coalesced {
                 applied.coalesced.push((old.server.clone(), old.id));
             }
@@ -207,11 +197,13 @@ impl Trees {
             .get(NEXT_JOB_ID)?
             .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
             .map_or(0, u64::from_be_bytes);
-        let stored = self
-            .jobs
-            .last()?
-            .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
-            .map_or(0, u64::from_be_bytes);
+        let last = |tree: &sled::Tree| -> Result<u64, StoreError> {
+            Ok(tree
+                .last()?
+                .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
+                .map_or(0, u64::from_be_bytes))
+        };
+        let stored = last(&self.jobs)?.max(last(&self.finished)?);
         let generated = self.db.generate_id()?;
         Ok(kept.max(stored + 1).max(generated + 1).max(last_in_log + 1))
     }
@@ -238,30 +230,34 @@ impl Trees {
         decide: impl Fn(
             &Job,
             Option<u64>,
-            &TransactionalTree,
+            &JobTrees<'_>,
             &TransactionalTree,
         ) -> TxResult<Result<Transition, Refused>>,
     ) -> Result<Result<Transition, Unchanged>, StoreError> {
         let bad = Unreadable::default();
-        let result = (&self.jobs, &self.latest).transaction(|(jobs, latest)| {
-            bad.borrow_mut().clear();
-            let Some(job) = read_job(jobs, id, &bad)? else {
-                return Ok(Err(Unchanged::Gone));
-            };
-            let newest = latest_id(latest, &job.coalescing_key())?;
-            match decide(&job, newest, jobs, latest)? {
-                Ok(t) => {
-                    apply(jobs, latest, &t.writes)?;
-                    Ok(Ok((job, t)))
+        // Held from the transaction to its count (see `finished`).
+        let cursor = self.finished_count.hold();
+        let result =
+            (&self.jobs, &self.latest, &self.finished).transaction(|(jobs, latest, finished)| {
+                bad.borrow_mut().clear();
+                let jobs = JobTrees { jobs, finished };
+                let Some(job) = jobs.get(id, &bad)? else {
+                    return Ok(Err(Unchanged::Gone));
+                };
+                let newest = latest_id(latest, &job.coalescing_key())?;
+                match decide(&job, newest, &jobs, latest)? {
+                    Ok(t) => {
+                        apply(&jobs, latest, &t.writes)?;
+                        Ok(Ok((job, t)))
+                    }
+                    Err(Refused::WrongState(state)) => Ok(Err(Unchanged::InState(state))),
                 }
-                Err(Refused::WrongState(state)) => Ok(Err(Unchanged::InState(state))),
-            }
-        });
+            });
         self.set_aside_jobs(bad);
         Ok(result?.map(|(before, t)| {
             let mut all_before = vec![&before];
             all_before.extend(&t.also_changed);
-            self.count_writes(&all_before, &t.writes);
+            self.count_writes(&cursor, &all_before, &t.writes);
             t
         }))
     }
@@ -304,7 +300,7 @@ impl Trees {
         let bad = Unreadable::default();
         let t = self.transition(id, |job, latest, jobs, latest_tree| {
             let newest = match latest.filter(|&l| l != id) {
-                Some(newest) => read_job(jobs, newest, &bad)?,
+                Some(newest) => jobs.get(newest, &bad)?,
                 None => None,
             };
             let mut t = lifecycle::sent(job, finish, latest, newest.as_ref(), now);
@@ -358,7 +354,7 @@ impl Trees {
         job: &Job,
         report: Option<status::StatusReport>,
         now: u64,
-        jobs: &TransactionalTree,
+        jobs: &JobTrees<'_>,
         latest: &TransactionalTree,
         bad: &Unreadable,
     ) -> TxResult<()> {
@@ -370,7 +366,7 @@ impl Trees {
         made.created_at = now;
         made.next_attempt_at = now;
         let waiting = match latest_id(latest, &made.coalescing_key())? {
-            Some(id) => read_job(jobs, id, bad)?,
+            Some(id) => jobs.get(id, bad)?,
             None => None,
         };
         t.writes
@@ -404,7 +400,7 @@ impl Trees {
         let bad = Unreadable::default();
         let t = self.transition(id, |job, newest, jobs, _| {
             let newest = match newest {
-                Some(newest) => read_job(jobs, newest, &bad)?,
+                Some(newest) => jobs.get(newest, &bad)?,
                 None => None,
             };
             Ok(lifecycle::revive(job, newest.as_ref(), now))
@@ -423,19 +419,38 @@ impl Trees {
 
     /// Whether a job is still stored (cheaper than reading it).
     pub fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
-        Ok(self.jobs.contains_key(job_key(id))?)
+        Ok(self.jobs.contains_key(job_key(id))? || self.finished.contains_key(job_key(id))?)
     }
 
     /// One job.
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
-        self.read_record(&self.jobs, &job_key(id))
+        match self.read_record(&self.jobs, &job_key(id))? {
+            Some(job) => Ok(Some(job)),
+            None => self.read_record(&self.finished, &job_key(id)),
+        }
+    }
+
+    /// Every job, live and finished, newest first.
+    fn jobs_newest_first(&self) -> impl Iterator<Item = Result<Job, StoreError>> + '_ {
+        finished::newest_first(
+            self.records_rev::<Job>(&self.jobs),
+            self.records_rev::<Job>(&self.finished),
+        )
     }
 
     /// Jobs, newest first, optionally of one state.
     pub fn list_jobs(&self, state: Option<JobState>, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut out = Vec::new();
-        for item in self.records_rev::<Job>(&self.jobs) {
-            let (_, job) = item?;
+        // Only done jobs are ever finished.
+        let all: Box<dyn Iterator<Item = Result<Job, StoreError>>> = match state {
+            None | Some(JobState::Done) => Box::new(self.jobs_newest_first()),
+            Some(_) => Box::new(
+                self.records_rev::<Job>(&self.jobs)
+                    .map(|r| r.map(|(_, j)| j)),
+            ),
+        };
+        for job in all {
+            let job = job?;
             if state.is_none_or(|s| s == job.state) {
                 out.push(job);
                 if out.len() >= limit {
@@ -454,8 +469,8 @@ impl Trees {
         limit: usize,
     ) -> Result<Vec<Job>, StoreError> {
         let mut out = Vec::new();
-        for item in self.records_rev::<Job>(&self.jobs) {
-            let (_, job) = item?;
+        for job in self.jobs_newest_first() {
+            let job = job?;
             let mine = match (tokens, &job.token) {
                 (None, _) => true,
                 (Some(ids), crate::job::TokenRef::User(id)) => ids.contains(id),
@@ -494,8 +509,10 @@ impl Trees {
             decode::<DeliveryRecord>(value).map_or(true, |d| old(d.received_at))
         })?;
         let mut done = Vec::new();
-        for item in self.jobs.iter() {
-            let (key, value) = item?;
+        // Finished jobs, and done ones whose build is still followed (following ends 24 h
+        // after the build was queued, so few are that old).
+        for item in self.finished.iter().chain(self.jobs.iter()) {
+            let (_, value) = item?;
             if let Ok(job) = decode::<Job>(&value)
                 && job.state == JobState::Done
                 && old(job.finished_at.unwrap_or(0))
@@ -505,7 +522,6 @@ impl Trees {
                     removed += self.remove_done(&mut done)?;
                 }
             }
-            drop(key);
         }
         removed += self.remove_done(&mut done)?;
         Ok(removed)
@@ -815,6 +831,157 @@ mod tests {
         );
         assert!(store.remove_job(jobs[1].id).unwrap());
         assert!(!store.remove_job(jobs[1].id).unwrap());
+    }
+
+    fn done(build_id: Option<u64>) -> Finish {
+        Finish::Done {
+            build_id,
+            web_url: None,
+            warning: None,
+        }
+    }
+
+    /// Done jobs of server `main`, as counted.
+    fn done_count(store: &super::super::SledStore) -> usize {
+        store
+            .stats()
+            .jobs
+            .get(&(ServerId::new("main"), JobState::Done))
+            .map_or(0, |q| q.count)
+    }
+
+    #[test]
+    fn a_finished_job_moves_to_its_own_tree_and_is_still_found_listed_and_removed() {
+        let (_dir, store) = temp_sled();
+        let mut b = change("b", 'b');
+        b.jobs[0].cancel_superseded = true;
+        let (jobs, _) = recorded(
+            store
+                .record_now(
+                    &delivery("1"),
+                    true,
+                    &[change("a", 'a'), b, change("c", 'c')],
+                )
+                .unwrap(),
+        );
+        for job in &jobs {
+            store.claim_job(job.id).unwrap().unwrap();
+        }
+        // No build id: nothing to follow, finished at once.
+        store
+            .finish_job(jobs[0].id, &done(None), now())
+            .unwrap()
+            .unwrap();
+        // A build to follow: live until following ends.
+        store
+            .finish_job(jobs[1].id, &done(Some(7)), now())
+            .unwrap()
+            .unwrap();
+        assert!(store.finished.contains_key(job_key(jobs[0].id)).unwrap());
+        assert!(!store.jobs.contains_key(job_key(jobs[0].id)).unwrap());
+        assert!(store.jobs.contains_key(job_key(jobs[1].id)).unwrap());
+        let gone = follow::Seen::Gone("TeamCity answered 404".into());
+        let observed = store
+            .observe_build(jobs[1].id, &gone, now())
+            .unwrap()
+            .unwrap();
+        assert!(finished::settled(&observed));
+        assert!(store.finished.contains_key(job_key(jobs[1].id)).unwrap());
+        assert!(!store.jobs.contains_key(job_key(jobs[1].id)).unwrap());
+
+        // Read, listed (newest first across both trees), counted — but not resumed.
+        assert_eq!(
+            store.job(jobs[0].id).unwrap().unwrap().state,
+            JobState::Done
+        );
+        assert!(store.job_exists(jobs[1].id).unwrap());
+        let ids = |list: Vec<Job>| list.iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.list_jobs(None, 10).unwrap()),
+            vec![jobs[2].id, jobs[1].id, jobs[0].id]
+        );
+        assert_eq!(
+            ids(store.list_jobs(Some(JobState::Done), 10).unwrap()),
+            vec![jobs[1].id, jobs[0].id]
+        );
+        assert_eq!(
+            ids(store.list_jobs(Some(JobState::Done), 1).unwrap()),
+            vec![jobs[1].id]
+        );
+        assert_eq!(ids(store.recent_builds(None, 10).unwrap()).len(), 3);
+        assert_eq!(done_count(&store), 2);
+        assert_eq!(ids(store.resume_jobs(now()).unwrap()), vec![jobs[2].id]);
+
+        // A new push of a finished job's branch still finds it as the newest of its key:
+        // the build it queued is to be cancelled.
+        let mut cancelling = change("b", 'e');
+        cancelling.jobs[0].cancel_superseded = true;
+        let (newer, _) = recorded(
+            store
+                .record_now(&delivery("2"), true, &[cancelling])
+                .unwrap(),
+        );
+        let newer = store.job(newer[0].id).unwrap().unwrap();
+        assert_eq!(
+            newer
+                .supersedes
+                .iter()
+                .map(|s| (s.job, s.build_id))
+                .collect::<Vec<_>>(),
+            vec![(jobs[1].id, 7)]
+        );
+
+        assert!(store.remove_job(jobs[0].id).unwrap());
+        assert!(store.job(jobs[0].id).unwrap().is_none());
+        assert!(!store.remove_job(jobs[0].id).unwrap());
+        assert_eq!(done_count(&store), 1);
+        // Ids are never given twice, whichever tree holds the newest.
+        assert!(store.next_job_id(0).unwrap() > jobs[2].id + 1);
+    }
+
+    #[test]
+    fn finished_jobs_are_counted_after_a_restart_exactly_while_they_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::store::test_support::settings(dir.path());
+        let n = 2 * finished::COUNT_CHUNK + 100;
+        let (first, last_two) = {
+            let store = super::super::SledStore::open(&settings).unwrap();
+            let changes: Vec<_> = (0..n + 2).map(|i| change(&format!("b{i}"), 'a')).collect();
+            let (jobs, _) = recorded(store.record_now(&delivery("1"), true, &changes).unwrap());
+            for job in &jobs[..n] {
+                store.claim_job(job.id).unwrap().unwrap();
+                store
+                    .finish_job(job.id, &done(None), now())
+                    .unwrap()
+                    .unwrap();
+            }
+            for job in &jobs[n..] {
+                store.claim_job(job.id).unwrap().unwrap();
+            }
+            assert_eq!(done_count(&store), n);
+            (jobs[0].id, [jobs[n].id, jobs[n + 1].id])
+        };
+        let store = super::super::SledStore::open_counting_by_hand(&settings).unwrap();
+        // Start-up read the live jobs only.
+        assert_eq!(done_count(&store), 0);
+        assert_eq!(store.resume_jobs(now()).unwrap().len(), 2);
+        assert!(store.count_finished_step());
+        assert_eq!(done_count(&store), finished::COUNT_CHUNK);
+        // Counted already, then removed: the removal counts.
+        assert!(store.remove_job(first).unwrap());
+        // Not reached yet, then removed: left to the count, which will not see it.
+        assert!(store.remove_job(first + n as u64 - 1).unwrap());
+        // Finished now, past the cursor: left to the count, which will see it.
+        for id in last_two {
+            store.claim_job(id).unwrap().unwrap();
+            store.finish_job(id, &done(None), now()).unwrap().unwrap();
+        }
+        while store.count_finished_step() {}
+        assert_eq!(store.finished.len(), n);
+        assert_eq!(done_count(&store), n);
+        // Once counted, every write counts for itself.
+        assert!(store.remove_job(last_two[0]).unwrap());
+        assert_eq!(done_count(&store), n - 1);
     }
 
     #[test]

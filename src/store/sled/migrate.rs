@@ -1,5 +1,6 @@
-//! The store's format version, and the one-pass migration of a store written before records
-//! carried one (bb2tc up to a84aaec).
+//! The store's format version, and the one-pass migrations: of a store written before
+//! records carried one (bb2tc up to a84aaec), and of the finished jobs into their own tree
+//! (format 4).
 //!
 //! `meta` holds `format_version`; a store without it is either new (empty) or from a84aaec.
 //! The migration rewrites every record of the record trees with a version byte, in batches;
@@ -21,9 +22,11 @@ use sled::transaction::ConflictableTransactionError;
 /// bb2tc of format 1 would not read that log, so it must refuse a format-2 store; 3 = job
 /// and delivery records of version 2 and intake-log frames of version 2 (pull requests,
 /// cancellation, followed builds, statuses; a delivery's user and repository),
-/// which a bb2tc of format 2 would set aside as unreadable — so it must refuse them too.
-/// Formats 1 and 2 need no rewrite: their jobs and frames are read into the current types.
-pub const FORMAT_VERSION: u8 = 3;
+/// which a bb2tc of format 2 would set aside as unreadable — so it must refuse them too;
+/// 4 = finished jobs in `finished_jobs`, not `jobs` (a bb2tc of format 3 would not see
+/// them). Formats 1 and 2 need no rewrite: their jobs and frames are read into the current
+/// types. Every format before 4 has its finished jobs moved ([`move_finished_jobs`]).
+pub const FORMAT_VERSION: u8 = 4;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const CURSOR_KEY: &[u8] = b"migration_cursor";
@@ -60,12 +63,19 @@ pub fn migrate(
 ) -> Result<usize, StoreError> {
     match meta.get(FORMAT_KEY)?.as_deref() {
         Some([FORMAT_VERSION]) => return Ok(0),
-        Some([old @ (1 | 2)]) => {
+        Some([old @ (1..=3)]) => {
             // Versioned records already: older jobs and log frames are read as they are.
+            let moved = move_finished_jobs(db)?;
+            db.flush()?;
             meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             db.flush()?;
-            tracing::info!(from = old, format = FORMAT_VERSION, "store format raised");
-            return Ok(0);
+            tracing::info!(
+                from = old,
+                format = FORMAT_VERSION,
+                finished_jobs_moved = moved,
+                "store format raised"
+            );
+            return Ok(moved);
         }
         Some([newer]) if *newer > FORMAT_VERSION => {
             return Err(StoreError::Corrupt(format!(
@@ -96,6 +106,7 @@ pub fn migrate(
         migrated += migrate_tree(name, &tree, meta, unreadable, resume_after.take(), rewrite)?;
     }
     rebuild_latest(db)?;
+    migrated += move_finished_jobs(db)?;
     db.flush()?;
     meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
     meta.remove(CURSOR_KEY)?;
@@ -184,6 +195,46 @@ fn rebuild_latest(db: &sled::Db) -> Result<(), StoreError> {
     }
     db.drop_tree("pending_index")?;
     Ok(())
+}
+
+/// Moves the finished jobs (done, their build no longer followed) from `jobs` to
+/// `finished_jobs`, a batch per transaction. Each move is whole, so a crash in the middle
+/// leaves every job in one tree or the other, and running it again moves the rest.
+/// Returns how many moved.
+fn move_finished_jobs(db: &sled::Db) -> Result<usize, StoreError> {
+    let jobs = db.open_tree("jobs")?;
+    let finished = db.open_tree(super::FINISHED_JOBS)?;
+    let mut moved = 0;
+    let mut after: Option<sled::IVec> = None;
+    loop {
+        let range = match &after {
+            Some(key) => jobs.range::<&[u8], _>((
+                std::ops::Bound::Excluded(key.as_ref()),
+                std::ops::Bound::Unbounded,
+            )),
+            None => jobs.iter(),
+        };
+        let batch: Vec<(sled::IVec, sled::IVec)> = range.take(BATCH).collect::<Result<_, _>>()?;
+        let Some((last, _)) = batch.last() else {
+            return Ok(moved);
+        };
+        after = Some(last.clone());
+        // One that cannot be read stays, to be set aside when it is next read.
+        let settled: Vec<&(sled::IVec, sled::IVec)> = batch
+            .iter()
+            .filter(|(_, bytes)| {
+                super::records::decode::<Job>(bytes).is_ok_and(|job| super::finished::settled(&job))
+            })
+            .collect();
+        (&jobs, &finished).transaction(|(jobs, finished)| {
+            for (key, bytes) in &settled {
+                finished.insert(key.as_ref(), bytes.as_ref())?;
+                jobs.remove(key.as_ref())?;
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(())
+        })?;
+        moved += settled.len();
+    }
 }
 
 fn split_cursor(cursor: &[u8]) -> Option<(&[u8], &[u8])> {

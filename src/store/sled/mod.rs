@@ -3,7 +3,11 @@
 //! Trees:
 //! - `tokens`: token id → the token record (the token itself sealed, see `crypto`)
 //! - `token_index`: `source \0 user key \0 server` → token id
-//! - `jobs`: job id (u64, big-endian, so iteration is oldest first) → [`Job`]
+//! - `jobs`: job id (u64, big-endian, so iteration is oldest first) → [`Job`], for every
+//!   job with something left to do, or to be retried (pending, in flight, dead, done with
+//!   its build still followed)
+//! - `finished_jobs`: the same for finished jobs (done, build no longer followed), which
+//!   start-up does not read (`finished`)
 //! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key
 //! - `deliveries`: delivery id → [`DeliveryRecord`](crate::store::DeliveryRecord)
 //! - `seen_changes`: `source \0 repository \0 ref \0 sha` → de-duplication mark (first seen)
@@ -19,13 +23,14 @@
 //! it opens (`migrate`). A record that cannot be read is moved to `unreadable`, counted
 //! (`bb2tc_store_unreadable_records`) and logged — never a reason to fail a start or a
 //! listing. Queue depths and token counts are kept up to date with each write
-//! ([`Stats`]).
+//! ([`Stats`]); the finished jobs are counted by a thread after start-up (`finished`).
 //!
 //! Deliveries and in-flight marks are durable once their intake-log entry is; other writes
 //! that must survive a crash (tokens, sessions, admin changes) are followed by
 //! [`Trees::commit`] (flush + fsync, shared between concurrent callers; see `group_commit`).
 
 mod dump;
+mod finished;
 pub(crate) mod group_commit;
 mod intake;
 mod job_v1;
@@ -48,6 +53,43 @@ use sled::Transactional;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// The tree of finished jobs (`finished`).
+pub(super) const FINISHED_JOBS: &str = "finished_jobs";
+
+/// Counts the finished jobs of the store, a chunk at a time, on a thread of its own; ends
+/// early when the store closes.
+fn count_finished_jobs(trees: std::sync::Weak<Trees>) {
+    let started = std::time::Instant::now();
+    let spawned = std::thread::Builder::new()
+        .name("bb2tc-count-finished".into())
+        .spawn(move || {
+            let mut counted = 0u64;
+            loop {
+                let Some(trees) = trees.upgrade() else { return };
+                let step = trees.finished_count.step(&trees.finished, |job| {
+                    counted += 1;
+                    trees.stats.job_changed(None, Some(job));
+                });
+                match step {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot count the finished jobs; their number in bb2tc_queue_depth stays short");
+                        return;
+                    }
+                }
+            }
+            tracing::info!(
+                jobs = counted,
+                ms = started.elapsed().as_millis() as u64,
+                "finished jobs counted"
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start counting the finished jobs");
+    }
+}
 
 /// sled's page cache. Its default (1 GiB) would let a large backlog grow the process; jobs
 /// are read once per attempt, so a small cache costs little.
@@ -83,6 +125,7 @@ impl SledStore {
         let trees = Arc::new(Trees::open(settings)?);
         *lock_announce(&trees.announce) = Some(events.clone());
         let intake = intake::Intake::start(trees.clone(), settings.intake_segment_bytes, events)?;
+        count_finished_jobs(Arc::downgrade(&trees));
         Ok(Self { intake, trees })
     }
 
@@ -90,6 +133,30 @@ impl SledStore {
     #[cfg(test)]
     pub fn open(settings: &StorageSettings) -> Result<Self, StoreError> {
         Self::start(settings, mpsc::unbounded_channel().0)
+    }
+
+    /// Test-only: [`open`](Self::open) without the thread that counts the finished jobs;
+    /// the test counts them itself, a chunk at a time ([`count_finished_step`]).
+    #[cfg(test)]
+    pub fn open_counting_by_hand(settings: &StorageSettings) -> Result<Self, StoreError> {
+        let trees = Arc::new(Trees::open(settings)?);
+        let intake = intake::Intake::start(
+            trees.clone(),
+            settings.intake_segment_bytes,
+            mpsc::unbounded_channel().0,
+        )?;
+        Ok(Self { intake, trees })
+    }
+
+    /// Test-only: one step of the count of finished jobs; `false` once it is done.
+    #[cfg(test)]
+    pub fn count_finished_step(&self) -> bool {
+        self.trees
+            .finished_count
+            .step(&self.trees.finished, |job| {
+                self.trees.stats.job_changed(None, Some(job))
+            })
+            .unwrap()
     }
 
     /// Records a delivery and its jobs: `Duplicate` when its id was seen (and `dedup_id`),
@@ -159,6 +226,7 @@ pub struct Trees {
     tokens: sled::Tree,
     token_index: sled::Tree,
     jobs: sled::Tree,
+    finished: sled::Tree,
     latest: sled::Tree,
     deliveries: sled::Tree,
     seen_changes: sled::Tree,
@@ -168,6 +236,8 @@ pub struct Trees {
     cipher: TokenCipher,
     committer: GroupCommit,
     stats: Stats,
+    /// How far the count of `finished` after start-up has got.
+    finished_count: finished::FinishedCount,
     id: String,
     /// (device, inode) of the store directory when it was opened.
     identity: Option<(u64, u64)>,
@@ -228,6 +298,7 @@ impl Trees {
             tokens: db.open_tree("tokens")?,
             token_index: db.open_tree("token_index")?,
             jobs: db.open_tree("jobs")?,
+            finished: db.open_tree(FINISHED_JOBS)?,
             latest: db.open_tree("latest_jobs")?,
             deliveries: db.open_tree("deliveries")?,
             seen_changes: db.open_tree("seen_changes")?,
@@ -239,6 +310,7 @@ impl Trees {
             cipher,
             committer,
             stats: Stats::default(),
+            finished_count: Default::default(),
             identity,
             id,
             #[cfg(test)]
@@ -257,7 +329,8 @@ impl Trees {
         &self.id
     }
 
-    /// Counts jobs, tokens and set-aside records once, at open.
+    /// Counts the live jobs, tokens and set-aside records once, at open (the finished jobs
+    /// are counted later, see [`count_finished_jobs`]).
     fn count_all(&self) -> Result<(), StoreError> {
         self.stats.set_aside(self.unreadable.len());
         for item in self.records::<Job>(&self.jobs) {
