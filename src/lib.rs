@@ -50,10 +50,11 @@
 //! - [`job`] — jobs, and their lifecycle as pure functions of (job, event, now); when a build
 //!   is asked about (`follow`) and which status it calls for (`status`).
 //! - [`store`] — the async store boundary (deliveries, jobs, tokens, sessions, counts) and the
-//!   two backends behind it: sled (embedded, the default: the intake log, versioned records,
-//!   migration, group commit, encryption) and PostgreSQL (several instances on one database:
-//!   a transaction per group of concurrent deliveries, fenced job claims, dispatch leases,
-//!   `LISTEN`/`NOTIFY`, embedded schema migrations); `copy-store` between them.
+//!   two backends behind it: sled (embedded, the default: the intake log, finished jobs
+//!   apart, versioned records, migration, group commit, encryption) and PostgreSQL (several
+//!   instances on one database: a transaction per group of concurrent deliveries, fenced job
+//!   claims, dispatch leases, `LISTEN`/`NOTIFY`, embedded schema migrations); `copy-store`
+//!   between them.
 //! - [`queue`] — per-server workers, rate limit, retry schedule, one call per job, the
 //!   cancellation of superseded queued builds, following builds; a status worker per source;
 //!   with PostgreSQL, the dispatch lease each worker sends under.

@@ -1,7 +1,8 @@
 //! Counts kept up to date with every write, so `/metrics` costs the same with 10 or 100 000
 //! queued jobs (SPEC §11): jobs per (server, state), the pending jobs of each server by age,
 //! tokens per status, records set aside. Counted once from the trees when the store opens
-//! (which reads every job anyway to resume them), then changed by each write.
+//! (which reads every live job anyway to resume them; sled's finished jobs are counted just
+//! after, see `store::sled::finished`), then changed by each write.
 
 use crate::ids::ServerId;
 use crate::job::{Job, JobState};
