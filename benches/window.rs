@@ -3,7 +3,9 @@
 //! each dispatched to a TeamCity that answers at once, until the store holds
 //! `BB2TC_BENCH_DELIVERIES` deliveries (default 300 000 — 50 min of the 24 h window at 100
 //! deliveries/s) with their marks, delivery records and done jobs. Every 10 s: resident
-//! memory, store size and rate, to show what grows with the window. Then a restart:
+//! memory, store size and rate, to show what grows with the window. Once every job is
+//! called and the builds followed to their end (TeamCity no longer has them; at most 2
+//! minutes more), a restart:
 //! start-up to ready and to the first call, and the marks still answering (a redelivery is a
 //! duplicate, a known commit is skipped).
 //!
@@ -19,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 const SLICE: Duration = Duration::from_secs(10);
+/// How long the builds are given to be followed to their end before the restart.
+const SETTLE: Duration = Duration::from_secs(120);
 
 fn main() {
     let deliveries: u64 = env_number("BB2TC_BENCH_DELIVERIES", 300_000);
@@ -27,7 +31,7 @@ fn main() {
 }
 
 async fn run(target: u64, rate: f64) {
-    let (tc_url, calls) = counting_teamcity().await;
+    let (tc_url, calls, polls) = counting_teamcity().await;
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("data");
     let config_text = config(
@@ -70,6 +74,19 @@ async fn run(target: u64, rate: f64) {
     }
     println!(
         "\nall {accepted} jobs called; resident memory after draining: {:.1} MiB",
+        rss_mib(bridge.pid())
+    );
+    // Every build asked about once (and found gone): the window holds history only, as it
+    // does long after its builds ran.
+    // (bb2tc polls only while no trigger is due, so the polls trail the triggers.)
+    let settling = Instant::now();
+    while polls.load(Ordering::Relaxed) < accepted && settling.elapsed() < SETTLE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "builds asked about (and found gone) {:.1} s later: {} of {accepted}; resident memory {:.1} MiB",
+        settling.elapsed().as_secs_f64(),
+        polls.load(Ordering::Relaxed),
         rss_mib(bridge.pid())
     );
     assert!(bridge.terminate().success());
@@ -119,25 +136,32 @@ async fn send(http: &reqwest::Client, url: &str, n: u64, id: &str) -> serde_json
 
 /// A TeamCity that only counts: every `POST /app/rest/buildQueue` is answered at once with a
 /// queued build on the branch asked for (as TeamCity's JSON answer has it), anything else
-/// with TeamCity's plain-text 404. The tests' fake records every call, which a million calls
-/// would make the benchmark's own memory.
-async fn counting_teamcity() -> (String, Arc<AtomicU64>) {
+/// with TeamCity's plain-text 404 — so a build followed (`GET /app/rest/buildQueue/id:N`,
+/// counted too) is found gone, as one long finished and cleaned up is. The tests' fake
+/// records every call, which a million calls would make the benchmark's own memory.
+async fn counting_teamcity() -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let calls = Arc::new(AtomicU64::new(0));
-    let counted = calls.clone();
+    let polls = Arc::new(AtomicU64::new(0));
+    let (counted, polled) = (calls.clone(), polls.clone());
     fake_server::serve_http(listener, move |head, body| {
-        let calls = counted.clone();
-        async move { answer(&head, &body, &calls) }
+        let (calls, polls) = (counted.clone(), polled.clone());
+        async move { answer(&head, &body, &calls, &polls) }
     });
-    (url, calls)
+    (url, calls, polls)
 }
 
 fn answer(
     head: &hyper::http::request::Parts,
     body: &Bytes,
     calls: &AtomicU64,
+    polls: &AtomicU64,
 ) -> hyper::Response<Full<Bytes>> {
+    if head.method == hyper::Method::GET && head.uri.path().starts_with("/app/rest/buildQueue/id:")
+    {
+        polls.fetch_add(1, Ordering::Relaxed);
+    }
     if head.method != hyper::Method::POST || head.uri.path() != "/app/rest/buildQueue" {
         return hyper::Response::builder()
             .status(404)

@@ -16,14 +16,18 @@
 //! after start-up, off its path, a chunk of keys at a time in id order ([`FinishedCount`]).
 //! While the count runs, a write that adds or removes a finished job at or past the count's
 //! cursor is left to the count (it will see the tree as the write left it); one before the
-//! cursor is counted by the write. The cursor is held for the whole of a transition, from
-//! its transaction to its count, so the two never count one job twice or not at all.
+//! cursor is counted by the write. While the count runs, the cursor is held for the whole
+//! of a transition, from its transaction to its count, so the two never count one job
+//! twice or not at all; once it is done, transitions no longer take it. The count starts
+//! once start-up has resumed the live jobs (or after [`COUNT_AFTER`]), so as not to share
+//! the disk with them.
 
 use super::records::{decode, encode};
 use crate::job::{Job, JobState, follow};
 use crate::store::StoreError;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -134,12 +138,38 @@ impl CountCursor {
 #[derive(Debug)]
 pub struct FinishedCount {
     cursor: Mutex<CountCursor>,
+    /// Set (under the cursor's lock) when the count is done, never cleared.
+    done: AtomicBool,
+    /// Set when start-up has resumed the live jobs: the count may begin.
+    resumed: AtomicBool,
 }
 
 impl Default for FinishedCount {
     fn default() -> Self {
         Self {
             cursor: Mutex::new(CountCursor { next: Some(0) }),
+            done: AtomicBool::new(false),
+            resumed: AtomicBool::new(false),
+        }
+    }
+}
+
+/// The longest the count waits for start-up to resume the live jobs.
+pub const COUNT_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The cursor as a transition holds it: locked while the count runs.
+pub enum Held<'a> {
+    Counting(MutexGuard<'a, CountCursor>),
+    Counted,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = CountCursor;
+
+    fn deref(&self) -> &CountCursor {
+        match self {
+            Held::Counting(cursor) => cursor,
+            Held::Counted => &CountCursor::DONE,
         }
     }
 }
@@ -148,11 +178,35 @@ impl Default for FinishedCount {
 pub const COUNT_CHUNK: usize = 512;
 
 impl FinishedCount {
-    /// The cursor, held by a transition from its transaction to its count.
-    pub fn hold(&self) -> MutexGuard<'_, CountCursor> {
+    /// The cursor, held by a transition from its transaction to its count. Once the count
+    /// is done (`done` is set under the lock and never cleared), nothing needs holding.
+    pub fn hold(&self) -> Held<'_> {
+        if self.done.load(Ordering::Acquire) {
+            return Held::Counted;
+        }
+        Held::Counting(self.lock())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, CountCursor> {
         self.cursor
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Start-up has resumed the live jobs.
+    pub fn resumed(&self) {
+        self.resumed.store(true, Ordering::Release);
+    }
+
+    /// Whether every finished job is counted.
+    #[cfg(test)]
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Whether start-up has resumed the live jobs.
+    pub fn has_resumed(&self) -> bool {
+        self.resumed.load(Ordering::Acquire)
     }
 
     /// Counts the next chunk of `finished` with `count`; `false` once all are counted.
@@ -161,7 +215,7 @@ impl FinishedCount {
         finished: &sled::Tree,
         mut count: impl FnMut(&Job),
     ) -> Result<bool, StoreError> {
-        let mut cursor = self.hold();
+        let mut cursor = self.lock();
         let Some(next) = cursor.next else {
             return Ok(false);
         };
@@ -182,6 +236,9 @@ impl FinishedCount {
             Some(last) if read == COUNT_CHUNK && last < u64::MAX => Some(last + 1),
             _ => None,
         };
+        if cursor.next.is_none() {
+            self.done.store(true, Ordering::Release);
+        }
         Ok(cursor.next.is_some())
     }
 }

@@ -392,6 +392,7 @@ impl Trees {
                 JobState::Dead | JobState::Done => {}
             }
         }
+        self.finished_count.resumed();
         Ok(pending)
     }
 
@@ -853,6 +854,7 @@ mod tests {
     #[test]
     fn a_finished_job_moves_to_its_own_tree_and_is_still_found_listed_and_removed() {
         let (_dir, store) = temp_sled();
+        store.resume_and_count();
         let mut b = change("b", 'b');
         b.jobs[0].cancel_superseded = true;
         let (jobs, _) = recorded(
@@ -946,6 +948,7 @@ mod tests {
         let n = 2 * finished::COUNT_CHUNK + 100;
         let (first, last_two) = {
             let store = super::super::SledStore::open(&settings).unwrap();
+            store.resume_and_count();
             let changes: Vec<_> = (0..n + 2).map(|i| change(&format!("b{i}"), 'a')).collect();
             let (jobs, _) = recorded(store.record_now(&delivery("1"), true, &changes).unwrap());
             for job in &jobs[..n] {

@@ -60,10 +60,20 @@ pub(super) const FINISHED_JOBS: &str = "finished_jobs";
 /// Counts the finished jobs of the store, a chunk at a time, on a thread of its own; ends
 /// early when the store closes.
 fn count_finished_jobs(trees: std::sync::Weak<Trees>) {
-    let started = std::time::Instant::now();
     let spawned = std::thread::Builder::new()
         .name("bb2tc-count-finished".into())
         .spawn(move || {
+            // After start-up has resumed the live jobs (not to share the disk with it).
+            let deadline = std::time::Instant::now() + finished::COUNT_AFTER;
+            loop {
+                let Some(trees) = trees.upgrade() else { return };
+                if trees.finished_count.has_resumed() || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                drop(trees);
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let started = std::time::Instant::now();
             let mut counted = 0u64;
             loop {
                 let Some(trees) = trees.upgrade() else { return };
@@ -146,6 +156,21 @@ impl SledStore {
             mpsc::unbounded_channel().0,
         )?;
         Ok(Self { intake, trees })
+    }
+
+    /// Test-only: resumes the jobs as start-up does, and waits until the thread has
+    /// counted the finished jobs.
+    #[cfg(test)]
+    pub fn resume_and_count(&self) {
+        self.trees.resume_jobs(crate::clock::now_ms()).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !self.trees.finished_count.is_done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "finished jobs never counted"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Test-only: one step of the count of finished jobs; `false` once it is done.
