@@ -131,14 +131,7 @@ fn migrate_tree(
 ) -> Result<usize, StoreError> {
     let mut migrated = 0;
     loop {
-        let range = match &after {
-            Some(key) => tree.range::<&[u8], _>((
-                std::ops::Bound::Excluded(key.as_slice()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => tree.iter(),
-        };
-        let batch: Vec<(sled::IVec, sled::IVec)> = range.take(BATCH).collect::<Result<_, _>>()?;
+        let batch = batch_after(tree, after.as_deref())?;
         let Some((last, _)) = batch.last() else {
             return Ok(migrated);
         };
@@ -207,14 +200,7 @@ fn move_finished_jobs(db: &sled::Db) -> Result<usize, StoreError> {
     let mut moved = 0;
     let mut after: Option<sled::IVec> = None;
     loop {
-        let range = match &after {
-            Some(key) => jobs.range::<&[u8], _>((
-                std::ops::Bound::Excluded(key.as_ref()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => jobs.iter(),
-        };
-        let batch: Vec<(sled::IVec, sled::IVec)> = range.take(BATCH).collect::<Result<_, _>>()?;
+        let batch = batch_after(&jobs, after.as_deref())?;
         let Some((last, _)) = batch.last() else {
             return Ok(moved);
         };
@@ -235,6 +221,20 @@ fn move_finished_jobs(db: &sled::Db) -> Result<usize, StoreError> {
         })?;
         moved += settled.len();
     }
+}
+
+/// The next [`BATCH`] entries of `tree` after key `after` (from the start: `None`).
+fn batch_after(
+    tree: &sled::Tree,
+    after: Option<&[u8]>,
+) -> Result<Vec<(sled::IVec, sled::IVec)>, StoreError> {
+    let range = match after {
+        Some(key) => {
+            tree.range::<&[u8], _>((std::ops::Bound::Excluded(key), std::ops::Bound::Unbounded))
+        }
+        None => tree.iter(),
+    };
+    Ok(range.take(BATCH).collect::<Result<_, _>>()?)
 }
 
 fn split_cursor(cursor: &[u8]) -> Option<(&[u8], &[u8])> {
