@@ -84,9 +84,12 @@ impl JobTrees<'_> {
         Ok(())
     }
 
+    /// Removes job `id` from the tree it is in. Most removals (a pending job replaced by a
+    /// newer push, on the intake's path) find it live and write nothing to `finished_jobs`.
     pub fn remove(&self, id: u64) -> TxResult<()> {
-        self.jobs.remove(&job_key(id))?;
-        self.finished.remove(&job_key(id))?;
+        if self.jobs.remove(&job_key(id))?.is_none() {
+            self.finished.remove(&job_key(id))?;
+        }
         Ok(())
     }
 }
