@@ -7,6 +7,9 @@
 //! - `bb2tc` (each 202 durably queued, a fake TeamCity answering its calls at once).
 //!
 //! `cargo bench --bench ingest` (BB2TC_BENCH_SECS per run, default 5; 3 rounds).
+//! `BB2TC_BENCH_OTHER=<path to a bb2tc binary>` adds that build as a fourth contender, in
+//! the same rounds (two commits side by side on this noisy VM); `BB2TC_BENCH_LANES=16,64`
+//! picks the connection counts.
 
 mod common;
 
@@ -21,7 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-const LANES: [usize; 3] = [1, 16, 64];
+const LANES: &str = "1,16,64";
 const ROUNDS: usize = 3;
 
 fn main() {
@@ -48,6 +51,22 @@ async fn run(duration: Duration) {
         &config(&dir.path().join("data"), &tc.url, &server),
     );
     register_token(&bridge.url, "bench-token").await;
+    // Another build, side by side in the same rounds, with a store of its own.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = std::env::var("BB2TC_BENCH_OTHER").ok().map(|binary| {
+        let path = other_dir.path().join("bb2tc.toml");
+        let text = config(&other_dir.path().join("data"), &tc.url, &server);
+        std::fs::write(&path, text).unwrap();
+        Bridge::start_binary(&binary, &path, "export RUST_LOG=warn,bb2tc=info")
+    });
+    if let Some(other) = &other {
+        register_token(&other.url, "bench-token").await;
+    }
+    let lanes_list: Vec<usize> = std::env::var("BB2TC_BENCH_LANES")
+        .unwrap_or_else(|_| LANES.into())
+        .split(',')
+        .map(|n| n.trim().parse().expect("BB2TC_BENCH_LANES: numbers"))
+        .collect();
     let (mut bare, bare_url) = start_baseline("bare");
     let log = dir.path().join("durable-receiver.log");
     let (mut durable, durable_url) = start_baseline(log.to_str().unwrap());
@@ -57,6 +76,7 @@ async fn run(duration: Duration) {
         push_to_call(&bridge.url, &tc, &counter).await;
     }
     let mut results: BTreeMap<(usize, &str), Vec<LoadResult>> = BTreeMap::new();
+    let mut cpu_us: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
     let mut accepted_by_bridge = 0;
     // The intake log's backlog (deliveries durable, not yet in sled), sampled while bb2tc runs.
     let backlog_peak = Arc::new(AtomicU64::new(0));
@@ -67,21 +87,33 @@ async fn run(duration: Duration) {
         sampling.clone(),
     ));
     for round in 0..ROUNDS {
-        for lanes in LANES {
-            for (name, url) in [
-                ("bare", &bare_url),
-                ("durable", &durable_url),
-                ("bb2tc", &bridge.url),
-            ] {
+        for &lanes in &lanes_list {
+            let mut contenders = vec![
+                ("bare", &bare_url, bare.id()),
+                ("durable", &durable_url, durable.id()),
+                ("bb2tc", &bridge.url, bridge.pid()),
+            ];
+            if let Some(other) = &other {
+                contenders.push(("other", &other.url, other.pid()));
+            }
+            for (name, url, pid) in contenders {
                 sampling.store(name == "bb2tc", std::sync::atomic::Ordering::Relaxed);
+                let cpu_before = cpu_seconds(pid);
                 let result = load(url, lanes, duration, None, counter.clone()).await;
+                let cpu = cpu_seconds(pid) - cpu_before;
                 sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+                // The server's own CPU per request (steadier than req/s on a shared VM).
+                cpu_us
+                    .entry((lanes, name))
+                    .or_default()
+                    .push(cpu * 1e6 / result.requests.max(1) as f64);
                 eprintln!(
-                    "round {round} lanes {lanes:>2} {name:>8}: {:>8.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {}",
+                    "round {round} lanes {lanes:>2} {name:>8}: {:>8.0} req/s p50 {:.2} ms p99 {:.2} ms non-2xx {} cpu {:.0} µs/req",
                     result.rps(),
                     result.percentile_ms(0.5),
                     result.percentile_ms(0.99),
-                    result.non_2xx
+                    result.non_2xx,
+                    cpu * 1e6 / result.requests.max(1) as f64
                 );
                 if name == "bb2tc" {
                     accepted_by_bridge += result.requests - result.non_2xx;
@@ -90,12 +122,21 @@ async fn run(duration: Duration) {
             }
         }
     }
+    let other_columns = if other.is_some() {
+        (
+            " other req/s | other / durable | other p50 / p99 ms |",
+            "---|---|---|",
+        )
+    } else {
+        ("", "")
+    };
     println!(
-        "\n| connections | bare req/s | durable req/s | bb2tc req/s | bb2tc / durable (target ≥ 0.5) | bb2tc / bare | bare p50 / p99 ms | durable p50 / p99 ms | bb2tc p50 / p99 ms |"
+        "\n| connections | bare req/s | durable req/s | bb2tc req/s | bb2tc / durable (target ≥ 0.5) | bb2tc / bare | bare p50 / p99 ms | durable p50 / p99 ms | bb2tc p50 / p99 ms |{}",
+        other_columns.0
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|{}", other_columns.1);
     let mut max_bridge: f64 = 0.0;
-    for lanes in LANES {
+    for &lanes in &lanes_list {
         let figures = |name: &str| {
             let runs = &results[&(lanes, name)];
             (
@@ -108,11 +149,38 @@ async fn run(duration: Duration) {
         let (d_rps, d50, d99) = figures("durable");
         let (x_rps, x50, x99) = figures("bb2tc");
         max_bridge = max_bridge.max(x_rps);
+        let other_figures = if other.is_some() {
+            let (o_rps, o50, o99) = figures("other");
+            format!(
+                " {o_rps:.0} | **{:.2}** | {o50:.2} / {o99:.2} |",
+                o_rps / d_rps
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "| {lanes} | {b_rps:.0} | {d_rps:.0} | {x_rps:.0} | **{:.2}** | {:.2} | {b50:.2} / {b99:.2} | {d50:.2} / {d99:.2} | {x50:.2} / {x99:.2} |",
+            "| {lanes} | {b_rps:.0} | {d_rps:.0} | {x_rps:.0} | **{:.2}** | {:.2} | {b50:.2} / {b99:.2} | {d50:.2} / {d99:.2} | {x50:.2} / {x99:.2} |{other_figures}",
             x_rps / d_rps,
             x_rps / b_rps
         );
+    }
+    // CPU per request, medians: what each server spends, whatever the VM's neighbours do.
+    let names: &[&str] = if other.is_some() {
+        &["bare", "durable", "bb2tc", "other"]
+    } else {
+        &["bare", "durable", "bb2tc"]
+    };
+    println!(
+        "\n| connections | server CPU µs per request: {} |",
+        names.join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(names.len()));
+    for &lanes in &lanes_list {
+        let row: Vec<String> = names
+            .iter()
+            .map(|name| format!("{:.0}", median(cpu_us[&(lanes, *name)].clone())))
+            .collect();
+        println!("| {lanes} | {} |", row.join(" | "));
     }
 
     let half = max_bridge / 2.0;
@@ -124,6 +192,17 @@ async fn run(duration: Duration) {
         paced.percentile_ms(0.5),
         paced.percentile_ms(0.99)
     );
+
+    if let Some(other) = &other {
+        // The same offered rate as bb2tc's, so that the two p99s compare.
+        let paced = load(&other.url, 64, duration, Some(half), counter.clone()).await;
+        println!(
+            "other at the same rate ({half:.0} req/s offered, {:.0} achieved, 64 connections): p50 {:.2} ms, p99 {:.2} ms",
+            paced.rps(),
+            paced.percentile_ms(0.5),
+            paced.percentile_ms(0.99)
+        );
+    }
 
     // Every 202 was a durably queued job: the bridge's own count agrees.
     let metrics = reqwest::get(format!("{}/metrics", bridge.url))
@@ -147,6 +226,9 @@ async fn run(duration: Duration) {
         let _ = baseline.wait();
     }
     bridge.terminate();
+    if let Some(other) = other {
+        other.terminate();
+    }
 }
 
 /// Samples `bb2tc_intake_backlog` every 50 ms while `sampling` is set; keeps the peak.

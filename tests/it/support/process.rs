@@ -19,15 +19,19 @@ impl Bridge {
     /// (e.g. a `ulimit`; `BB2TC_ARGS` set there go before `serve`), and waits for its
     /// "bb2tc ready" log line to learn the port.
     pub fn start(config: &Path, prelude: &str) -> Self {
+        // `BB2TC_BIN`: another build to start instead (benchmarks compare two commits).
+        let binary =
+            std::env::var("BB2TC_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_bb2tc").to_owned());
+        Self::start_binary(&binary, config, prelude)
+    }
+
+    /// [`start`](Self::start) with the build at `binary`.
+    pub fn start_binary(binary: &str, config: &Path, prelude: &str) -> Self {
         let script = format!("{prelude}\nexec \"$0\" ${{BB2TC_ARGS:-}} serve --config \"$1\"");
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(script)
-            // `BB2TC_BIN`: another build to start instead (benchmarks compare two commits).
-            .arg(
-                std::env::var("BB2TC_BIN")
-                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bb2tc").to_owned()),
-            )
+            .arg(binary)
             .arg(config)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

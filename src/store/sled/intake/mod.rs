@@ -248,7 +248,12 @@ impl Intake {
             jobs,
         };
         let seq = pending.next_seq;
-        let frame = segment::frame(seq, &Entry::Delivery(Box::new(accepted.clone())))?;
+        // Framed in place, then taken back for the writer: no copy of the jobs.
+        let entry = Entry::Delivery(Box::new(accepted));
+        let frame = segment::frame(seq, &entry)?;
+        let Entry::Delivery(accepted) = entry else {
+            unreachable!("made a delivery entry just above")
+        };
         pending.next_seq += 1;
         pending.last_delivery = seq;
         pending.unapplied += 1;
@@ -267,7 +272,7 @@ impl Intake {
             seq,
             frame,
             settle,
-            delivery: Some(accepted),
+            delivery: Some(*accepted),
         });
         Ok((outcome, durable))
     }
