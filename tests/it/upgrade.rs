@@ -7,7 +7,8 @@
 //! left by a crash), and `tests/upgrade/store-3a2b10f/` (format 3: every job in one tree,
 //! the intake log left by a crash) with two done jobs more (`tests/upgrade/regenerate.sh`
 //! rebuilds them from those commits), and the same test opens each. Every later format
-//! change adds its own store here.
+//! change adds its own store here. Each store's `written_at_ms.txt` says when it was
+//! written: bb2tc opens it with its clock set to an hour after that (see [`open_old`]).
 
 use crate::support::*;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,26 @@ fn old_store(dir: &Path, release: &str) -> (PathBuf, String) {
     }
     let session = std::fs::read_to_string(from.join("session.txt")).unwrap();
     (to, session.trim().to_owned())
+}
+
+/// Starts bb2tc (the binary, in a process of its own) on the copy of the old store of
+/// `release`, its wall clock set to an hour after the store was written
+/// (`written_at_ms.txt`): the 24 h de-duplication window and the sessions hold as they
+/// would for an upgrade made that day, whenever the test runs.
+async fn open_old(config: &str, store: &Path, release: &str) -> TestApp {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/upgrade/store-{release}"));
+    let written: i64 = std::fs::read_to_string(from.join("written_at_ms.txt"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let offset = written + 3_600_000 - now;
+    let prelude = format!("export {}={offset}", bb2tc::clock::TEST_OFFSET_VAR);
+    TestApp::spawn_process_on(config, store, &prelude).await
 }
 
 fn branches(calls: &[fake_teamcity::Recorded]) -> Vec<String> {
@@ -132,7 +153,7 @@ async fn open_and_check(dir: &Path, release: &str) -> (TestApp, FakeTeamCity) {
     let tc = FakeTeamCity::start().await;
     tc.add_token("tc-jdoe", "jdoe");
     tc.add_token("tc-asmith", "asmith");
-    let app = TestApp::spawn_on(&standard_config(&tc.url, ""), &store).await;
+    let app = open_old(&standard_config(&tc.url, ""), &store, release).await;
 
     // The two pending jobs and the one left in flight are each sent once, with jdoe's
     // token, which still decrypts under the same master key.

@@ -41,6 +41,8 @@ for commit in "${@:-a84aaec 96cd6c8 551746f 3a2b10f}"; do
     mkdir -p "$repo/tests/upgrade/store-$c"
     cp -r "$work/out/." "$repo/tests/upgrade/store-$c/"
     trim_intake_log "$repo/tests/upgrade/store-$c/data"
+    # When it was written: the upgrade test sets bb2tc's clock to an hour after this.
+    date +%s%3N > "$repo/tests/upgrade/store-$c/written_at_ms.txt"
     git -C "$repo" worktree remove --force "$work/src" >/dev/null 2>&1 || true
     rm -rf "$work"
     du -sh "$repo/tests/upgrade/store-$c"

@@ -412,6 +412,8 @@ pub struct TestApp {
     _temp: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), bb2tc::Error>>>,
+    /// Set when it runs as the real binary, in a process of its own.
+    process: Option<process::Bridge>,
 }
 
 impl TestApp {
@@ -466,6 +468,33 @@ impl TestApp {
             _temp: None,
             stop: Some(stop),
             task: Some(task),
+            process: None,
+        }
+    }
+
+    /// [`spawn_on`](Self::spawn_on), but as the real binary in a process of its own,
+    /// started through `sh` with `prelude` first (e.g. an `export` of what only that
+    /// process may see, such as `BB2TC_TEST_CLOCK_OFFSET_MS`).
+    pub async fn spawn_process_on(config_toml: &str, store_dir: &Path, prelude: &str) -> Self {
+        let text = format!(
+            "[storage]\npath = {:?}\nmaster_key = \"{MASTER_KEY}\"\n[server]\nlisten = \"127.0.0.1:0\"\n{config_toml}",
+            store_dir.display().to_string()
+        );
+        let config_path = store_dir.with_extension("toml");
+        std::fs::write(&config_path, text).unwrap();
+        let prelude = format!("{prelude}\nexport RUST_LOG=info");
+        let bridge =
+            tokio::task::spawn_blocking(move || process::Bridge::start(&config_path, &prelude))
+                .await
+                .unwrap();
+        Self {
+            url: bridge.url.clone(),
+            http: reqwest::Client::new(),
+            store_dir: store_dir.to_owned(),
+            _temp: None,
+            stop: None,
+            task: None,
+            process: Some(bridge),
         }
     }
 
@@ -477,6 +506,12 @@ impl TestApp {
         }
         if let Some(task) = self.task.take() {
             task.await.unwrap().unwrap();
+        }
+        if let Some(bridge) = self.process.take() {
+            let (status, log) = tokio::task::spawn_blocking(move || bridge.terminate_and_log())
+                .await
+                .unwrap();
+            assert!(status.success(), "bb2tc did not stop cleanly: {log}");
         }
         (self._temp.take(), self.store_dir.clone())
     }
