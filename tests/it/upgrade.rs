@@ -15,8 +15,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// A copy of the old store to open (bb2tc writes to it), and the session cookie it holds.
+/// Where the old store of `release` is kept.
+fn fixture(release: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/upgrade/store-{release}"))
+}
+
 fn old_store(dir: &Path, release: &str) -> (PathBuf, String) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/upgrade/store-{release}"));
+    let from = fixture(release);
     let to = dir.join("data");
     std::fs::create_dir_all(&to).unwrap();
     for entry in std::fs::read_dir(from.join("data")).unwrap() {
@@ -36,8 +41,7 @@ fn old_store(dir: &Path, release: &str) -> (PathBuf, String) {
 /// (`written_at_ms.txt`): the 24 h de-duplication window and the sessions hold as they
 /// would for an upgrade made that day, whenever the test runs.
 async fn open_old(config: &str, store: &Path, release: &str) -> TestApp {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/upgrade/store-{release}"));
-    let written: i64 = std::fs::read_to_string(from.join("written_at_ms.txt"))
+    let written: i64 = std::fs::read_to_string(fixture(release).join("written_at_ms.txt"))
         .unwrap()
         .trim()
         .parse()

@@ -252,7 +252,9 @@ impl Intake {
         let entry = Entry::Delivery(Box::new(accepted));
         let frame = segment::frame(seq, &entry)?;
         let Entry::Delivery(accepted) = entry else {
-            unreachable!("made a delivery entry just above")
+            return Err(StoreError::Corrupt(
+                "an intake entry changed kind while it was framed".into(),
+            ));
         };
         pending.next_seq += 1;
         pending.last_delivery = seq;
