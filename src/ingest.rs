@@ -9,7 +9,7 @@ use crate::config::{BranchNaming, Config, EventKind, Route, Source, TeamCityServ
 use crate::ids::{ServerId, Sha};
 use crate::job::Purpose;
 use crate::store::jobs::ChangeJobs;
-use crate::store::{Job, JobState, Skipped, Store, StoreError, TokenInfo, TokenRef, TokenStatus};
+use crate::store::{Job, JobState, Skipped, Store, StoreError, TokenChoice, TokenRef, TokenStatus};
 use std::collections::{BTreeMap, HashMap};
 
 /// The jobs of a delivery, per change, and the changes (or route/change pairs) left out.
@@ -43,7 +43,7 @@ pub async fn plan(
     };
     let mut plan = Plan::default();
     // The pusher's token per server, looked up once per delivery, not once per change.
-    let mut tokens: HashMap<ServerId, Option<TokenInfo>> = HashMap::new();
+    let mut tokens: HashMap<ServerId, Option<TokenChoice>> = HashMap::new();
     if push.ref_limit_exceeded {
         plan.skipped.push(Skipped {
             reference: "*".into(),
@@ -200,7 +200,7 @@ pub async fn plan_pull_request(
         )));
         return Ok(plan);
     }
-    let mut tokens: HashMap<ServerId, Option<TokenInfo>> = HashMap::new();
+    let mut tokens: HashMap<ServerId, Option<TokenChoice>> = HashMap::new();
     let mut jobs = Vec::new();
     for route in routes {
         let Some(server) = config.server(&route.teamcity) else {
@@ -274,7 +274,7 @@ pub async fn plan_pull_request(
 
 /// The token a route's jobs use, or why there is none.
 async fn token_for(
-    tokens: &mut HashMap<ServerId, Option<TokenInfo>>,
+    tokens: &mut HashMap<ServerId, Option<TokenChoice>>,
     store: &Store,
     ctx: &Context<'_>,
     server: &TeamCityServer,
@@ -286,7 +286,7 @@ async fn token_for(
             let found = match ctx.actor {
                 Some(actor) => {
                     store
-                        .find_token(ctx.source.id.clone(), actor.keys.clone(), server.id.clone())
+                        .token_choice(ctx.source.id.clone(), actor.keys.clone(), server.id.clone())
                         .await?
                 }
                 None => None,

@@ -64,7 +64,8 @@
 //!   each user's TeamCity tokens, their builds and running builds (maud templates);
 //!   [`bitbucket::identity`] proves who signs in.
 //! - [`token_registration`] — checking a token with TeamCity and keeping it (API and page).
-//! - [`metrics`] — the Prometheus metrics of SPEC §10; [`log_text`] — payload text in logs.
+//! - [`metrics`] — the Prometheus metrics of SPEC §10; [`log_text`] — payload text in logs;
+//!   [`log_output`] — log lines to standard error, in batches.
 //! - [`admin_client`] — the admin API's client side, for `bb2tc token …` and `bb2tc jobs …`.
 //! - [`answer`] — reading TeamCity's and Bitbucket's answers within a size limit.
 //! - [`app`] — the state the handlers share; [`shutdown`], [`clock`] — small helpers.
@@ -84,6 +85,7 @@ pub mod http;
 pub mod ids;
 pub mod ingest;
 pub mod job;
+pub mod log_output;
 pub mod log_text;
 pub mod metrics;
 pub mod queue;

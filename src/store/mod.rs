@@ -30,7 +30,7 @@ pub use crypto::TokenCipher;
 pub use jobs::{Applied, ChangeJobs, DeliveryRecord, RecordOutcome, Skipped, Unchanged};
 pub use sessions::{Principal, Session};
 pub use stats::{QueueStat, StatsSnapshot};
-pub use tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
+pub use tokens::{NewToken, TokenChoice, TokenFilter, TokenInfo, TokenStatus};
 
 use crate::config::StorageSettings;
 use crate::ids::{Secret, ServerId, SourceId, TeamCityToken, UserKey};
@@ -614,6 +614,22 @@ impl Store {
         // Two reads of small, hot trees: on the calling task, not worth a hop.
         either!(self, sled: self.handle()?.current()?.find_token(&source, &keys, &server),
             pg(pg) => pg.find_token(&source, &keys, &server).await)
+    }
+
+    /// Which token a pusher's delivery for `server` uses: [`find_token`](Self::find_token),
+    /// remembered by the sled store until its tokens change.
+    pub async fn token_choice(
+        &self,
+        source: SourceId,
+        keys: Vec<UserKey>,
+        server: ServerId,
+    ) -> Result<Option<TokenChoice>, StoreError> {
+        either!(self, sled: self.handle()?.current()?.token_choice(&source, &keys, &server),
+            pg(pg) => Ok(pg
+                .find_token(&source, &keys, &server)
+                .await?
+                .as_ref()
+                .map(TokenChoice::from)))
     }
 
     /// Decrypts a token for a call, with the revision TeamCity's verdict will be about.

@@ -27,6 +27,24 @@ impl TokenStatus {
     }
 }
 
+/// A pusher's token for a server, as far as choosing it for a delivery's jobs goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenChoice {
+    /// The token record's id.
+    pub id: String,
+    /// valid, invalid or unverified.
+    pub status: TokenStatus,
+}
+
+impl From<&TokenInfo> for TokenChoice {
+    fn from(t: &TokenInfo) -> Self {
+        Self {
+            id: t.id.clone(),
+            status: t.status,
+        }
+    }
+}
+
 /// A token record as the API shows it (SPEC §8); never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenInfo {

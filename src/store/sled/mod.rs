@@ -39,6 +39,7 @@ mod key_rotation;
 mod migrate;
 mod records;
 mod sessions;
+mod token_cache;
 mod tokens;
 
 use crate::config::StorageSettings;
@@ -193,14 +194,14 @@ impl SledStore {
         dedup_id: bool,
         changes: Vec<ChangeJobs>,
     ) -> Result<(RecordOutcome, Durable), StoreError> {
-        self.location_intact()?;
+        // The log's writer checks that the store directory is still in place, once per
+        // group of deliveries (`intake::writer`).
         self.intake.record(delivery, dedup_id, changes)
     }
 
     /// Makes a claim durable: the job (already in flight in sled) went in flight for
     /// `attempt`.
     pub fn log_claim(&self, job: u64, attempt: u32) -> Result<Durable, StoreError> {
-        self.location_intact()?;
         self.intake.log_claim(job, attempt)
     }
 
@@ -211,7 +212,6 @@ impl SledStore {
 
     /// Writes a probe entry to the intake log (whether it takes writes).
     pub fn log_probe(&self) -> Result<Durable, StoreError> {
-        self.location_intact()?;
         self.intake.log_probe()
     }
 
@@ -259,6 +259,8 @@ pub struct Trees {
     unreadable: sled::Tree,
     meta: sled::Tree,
     cipher: TokenCipher,
+    /// Which token each pusher's deliveries use (cleared by every token write).
+    token_cache: token_cache::TokenCache,
     committer: GroupCommit,
     stats: Stats,
     /// How far the count of `finished` after start-up has got.
@@ -333,6 +335,7 @@ impl Trees {
             path,
             db,
             cipher,
+            token_cache: Default::default(),
             committer,
             stats: Stats::default(),
             finished_count: Default::default(),
@@ -445,6 +448,8 @@ impl Trees {
         match moved {
             Ok(true) => {
                 self.stats.set_aside(1);
+                // It may have been a token someone's deliveries were using.
+                self.token_cache.clear();
                 tracing::error!(
                     tree = %name, key = %printable(key), %error,
                     "set aside a record that cannot be read (tree \"unreadable\")"
@@ -515,9 +520,7 @@ impl Trees {
         }
         Err(StoreError::Io {
             path: self.path.clone(),
-            message: "the store directory was removed or replaced while bb2tc ran; nothing \
-                      written now would last. Restore it and restart bb2tc"
-                .into(),
+            message: MOVED_AWAY.into(),
         })
     }
 
@@ -598,9 +601,13 @@ fn restrict_permissions(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Why nothing is written to a store whose directory was removed or replaced.
+pub(super) const MOVED_AWAY: &str = "the store directory was removed or replaced while bb2tc \
+    ran; nothing written now would last. Restore it and restart bb2tc";
+
 /// (device, inode) of a directory; `None` when it is gone (or off Unix, always `Some(0, 0)`
 /// while it exists).
-fn directory_identity(path: &Path) -> Option<(u64, u64)> {
+pub(super) fn directory_identity(path: &Path) -> Option<(u64, u64)> {
     let meta = std::fs::metadata(path).ok()?;
     #[cfg(unix)]
     {

@@ -7,7 +7,7 @@ use crate::clock;
 use crate::ids::{ServerId, SourceId, TeamCityToken, UserKey};
 use crate::store::StoreError;
 use crate::store::dump::DumpedToken;
-use crate::store::tokens::{NewToken, TokenFilter, TokenInfo, TokenStatus};
+use crate::store::tokens::{NewToken, TokenChoice, TokenFilter, TokenInfo, TokenStatus};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
@@ -134,10 +134,30 @@ impl Trees {
             index.insert(key.as_slice(), id.as_bytes())?;
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(previous)
         })?;
+        self.token_cache.clear();
         let previous = previous.and_then(|b| decode::<StoredToken>(&b).ok());
         self.stats
             .token_changed(previous.map(|p| p.status), Some(record.status));
         Ok((TokenInfo::from(&record), replaced))
+    }
+
+    /// Which token a pusher's delivery for `server` uses ([`find_token`](Self::find_token),
+    /// remembered until the next write to the tokens).
+    pub fn token_choice(
+        &self,
+        source: &SourceId,
+        keys: &[UserKey],
+        server: &ServerId,
+    ) -> Result<Option<TokenChoice>, StoreError> {
+        let miss = match self.token_cache.get(source, keys, server) {
+            Ok(found) => return Ok(found),
+            Err(miss) => miss,
+        };
+        let found = self
+            .find_token(source, keys, server)?
+            .map(|t| TokenChoice::from(&t));
+        self.token_cache.fill(miss, found.clone());
+        Ok(found)
     }
 
     /// The token a pusher registered for `server`, trying each of their keys in order.
@@ -207,6 +227,7 @@ impl Trees {
             }
             Ok::<_, sled::transaction::ConflictableTransactionError<StoreError>>(removed)
         })?;
+        self.token_cache.clear();
         if let Some(removed) = removed.and_then(|b| decode::<StoredToken>(&b).ok()) {
             self.stats.token_changed(Some(removed.status), None);
         }
@@ -240,6 +261,9 @@ impl Trees {
             Some(encode(&record).unwrap_or_else(|_| old.to_vec()))
         })?;
         if let Some((before, after)) = change {
+            if before != after {
+                self.token_cache.clear();
+            }
             self.stats.token_changed(Some(before), Some(after));
         }
         Ok(())
@@ -301,6 +325,7 @@ impl Trees {
                 t.id.as_bytes(),
             )?;
         }
+        self.token_cache.clear();
         Ok(())
     }
 }
@@ -385,6 +410,47 @@ mod tests {
         assert!(store.remove_token(&info.id).unwrap());
         assert!(!store.remove_token(&info.id).unwrap());
         assert!(store.find_token(&dc, &keys, &main).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn the_token_chosen_for_deliveries_follows_every_write() {
+        let (_dir, store) = temp_sled();
+        let (dc, main) = (SourceId::new("dc"), ServerId::new("main"));
+        let keys = [UserKey::parse("jdoe").unwrap()];
+        let choice = |store: &Trees| store.token_choice(&dc, &keys, &main).unwrap();
+        // Asked before the pusher registered one: none (and that answer is remembered)...
+        assert_eq!(choice(&store), None);
+        assert_eq!(choice(&store), None);
+        // ... until they register it.
+        let token = TeamCityToken::new("the-token");
+        let (info, _) = store
+            .upsert_token(&new_token(&dc, "jdoe", &main, &token))
+            .unwrap();
+        let valid = TokenChoice {
+            id: info.id.clone(),
+            status: TokenStatus::Valid,
+        };
+        assert_eq!(choice(&store), Some(valid.clone()));
+        // TeamCity accepting it again changes nothing chosen; rejecting it does.
+        store.mark_token(&info.id, 0, true).unwrap();
+        assert_eq!(choice(&store), Some(valid));
+        store.mark_token(&info.id, 0, false).unwrap();
+        assert_eq!(choice(&store).unwrap().status, TokenStatus::Invalid);
+        store.mark_token(&info.id, 0, true).unwrap();
+        assert_eq!(choice(&store).unwrap().status, TokenStatus::Valid);
+        assert!(store.remove_token(&info.id).unwrap());
+        assert_eq!(choice(&store), None);
+        // A restored dump counts as a write too.
+        let dumped = store.dump_tokens().unwrap();
+        assert!(dumped.is_empty());
+        store
+            .upsert_token(&new_token(&dc, "jdoe", &main, &token))
+            .unwrap();
+        let dumped = store.dump_tokens().unwrap();
+        let (_other_dir, other) = temp_sled();
+        assert_eq!(choice(&other), None);
+        other.load_tokens(&dumped).unwrap();
+        assert_eq!(choice(&other).unwrap().id, dumped[0].id);
     }
 
     #[tokio::test]

@@ -163,6 +163,7 @@ impl Intake {
         let closed = Arc::new(Mutex::new(Vec::new()));
         let (to_applier, applier_queue) = mpsc::unbounded_channel();
         let dir = trees.path().to_owned();
+        let identity = trees.identity;
         let applier = applier::Applier::start(
             trees,
             applier_queue,
@@ -173,6 +174,7 @@ impl Intake {
         .map_err(|e| super::io_error(&dir, e))?;
         let writer = writer::Writer::start(
             &dir,
+            identity,
             replayed.next_seq,
             segment_bytes,
             to_applier,

@@ -11,6 +11,12 @@
 //! segment that reaches `storage.intake_segment_bytes` is closed and a new one begun; the
 //! applier deletes closed segments once sled holds what they hold (a checkpoint).
 //!
+//! **The store directory is checked once per group, after its sync.** A directory removed
+//! or replaced while bb2tc runs takes the open segment with it: its `fdatasync` succeeds,
+//! and what it holds is gone at the next start. So before a group is settled, the store
+//! directory must still be the one opened; if not, the group is refused (and cut off the
+//! file it went to). One `statx` per group, not one per delivery.
+//!
 //! **Segments are written in full before use.** An append that grows a file makes
 //! `fdatasync` commit the file's new size to the filesystem journal as well; an overwrite of
 //! blocks already written does not (≈ 0.1 ms less per sync on the development VM's ext4).
@@ -149,6 +155,7 @@ impl Writer {
     /// to `applier`; closed segments are listed in `closed`.
     pub fn start(
         dir: &Path,
+        identity: Option<(u64, u64)>,
         first_seq: u64,
         segment_bytes: u64,
         applier: mpsc::UnboundedSender<(u64, Accepted)>,
@@ -164,6 +171,7 @@ impl Writer {
             .spawn(move || {
                 let mut state = State {
                     dir,
+                    identity,
                     segment,
                     segment_bytes,
                     next,
@@ -212,6 +220,8 @@ impl Drop for Writer {
 
 struct State {
     dir: PathBuf,
+    /// The store directory's identity when it was opened (see the module).
+    identity: Option<(u64, u64)>,
     segment: Segment,
     segment_bytes: u64,
     /// The next segment, being prepared.
@@ -284,7 +294,8 @@ impl State {
             .file
             .write_all(bytes)
             .and_then(|()| self.segment.file.sync_data())
-            .map_err(|e| e.to_string());
+            .map_err(|e| e.to_string())
+            .and_then(|()| self.directory_intact());
         #[cfg(test)]
         let written =
             written.and_then(|()| crate::store::sled::group_commit::hold::failure(&self.dir));
@@ -312,6 +323,16 @@ impl State {
                 Err(e)
             }
         }
+    }
+
+    /// Whether the store directory is still the one opened (see the module).
+    fn directory_intact(&self) -> Result<(), String> {
+        if crate::store::sled::directory_identity(&self.dir)
+            .is_some_and(|now| Some(now) == self.identity)
+        {
+            return Ok(());
+        }
+        Err(crate::store::sled::MOVED_AWAY.into())
     }
 
     fn rotate_when_full(&mut self) {
