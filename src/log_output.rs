@@ -1,8 +1,8 @@
 //! Where log lines go: standard error, a batch at a time.
 //!
-//! Every accepted delivery logs a line. Written one `write` each, those lines were a fifth
-//! of bb2tc's CPU per delivery while ingesting (a system call, and a wake-up of whatever
-//! reads the pipe: journald, a container runtime; BENCHMARKS.md, issue 12). So lines are
+//! Every accepted delivery logs a line. Written one `write` each, those lines were about 5 %
+//! of bb2tc's CPU per delivery while ingesting in a profile (a system call, and a wake-up of
+//! whatever reads the pipe: journald, a container runtime; BENCHMARKS.md, issue 12). So lines are
 //! gathered in memory and written together by a thread of their own every [`PERIOD`] —
 //! a timer, not a wake-up per line — or at once when [`BATCH_BYTES`] gathered.
 //!
