@@ -11,22 +11,33 @@ use hyper::{Method, Request, Response};
 use std::net::IpAddr;
 use tracing::Instrument;
 
+/// Where Bitbucket's deliveries arrive (`/hooks/bitbucket/{source}`).
+const WEBHOOK_PREFIX: &str = "/hooks/";
+
 /// Longest request id taken from a client; longer or odd ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 
 /// Handles one request.
 pub async fn handle(app: &App, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
     let request_id = request_id(&request);
-    let span = tracing::info_span!(
-        "request",
-        id = %request_id,
-        method = %request.method(),
-        path = %request.uri().path(),
-    );
-    let mut response = route(app, request, peer, &request_id)
-        .instrument(span)
-        .await
-        .unwrap_or_else(ApiError::into_response);
+    // A webhook's lines name their delivery (its request id) themselves, `delivery = …`: a
+    // span per delivery — its fields formatted, entered and left at every poll — was about
+    // 5 % of bb2tc's CPU per delivery under load (BENCHMARKS.md, issue 12). Every other
+    // request runs in one.
+    let answer = if request.uri().path().starts_with(WEBHOOK_PREFIX) {
+        route(app, request, peer, &request_id).await
+    } else {
+        let span = tracing::info_span!(
+            "request",
+            id = %request_id,
+            method = %request.method(),
+            path = %request.uri().path(),
+        );
+        route(app, request, peer, &request_id)
+            .instrument(span)
+            .await
+    };
+    let mut response = answer.unwrap_or_else(ApiError::into_response);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }

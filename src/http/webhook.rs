@@ -42,7 +42,7 @@ pub async fn handle(
     app.metrics.webhook(source.id.as_str(), &event, result);
     if let Err(error) = &answer {
         // The successful outcomes log their own line, with their details.
-        tracing::warn!(source = %source.id, event, result, %error, "delivery refused");
+        tracing::warn!(delivery = %request_id, source = %source.id, event, result, %error, "delivery refused");
         if matches!(error, ApiError::InvalidSignature) {
             app.metrics.signature_failure(source.id.as_str());
         }
@@ -72,13 +72,13 @@ async fn deliver(
     let body = read_body(&parts.headers, body, http.max_body_bytes, http.read_timeout).await?;
     let event_key = header(&parts.headers, "x-event-key");
     if event_key == Some("diagnostics:ping") {
-        tracing::info!(source = %source.id, "ping");
+        tracing::info!(delivery = %request_id, source = %source.id, "ping");
         return Ok((json(StatusCode::OK, &json!({"result": "pong"})), "pong"));
     }
     if !source.secrets.is_empty() {
         let presented = parts.headers.get("x-hub-signature").map(|v| v.as_bytes());
         if let Err(e) = signature::verify(&source.secrets, presented, &body) {
-            tracing::debug!(source = %source.id, reason = %e, "signature check failed");
+            tracing::debug!(delivery = %request_id, source = %source.id, reason = %e, "signature check failed");
             return Err(ApiError::InvalidSignature);
         }
     }
@@ -113,7 +113,7 @@ async fn deliver(
         EventClass::PullRequest => {
             let mut pr = bitbucket::parse_pull_request(source.kind, event_key, &body)
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-            complete_head_commit(app, source, &mut pr).await;
+            complete_head_commit(app, source, &mut pr, request_id).await;
             let plan =
                 ingest::plan_pull_request(&app.config, &app.store, source, &pr, request_id).await?;
             record.user = first_key(pr.actor.as_ref());
@@ -122,7 +122,7 @@ async fn deliver(
         }
         _ => {
             let reason = format!("{event_key} is not an event bb2tc acts on");
-            tracing::info!(source = %source.id, event = event_key, %reason, "ignored");
+            tracing::info!(delivery = %request_id, source = %source.id, event = event_key, %reason, "ignored");
             note(app, &record).await;
             let answer = json!({"result": "ignored", "reason": reason});
             return Ok((json(StatusCode::ACCEPTED, &answer), "ignored"));
@@ -131,7 +131,8 @@ async fn deliver(
     if let Some(jobs) = plan.too_many_jobs {
         app.metrics.delivery_too_large(source.id.as_str());
         tracing::warn!(
-            source = %source.id, event = event_key, repository = %Escaped(&repository), jobs,
+            delivery = %request_id, source = %source.id, event = event_key,
+            repository = %Escaped(&repository), jobs,
             limit = app.config.http.max_jobs_per_delivery,
             "delivery would make more jobs than server.max_jobs_per_delivery; nothing queued"
         );
@@ -147,7 +148,7 @@ async fn deliver(
         // The first delivery with this id may still be waiting for its fsync: "duplicate"
         // promises its jobs are stored, so it is answered only once they are durable.
         durable?;
-        tracing::info!(source = %source.id, event = event_key, "duplicate delivery");
+        tracing::info!(delivery = %request_id, source = %source.id, event = event_key, "duplicate delivery");
         record.result = "duplicate".into();
         note(app, &record).await;
         let answer = json!({"result": "duplicate"});
@@ -162,7 +163,7 @@ async fn deliver(
         app.metrics.job_enqueued(job.server.as_str());
     }
     tracing::info!(
-        source = %source.id, event = event_key, repository = %Escaped(&repository),
+        delivery = %request_id, source = %source.id, event = event_key, repository = %Escaped(&repository),
         jobs = delivery.jobs, skipped = delivery.skipped.len(), "accepted"
     );
     let answer = json!({
@@ -178,7 +179,7 @@ async fn deliver(
 /// `status_token` (SPEC §5.4). Without the token, or when Cloud cannot answer, the jobs keep
 /// the short hash: TeamCity builds the branch without pinning the commit, and the push of
 /// the same commit is still recognised by the first 12 digits.
-async fn complete_head_commit(app: &App, source: &Source, pr: &mut PullRequest) {
+async fn complete_head_commit(app: &App, source: &Source, pr: &mut PullRequest, request_id: &str) {
     let (Some(sha), Some(token), Some(api)) =
         (&pr.source.target, &source.status_token, &source.url)
     else {
@@ -194,7 +195,7 @@ async fn complete_head_commit(app: &App, source: &Source, pr: &mut PullRequest) 
     {
         Ok(full) => pr.source.target = Some(full),
         Err(e) => tracing::warn!(
-            source = %source.id, pull_request = pr.id, commit = sha.as_str(), error = %e,
+            delivery = %request_id, source = %source.id, pull_request = pr.id, commit = sha.as_str(), error = %e,
             "cannot make the pull request's head commit whole; building its branch without pinning the commit"
         ),
     }
@@ -216,7 +217,7 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Keeps a record of a delivery that made no jobs, for the admin API; failures only logged.
 async fn note(app: &App, record: &DeliveryRecord) {
     if let Err(e) = app.store.record_delivery(record.clone()).await {
-        tracing::warn!(error = %e, "could not record the delivery");
+        tracing::warn!(delivery = %record.id, error = %e, "could not record the delivery");
     }
 }
 
