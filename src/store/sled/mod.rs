@@ -202,6 +202,9 @@ impl SledStore {
     /// Makes a claim durable: the job (already in flight in sled) went in flight for
     /// `attempt`.
     pub fn log_claim(&self, job: u64, attempt: u32) -> Result<Durable, StoreError> {
+        // Checked here too (once per job, not per delivery): an entry refused at once never
+        // joins a group that later deliveries would be refused behind.
+        self.location_intact()?;
         self.intake.log_claim(job, attempt)
     }
 
@@ -212,6 +215,8 @@ impl SledStore {
 
     /// Writes a probe entry to the intake log (whether it takes writes).
     pub fn log_probe(&self) -> Result<Durable, StoreError> {
+        // A probe of a store whose directory is gone fails at once (see `log_claim`).
+        self.location_intact()?;
         self.intake.log_probe()
     }
 

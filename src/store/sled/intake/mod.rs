@@ -603,6 +603,36 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_into_a_moved_store_fails_at_once_and_nothing_queues_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        let store = SledStore::open(&settings(&path)).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        // The log's writer is held, so whatever is queued stays queued.
+        let held = crate::store::sled::group_commit::hold::hold(store.path());
+        std::fs::rename(&path, dir.path().join("moved")).unwrap();
+        assert!(store.log_probe().is_err(), "refused at once, never queued");
+        assert!(store.log_claim(1, 1).is_err());
+        // A delivery is queued (its check is the writer's, once per group) and refused.
+        let (_, moved) = store
+            .record_push(delivery("while-moved"), true, vec![change("a", 'a')])
+            .unwrap();
+        drop(held);
+        assert!(runtime.block_on(moved.wait()).is_err());
+        // Back in place: the next delivery is taken, with nothing before it to fail it.
+        std::fs::rename(dir.path().join("moved"), &path).unwrap();
+        let (outcome, durable) = store
+            .record_push(delivery("while-moved"), true, vec![change("a", 'a')])
+            .unwrap();
+        assert!(
+            matches!(outcome, RecordOutcome::Recorded { .. }),
+            "taken anew"
+        );
+        runtime.block_on(durable.wait()).unwrap();
+        runtime.block_on(store.log_probe().unwrap().wait()).unwrap();
+    }
+
+    #[test]
     fn full_segments_are_checkpointed_away() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&settings(dir.path())).unwrap();

@@ -15,7 +15,9 @@
 //! or replaced while bb2tc runs takes the open segment with it: its `fdatasync` succeeds,
 //! and what it holds is gone at the next start. So before a group is settled, the store
 //! directory must still be the one opened; if not, the group is refused (and cut off the
-//! file it went to). One `statx` per group, not one per delivery.
+//! file it went to). One `statx` per group, not one per delivery. (Claims and probes are
+//! also checked before they are queued, `SledStore::log_claim`: one refused only here would
+//! take down with it the deliveries queued behind it, e.g. right after the directory is back.)
 //!
 //! **Segments are written in full before use.** An append that grows a file makes
 //! `fdatasync` commit the file's new size to the filesystem journal as well; an overwrite of
