@@ -14,12 +14,12 @@ use crate::support::*;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// A copy of the old store to open (bb2tc writes to it), and the session cookie it holds.
 /// Where the old store of `release` is kept.
 fn fixture(release: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/upgrade/store-{release}"))
 }
 
+/// A copy of the old store to open (bb2tc writes to it), and the session cookie it holds.
 fn old_store(dir: &Path, release: &str) -> (PathBuf, String) {
     let from = fixture(release);
     let to = dir.join("data");

@@ -1,6 +1,6 @@
 //! Which token a pusher's deliveries use, remembered between deliveries: every delivery
 //! asks, and the answer changes only when a token is registered, removed or turns
-//! valid/invalid. Two sled reads per delivery (the index, then the record) were 2–3 % of
+//! valid/invalid. Two sled reads per delivery (the index, then the record) were about 3 % of
 //! bb2tc's CPU while ingesting (BENCHMARKS.md, issue 12).
 //!
 //! Only a token's id and status are kept (never the token: it stays sealed in sled). Every
