@@ -1,9 +1,10 @@
 //! The whole sled store out and in, for `bb2tc copy-store` (see [`crate::store::dump`]).
 
 use super::Trees;
-use super::records::{decode, decode_mark, encode, encode_mark};
+use super::records::{decode, encode};
+use super::window;
 use crate::job::Job;
-use crate::store::dump::{Counts, Dump, delivery_mark, delivery_of_mark};
+use crate::store::dump::{Counts, Dump, delivery_of_mark};
 use crate::store::{DeliveryRecord, Session, StoreError};
 use std::collections::HashMap;
 
@@ -34,38 +35,28 @@ impl Trees {
                 dump.latest.push((key.to_vec(), u64::from_be_bytes(id)));
             }
         }
-        for item in self.seen_changes.iter() {
-            let (key, value) = item?;
-            if let Some(first_seen) = decode_mark(&value) {
-                dump.marks.push((key.to_vec(), first_seen));
+        for (kind, received_at, key, record) in self.window.entries()? {
+            if let Some(mark) = window::dump_mark(kind, &key) {
+                dump.marks.push((mark, received_at));
             }
-        }
-        // A delivery recorded under its bare id is what de-duplicates its redelivery.
-        for item in self.records::<DeliveryRecord>(&self.deliveries) {
-            let (key, record) = item?;
-            if key.as_ref() == record.id.as_bytes() {
-                dump.marks
-                    .push((delivery_mark(&record.id), record.received_at));
+            if kind.is_delivery()
+                && let Some(record) = window::Window::record_of(&record)
+            {
+                dump.deliveries.push(record);
             }
-            dump.deliveries.push(record);
         }
         Ok(dump)
     }
 
     /// What it holds, counted as [`Dump::counts`] counts.
     pub fn counts(&self) -> Result<Counts, StoreError> {
-        let ids = self
-            .deliveries
-            .iter()
-            .keys()
-            .filter(|k| k.as_ref().is_ok_and(|k| !k.contains(&b'#')))
-            .count();
+        let window = self.window.counts();
         Ok(Counts {
             tokens: self.tokens.len(),
             sessions: self.sessions.len(),
             jobs: self.jobs.len() + self.finished.len(),
-            marks: self.seen_changes.len() + ids,
-            deliveries: self.deliveries.len(),
+            marks: usize::try_from(window.marks).unwrap_or(usize::MAX),
+            deliveries: usize::try_from(window.deliveries).unwrap_or(usize::MAX),
         })
     }
 
@@ -87,42 +78,7 @@ impl Trees {
         for (key, id) in &dump.latest {
             self.latest.insert(key.as_slice(), &id.to_be_bytes())?;
         }
-        let mut delivery_marks = HashMap::new();
-        for (key, first_seen) in &dump.marks {
-            match delivery_of_mark(key) {
-                Some(id) => {
-                    delivery_marks.insert(id.to_owned(), *first_seen);
-                }
-                None => {
-                    self.seen_changes
-                        .insert(key.as_slice(), &encode_mark(*first_seen))?;
-                }
-            }
-        }
-        // The record of a marked delivery goes under its bare id (sled's mark), the others
-        // beside it; a mark without its record gets one.
-        for record in &dump.deliveries {
-            let key = if delivery_marks.remove(&record.id).is_some() {
-                record.id.clone()
-            } else {
-                format!("{}#{}", record.id, record.result)
-            };
-            self.deliveries.insert(key.as_bytes(), encode(record)?)?;
-        }
-        for (id, received_at) in delivery_marks {
-            let record = DeliveryRecord {
-                id: id.clone(),
-                source: crate::ids::SourceId::new(""),
-                event: String::new(),
-                result: "accepted".into(),
-                jobs: 0,
-                skipped: Vec::new(),
-                received_at,
-                user: None,
-                repository: None,
-            };
-            self.deliveries.insert(id.as_bytes(), encode(&record)?)?;
-        }
+        self.load_window(dump)?;
         if let Some(hash) = dump.admin_token_hash {
             self.set_admin_token_hash(hash)?;
         }
@@ -132,5 +88,67 @@ impl Trees {
         self.meta
             .insert(super::STORE_ID, dump.store_id.as_bytes())?;
         self.commit_blocking()
+    }
+}
+
+impl Trees {
+    /// The dump's marks and delivery records into the window: a marked delivery's record
+    /// is its mark (as the window keeps it), a mark without its record gets one.
+    fn load_window(&self, dump: &Dump) -> Result<(), StoreError> {
+        let mut delivery_marks = HashMap::new();
+        let mut new = Vec::new();
+        for (key, first_seen) in &dump.marks {
+            match delivery_of_mark(key) {
+                Some(id) => {
+                    delivery_marks.insert(id.to_owned(), *first_seen);
+                }
+                None => new.push(window::New {
+                    kind: window::Kind::Change,
+                    seq: 0,
+                    received_at: *first_seen,
+                    key,
+                    record: &[],
+                }),
+            }
+        }
+        let mut records: Vec<(bool, Vec<u8>, &DeliveryRecord)> = Vec::new();
+        for record in &dump.deliveries {
+            let marked = delivery_marks.remove(&record.id).is_some();
+            records.push((marked, encode(record)?, record));
+        }
+        let unrecorded: Vec<DeliveryRecord> = delivery_marks
+            .into_iter()
+            .map(|(id, received_at)| DeliveryRecord {
+                id,
+                source: crate::ids::SourceId::new(""),
+                event: String::new(),
+                result: "accepted".into(),
+                jobs: 0,
+                skipped: Vec::new(),
+                received_at,
+                user: None,
+                repository: None,
+            })
+            .collect();
+        for record in &unrecorded {
+            records.push((true, encode(record)?, record));
+        }
+        for (marked, bytes, record) in &records {
+            new.push(window::New {
+                kind: if *marked {
+                    window::Kind::MarkedDelivery
+                } else {
+                    window::Kind::Delivery
+                },
+                seq: 0,
+                received_at: record.received_at,
+                key: record.id.as_bytes(),
+                record: bytes,
+            });
+        }
+        for chunk in new.chunks(1000) {
+            self.window.import(chunk)?;
+        }
+        self.window.sync()
     }
 }

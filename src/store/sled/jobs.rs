@@ -1,13 +1,14 @@
 //! Jobs and deliveries in sled: `jobs` (id, big-endian → job) and `finished_jobs` (the same,
 //! for jobs with nothing left to do, see `finished`), `latest_jobs` (coalescing key → newest
-//! job id), `deliveries` and `seen_changes`. What happens to a job is decided by
+//! job id); delivery records and marks in the de-duplication window (`window`). What happens to a job is decided by
 //! [`crate::job::lifecycle`]; each method here reads what a transition needs and applies the
 //! writes it returns in one transaction.
 
 use super::Trees;
 use super::finished::{self, CountCursor, JobTrees, Unreadable, job_key};
 use super::intake::segment::Accepted;
-use super::records::{decode, decode_mark, encode, encode_mark};
+use super::records::{decode, encode};
+use super::window;
 use crate::job::lifecycle::{self, Refused, Transition, Write};
 use crate::job::{Finish, Job, JobState, follow, status};
 use crate::store::jobs::{Applied, DeliveryRecord, Unchanged};
@@ -16,10 +17,6 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn abort(e: StoreError) -> ConflictableTransactionError<StoreError> {
-    ConflictableTransactionError::Abort(e)
-}
 
 /// The id of the newest job for `key`.
 fn latest_id(latest: &TransactionalTree, key: &[u8]) -> TxResult<Option<u64>> {
@@ -72,13 +69,6 @@ fn read_u64(tree: &TransactionalTree, key: &[u8]) -> TxResult<u64> {
         .map_or(0, u64::from_be_bytes))
 }
 
-fn fresh(stamp: Option<sled::IVec>, now: u64) -> bool {
-    stamp
-        .as_deref()
-        .and_then(decode_mark)
-        .is_some_and(|first_seen| now.saturating_sub(first_seen) < DEDUP_WINDOW_MS)
-}
-
 impl Trees {
     /// Counts the jobs a transaction wrote; `before` are the jobs it read. A finished job
     /// that the count after start-up has still to reach is left to it (`finished`).
@@ -111,44 +101,77 @@ impl Trees {
 
     /// Whether delivery `id` was recorded within the de-duplication window.
     pub(super) fn delivery_seen(&self, id: &str, now: u64) -> Result<bool, StoreError> {
-        Ok(self.deliveries.get(id.as_bytes())?.is_some_and(|old| {
-            decode::<DeliveryRecord>(&old)
-                .is_ok_and(|d| now.saturating_sub(d.received_at) < DEDUP_WINDOW_MS)
-        }))
+        self.window.seen_delivery(id, now)
     }
 
     /// Whether a change (its de-duplication mark) was seen within the window.
     pub(super) fn change_seen(&self, mark: &[u8], now: u64) -> Result<bool, StoreError> {
-        Ok(fresh(self.seen_changes.get(mark)?, now))
+        self.window.seen_change(mark, now)
     }
 
-    /// Writes a batch of accepted deliveries from the intake log — records, marks, jobs
-    /// (coalesced as [`lifecycle::enqueue`] says) — and the last one's sequence number, in
-    /// one transaction.
+    /// Adds the delivery records and marks of a batch from the intake log to the
+    /// de-duplication window — those it does not hold yet (after the sequence number it
+    /// has), so that adding a batch again adds nothing.
+    pub(super) fn window_accepted(&self, batch: &[(u64, Accepted)]) -> Result<(), StoreError> {
+        let held = self.window.max_seq();
+        let fresh: Vec<&(u64, Accepted)> = batch.iter().filter(|(seq, _)| *seq > held).collect();
+        let records = fresh
+            .iter()
+            .map(|(_, a)| encode(&a.delivery))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut new = Vec::with_capacity(fresh.len() * 2);
+        for ((seq, accepted), record) in fresh.iter().zip(&records) {
+            let at = accepted.delivery.received_at;
+            for mark in &accepted.marks {
+                new.push(window::New {
+                    kind: window::Kind::Change,
+                    seq: *seq,
+                    received_at: at,
+                    key: mark,
+                    record: &[],
+                });
+            }
+            new.push(window::New {
+                kind: if accepted.dedup_id {
+                    window::Kind::MarkedDelivery
+                } else {
+                    window::Kind::Delivery
+                },
+                seq: *seq,
+                received_at: at,
+                key: accepted.delivery.id.as_bytes(),
+                record,
+            });
+        }
+        self.window.add(&new)
+    }
+
+    /// The last intake-log sequence number the de-duplication window holds.
+    pub(super) fn window_seq(&self) -> u64 {
+        self.window.max_seq()
+    }
+
+    /// Makes the de-duplication window durable (at a checkpoint, before the intake log's
+    /// segments go).
+    pub(super) fn sync_window(&self) -> Result<(), StoreError> {
+        self.window.sync()
+    }
+
+    /// Writes the jobs of a batch of accepted deliveries from the intake log (coalesced as
+    /// [`lifecycle::enqueue`] says) and the last one's sequence number, in one transaction
+    /// (their records and marks go to the window: [`window_accepted`](Self::window_accepted)).
     pub(super) fn apply_accepted(&self, batch: &[(u64, Accepted)]) -> Result<Applied, StoreError> {
         let Some((last_seq, _)) = batch.last() else {
             return Ok(Applied::default());
         };
         let bad = Unreadable::default();
-        let result = (
-            &self.deliveries,
-            &self.seen_changes,
-            &self.jobs,
-            &self.latest,
-            &self.meta,
-            &self.finished,
-        )
-            .transaction(|(deliveries, seen, jobs, latest, meta, finished)| {
+        let result = (&self.jobs, &self.latest, &self.meta, &self.finished).transaction(
+            |(jobs, latest, meta, finished)| {
                 bad.borrow_mut().clear();
                 let jobs = JobTrees { jobs, finished };
                 let mut transitions = Vec::new();
                 let mut next_job_id = read_u64(meta, NEXT_JOB_ID)?;
                 for (_, accepted) in batch {
-                    let record = &accepted.delivery;
-                    for mark in &accepted.marks {
-                        seen.insert(mark.as_slice(), &encode_mark(record.received_at))?;
-                    }
-                    deliveries.insert(record.id.as_bytes(), encode(record).map_err(abort)?)?;
                     for job in &accepted.jobs {
                         let newest = match latest_id(latest, &job.coalescing_key())? {
                             Some(id) => jobs.get(id, &bad)?,
@@ -163,7 +186,8 @@ impl Trees {
                 meta.insert(APPLIED_SEQ, &last_seq.to_be_bytes())?;
                 meta.insert(NEXT_JOB_ID, &next_job_id.to_be_bytes())?;
                 Ok(transitions)
-            });
+            },
+        );
         self.set_aside_jobs(bad);
         let transitions = result?;
         let mut applied = Applied::default();
@@ -218,9 +242,7 @@ impl Trees {
     /// Records a delivery that made no jobs (ignored, rejected, duplicate), for the admin
     /// API. Not made durable on its own: it is bookkeeping, not a promise.
     pub fn record_delivery(&self, delivery: &DeliveryRecord) -> Result<(), StoreError> {
-        let key = format!("{}#{}", delivery.id, delivery.result);
-        self.deliveries.insert(key.as_bytes(), encode(delivery)?)?;
-        Ok(())
+        self.window.add_delivery(delivery, false, 0)
     }
 
     /// Reads job `id` and the newest job id of its key, runs `decide`, applies its writes.
@@ -487,28 +509,16 @@ impl Trees {
         Ok(out)
     }
 
-    /// Recent deliveries, newest first.
+    /// Recent deliveries (at most the newest [`window::RECENT`]), newest first.
     pub fn list_deliveries(&self, limit: usize) -> Result<Vec<DeliveryRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.records::<DeliveryRecord>(&self.deliveries) {
-            out.push(item?.1);
-        }
-        out.sort_by_key(|d| std::cmp::Reverse(d.received_at));
-        out.truncate(limit);
-        Ok(out)
+        Ok(self.window.recent(limit))
     }
 
     /// Drops de-duplication marks, delivery records and done jobs older than the window,
     /// `PRUNE_BATCH` keys at a time. Returns how many records went.
     pub fn prune(&self, now: u64) -> Result<usize, StoreError> {
-        let mut removed = 0;
         let old = |at: u64| now.saturating_sub(at) >= DEDUP_WINDOW_MS;
-        removed += prune_tree(&self.seen_changes, |_, value| {
-            decode_mark(value).is_none_or(old)
-        })?;
-        removed += prune_tree(&self.deliveries, |_, value| {
-            decode::<DeliveryRecord>(value).map_or(true, |d| old(d.received_at))
-        })?;
+        let mut removed = usize::try_from(self.window.prune(now)?).unwrap_or(usize::MAX);
         let mut done = Vec::new();
         // Finished jobs, and done ones whose build is still followed (following ends 24 h
         // after the build was queued, so few are that old).

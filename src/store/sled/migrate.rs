@@ -1,6 +1,7 @@
 //! The store's format version, and the one-pass migrations: of a store written before
-//! records carried one (bb2tc up to a84aaec), and of the finished jobs into their own tree
-//! (format 4).
+//! records carried one (bb2tc up to a84aaec), of the finished jobs into their own tree
+//! (format 4), and of the delivery records and marks out of sled into the de-duplication
+//! window (format 5, [`move_into_window`]).
 //!
 //! `meta` holds `format_version`; a store without it is either new (empty) or from a84aaec.
 //! The migration rewrites every record of the record trees with a version byte, in batches;
@@ -9,8 +10,11 @@
 //! cannot be read is set aside into the `unreadable` tree. The format version is written
 //! last, after a flush of everything before it (sled's log keeps writes in order).
 
-use super::records::{Record, decode_unversioned, decode_unversioned_mark, encode, encode_mark};
+use super::records::{
+    Record, decode, decode_mark, decode_unversioned, decode_unversioned_mark, encode, encode_mark,
+};
 use super::tokens::StoredToken;
+use super::window::{self, Kind, New, Window};
 use crate::job::Job;
 use crate::store::{DeliveryRecord, Session, StoreError};
 use sled::Transactional;
@@ -24,9 +28,12 @@ use sled::transaction::ConflictableTransactionError;
 /// cancellation, followed builds, statuses; a delivery's user and repository),
 /// which a bb2tc of format 2 would set aside as unreadable — so it must refuse them too;
 /// 4 = finished jobs in `finished_jobs`, not `jobs` (a bb2tc of format 3 would not see
-/// them). Formats 1 and 2 need no rewrite: their jobs and frames are read into the current
-/// types. Every format before 4 has its finished jobs moved ([`move_finished_jobs`]).
-pub const FORMAT_VERSION: u8 = 4;
+/// them); 5 = delivery records and marks in `window/`, not in sled's `deliveries` and
+/// `seen_changes` (a bb2tc of format 4 would find none: every redelivery would build
+/// again). Formats 1 and 2 need no rewrite: their jobs and frames are read into the current
+/// types. Every format before 4 has its finished jobs moved ([`move_finished_jobs`]), every
+/// format before 5 its records and marks ([`move_into_window`]).
+pub const FORMAT_VERSION: u8 = 5;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const CURSOR_KEY: &[u8] = b"migration_cursor";
@@ -54,19 +61,22 @@ fn rewrite_mark(old: &[u8]) -> Result<Vec<u8>, StoreError> {
         .ok_or_else(|| StoreError::Corrupt("de-duplication mark is not 8 bytes".into()))
 }
 
-/// Brings the store at `db` to [`FORMAT_VERSION`]; refuses a store of a newer bb2tc (whose
-/// records this one would misread). Returns how many records were rewritten.
+/// Brings the store at `db` (in directory `dir`) to [`FORMAT_VERSION`]; refuses a store of
+/// a newer bb2tc (whose records this one would misread). Returns how many records were
+/// rewritten or moved.
 pub fn migrate(
     db: &sled::Db,
     meta: &sled::Tree,
     unreadable: &sled::Tree,
+    dir: &std::path::Path,
 ) -> Result<usize, StoreError> {
     match meta.get(FORMAT_KEY)?.as_deref() {
         Some([FORMAT_VERSION]) => return Ok(0),
-        Some([old @ (1..=3)]) => {
+        Some([old @ (1..=4)]) => {
             // Versioned records already: older jobs and log frames are read as they are.
-            let moved = move_finished_jobs(db)?;
+            let mut moved = if *old < 4 { move_finished_jobs(db)? } else { 0 };
             db.flush()?;
+            moved += move_into_window(db, unreadable, dir)?;
             meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             db.flush()?;
             tracing::info!(
@@ -108,6 +118,7 @@ pub fn migrate(
     rebuild_latest(db)?;
     migrated += move_finished_jobs(db)?;
     db.flush()?;
+    migrated += move_into_window(db, unreadable, dir)?;
     meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
     meta.remove(CURSOR_KEY)?;
     db.flush()?;
@@ -221,6 +232,112 @@ fn move_finished_jobs(db: &sled::Db) -> Result<usize, StoreError> {
         })?;
         moved += settled.len();
     }
+}
+
+/// Moves the delivery records (`deliveries`) and change marks (`seen_changes`) of sled into
+/// the de-duplication window (`window`). The window is written in a directory of its own,
+/// synced and renamed into place, and only then are the two trees dropped: a crash before
+/// the rename starts over, one after it only drops the trees. Returns how many moved.
+fn move_into_window(
+    db: &sled::Db,
+    unreadable: &sled::Tree,
+    dir: &std::path::Path,
+) -> Result<usize, StoreError> {
+    let io = |path: &std::path::Path, e| super::io_error(path, e);
+    let target = dir.join(window::DIR);
+    let mut moved = 0;
+    if !target.exists() {
+        let building = dir.join("window.import");
+        if building.exists() {
+            std::fs::remove_dir_all(&building).map_err(|e| io(&building, e))?;
+        }
+        let imported = Window::open(&building)?;
+        // Everything sled holds came from the intake log up to its last applied delivery:
+        // the replay after this adds to the window only what comes after.
+        let applied = db
+            .open_tree("meta")?
+            .get(super::jobs::APPLIED_SEQ)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        let mut batch: Vec<(Kind, u64, sled::IVec, Vec<u8>)> = Vec::new();
+        let add = |batch: &mut Vec<(Kind, u64, sled::IVec, Vec<u8>)>| {
+            let new: Vec<New<'_>> = batch
+                .iter()
+                .map(|(kind, at, key, record)| New {
+                    kind: *kind,
+                    seq: applied,
+                    received_at: *at,
+                    key,
+                    record,
+                })
+                .collect();
+            let done = imported.import(&new);
+            batch.clear();
+            done
+        };
+        for item in db.open_tree("seen_changes")?.iter() {
+            let (key, value) = item?;
+            match decode_mark(&value) {
+                Some(at) => batch.push((Kind::Change, at, key, Vec::new())),
+                None => set_aside(unreadable, "seen_changes", &key, &value)?,
+            }
+            if batch.len() >= BATCH {
+                moved += batch.len();
+                add(&mut batch)?;
+            }
+        }
+        // A record under its bare id is the mark that de-duplicates its redelivery; the
+        // others (`id#result`) are kept for the listing.
+        let deliveries = db.open_tree("deliveries")?;
+        for item in deliveries.iter() {
+            let (key, value) = item?;
+            match decode::<DeliveryRecord>(&value) {
+                Ok(record) => {
+                    let kind = if key.as_ref() == record.id.as_bytes() {
+                        Kind::MarkedDelivery
+                    } else {
+                        Kind::Delivery
+                    };
+                    let bytes = encode(&record)?;
+                    batch.push((kind, record.received_at, record.id.as_bytes().into(), bytes));
+                }
+                Err(_) => set_aside(unreadable, "deliveries", &key, &value)?,
+            }
+            if batch.len() >= BATCH {
+                moved += batch.len();
+                add(&mut batch)?;
+            }
+        }
+        moved += batch.len();
+        add(&mut batch)?;
+        imported.sync()?;
+        drop(imported);
+        std::fs::rename(&building, &target).map_err(|e| io(&target, e))?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io(dir, e))?;
+    }
+    db.drop_tree("deliveries")?;
+    db.drop_tree("seen_changes")?;
+    db.flush()?;
+    if moved > 0 {
+        tracing::info!(
+            records = moved,
+            "delivery records and de-duplication marks moved out of sled into the window"
+        );
+    }
+    Ok(moved)
+}
+
+fn set_aside(
+    unreadable: &sled::Tree,
+    tree: &str,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), StoreError> {
+    unreadable.insert(super::unreadable_key(tree, key), value)?;
+    tracing::error!(tree, key = %super::printable(key), "set aside a record that cannot be read");
+    Ok(())
 }
 
 /// The next [`BATCH`] entries of `tree` after key `after` (from the start: `None`).

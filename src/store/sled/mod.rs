@@ -9,15 +9,16 @@
 //! - `finished_jobs`: the same for finished jobs (done, build no longer followed), which
 //!   start-up does not read (`finished`)
 //! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key
-//! - `deliveries`: delivery id → [`DeliveryRecord`](crate::store::DeliveryRecord)
-//! - `seen_changes`: `source \0 repository \0 ref \0 sha` → de-duplication mark (first seen)
 //! - `sessions`: SHA-256 of a token-page session cookie → [`Session`](crate::store::Session)
 //! - `unreadable`: `tree \0 key` → the bytes of a record that could not be read, set aside
 //! - `meta`: the store's format version, the master-key check value, the admin token hash,
 //!   the store's id, the last intake-log delivery applied and the next job id
 //!
 //! Beside sled's files, `intake-*.log`: the intake log (`intake`), where accepted
-//! deliveries and in-flight marks are made durable before sled has them.
+//! deliveries and in-flight marks are made durable before sled has them; and `window/`:
+//! the de-duplication window (`window`), every delivery id and change mark of the last
+//! 24 h and the delivery records the listing shows (in sled's trees `deliveries` and
+//! `seen_changes` up to store format 4).
 //!
 //! Records carry a format version (`records`); a store of an older bb2tc is migrated when
 //! it opens (`migrate`). A record that cannot be read is moved to `unreadable`, counted
@@ -41,6 +42,7 @@ mod records;
 mod sessions;
 mod token_cache;
 mod tokens;
+mod window;
 
 use crate::config::StorageSettings;
 use crate::job::Job;
@@ -258,8 +260,8 @@ pub struct Trees {
     jobs: sled::Tree,
     finished: sled::Tree,
     latest: sled::Tree,
-    deliveries: sled::Tree,
-    seen_changes: sled::Tree,
+    /// Delivery ids, change marks and delivery records of the last 24 h.
+    window: window::Window,
     sessions: sled::Tree,
     unreadable: sled::Tree,
     meta: sled::Tree,
@@ -321,7 +323,8 @@ impl Trees {
         restrict_permissions(&path)?;
         let meta = db.open_tree("meta")?;
         let unreadable = db.open_tree("unreadable")?;
-        migrate::migrate(&db, &meta, &unreadable)?;
+        migrate::migrate(&db, &meta, &unreadable, &path)?;
+        let window = window::Window::open(&path.join(window::DIR))?;
         let cipher = key_rotation::open_cipher(settings, &meta)?;
         let id = store_id(&meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
@@ -332,8 +335,7 @@ impl Trees {
             jobs: db.open_tree("jobs")?,
             finished: db.open_tree(FINISHED_JOBS)?,
             latest: db.open_tree("latest_jobs")?,
-            deliveries: db.open_tree("deliveries")?,
-            seen_changes: db.open_tree("seen_changes")?,
+            window,
             sessions: db.open_tree("sessions")?,
             unreadable,
             meta,

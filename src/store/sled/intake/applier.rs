@@ -1,5 +1,6 @@
-//! The applier thread: durable deliveries, in log order, into sled — a batch per
-//! transaction — then the new jobs announced and closed segments checkpointed.
+//! The applier thread: durable deliveries, in log order, into the de-duplication window
+//! (their records and marks) and sled (their jobs, a batch per transaction) — then the new
+//! jobs announced and closed segments checkpointed.
 //!
 //! A batch sled refuses (a full disk) is tried again every second: it is in the log, so
 //! nothing is lost meanwhile, and the store is reopened by the healer (`reopen`) if sled
@@ -126,7 +127,12 @@ impl Run {
     /// Applies a batch (retrying while sled refuses it); `false` when stopped first.
     fn apply(&self, batch: &[(u64, Accepted)]) -> bool {
         let applied = loop {
-            match self.trees.apply_accepted(batch) {
+            // The window first: adding it again after sled refused adds nothing.
+            match self
+                .trees
+                .window_accepted(batch)
+                .and_then(|()| self.trees.apply_accepted(batch))
+            {
                 Ok(applied) => break applied,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot apply accepted deliveries to the store; they are safe in the intake log, trying again");
@@ -166,7 +172,11 @@ impl Run {
         if done.is_empty() {
             return;
         }
-        if let Err(e) = self.trees.commit_blocking() {
+        if let Err(e) = self
+            .trees
+            .commit_blocking()
+            .and_then(|()| self.trees.sync_window())
+        {
             tracing::warn!(error = %e, "checkpoint postponed: the store could not be synced");
             let mut closed = self
                 .closed

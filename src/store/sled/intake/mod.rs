@@ -442,11 +442,14 @@ mod tests {
         let legacy = b"dc\0p/r\0refs/heads/main\0aaaa".to_vec();
         store
             .trees
-            .seen_changes
-            .insert(
-                &legacy,
-                &crate::store::sled::records::encode_mark(crate::clock::now_ms()),
-            )
+            .window
+            .import(&[crate::store::sled::window::New {
+                kind: crate::store::sled::window::Kind::Change,
+                seq: 0,
+                received_at: crate::clock::now_ms(),
+                key: &legacy,
+                record: &[],
+            }])
             .unwrap();
         let mut marked = change("main", 'a');
         marked.legacy_mark = Some(legacy);
@@ -490,15 +493,12 @@ mod tests {
             ids.push(jobs[0].id);
         }
         // As if sled's files had kept only the first two batches' worth: the last two
-        // deliveries, their marks and jobs gone, the applied sequence number back at two.
-        for (n, id) in ids.iter().enumerate().skip(2) {
+        // deliveries' jobs gone, the applied sequence number back at two; and the window
+        // only the first's records and marks.
+        for id in ids.iter().skip(2) {
             store.jobs.remove(id.to_be_bytes()).unwrap();
-            store.deliveries.remove(format!("d{n}")).unwrap();
-            store
-                .seen_changes
-                .remove(format!("dc\0p/r\0b{n}\0a"))
-                .unwrap();
         }
+        store.window.forget_after(1);
         store
             .meta
             .insert(super::super::jobs::APPLIED_SEQ, &2u64.to_be_bytes())
@@ -525,7 +525,23 @@ mod tests {
         assert_eq!(listed, ids, "each job once");
         assert_eq!(store.job(ids[0]).unwrap().unwrap().state, JobState::Done);
         assert_eq!(store.job(ids[3]).unwrap().unwrap().state, JobState::Pending);
-        assert_eq!(push(&store, "d3", "b3", 'a'), RecordOutcome::Duplicate);
+        for n in 1..4 {
+            assert_eq!(
+                push(&store, &format!("d{n}"), "b9", 'a'),
+                RecordOutcome::Duplicate
+            );
+            let RecordOutcome::Recorded { jobs, .. } =
+                push(&store, &format!("e{n}"), &format!("b{n}"), 'a')
+            else {
+                panic!()
+            };
+            assert!(jobs.is_empty(), "the change of d{n} was seen");
+        }
+        assert_eq!(
+            store.list_deliveries(100).unwrap().len(),
+            7,
+            "each record once"
+        );
         // New ids go on after the replayed ones.
         let RecordOutcome::Recorded { jobs, .. } = push(&store, "d5", "b5", 'a') else {
             panic!()
@@ -567,8 +583,7 @@ mod tests {
             .insert(super::super::jobs::APPLIED_SEQ, &0u64.to_be_bytes())
             .unwrap();
         store.jobs.clear().unwrap();
-        store.deliveries.clear().unwrap();
-        store.seen_changes.clear().unwrap();
+        store.window.forget_after(0);
         drop(store);
         // A second write cut short by a crash: a header and part of its payload.
         let bytes = std::fs::read(&segment).unwrap();

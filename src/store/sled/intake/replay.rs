@@ -1,7 +1,9 @@
 //! Start-up: what the intake log holds that sled may not, applied again.
 //!
 //! Deliveries after the last sequence number sled applied (kept in the same transaction as
-//! the deliveries themselves) are applied in log order; claims go onto jobs still pending at
+//! the deliveries themselves) are applied in log order, and those after the last one the
+//! de-duplication window holds are added to it (each of its entries carries its sequence
+//! number); claims go onto jobs still pending at
 //! the attempt before (the claim reached sled's files or it did not; a job that moved on
 //! since is left alone). Then sled is synced and the segments are deleted. Running it twice
 //! — a crash during the replay — changes nothing more.
@@ -28,6 +30,7 @@ pub struct Replayed {
 pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
     let dir = trees.path().to_owned();
     let applied = trees.applied_seq()?;
+    let in_window = trees.window_seq();
     let segments = segment::list(&dir).map_err(|e| io_error(&dir, e))?;
     let mut last_seq = applied;
     let mut last_job = 0;
@@ -36,7 +39,11 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
     let (mut deliveries, mut claims) = (0usize, 0usize);
     let mut flush = |batch: &mut Vec<(u64, Accepted)>| -> Result<(), StoreError> {
         if !batch.is_empty() {
-            jobs.extend(trees.apply_accepted(batch)?.jobs);
+            trees.window_accepted(batch)?;
+            batch.retain(|(seq, _)| *seq > applied);
+            if !batch.is_empty() {
+                jobs.extend(trees.apply_accepted(batch)?.jobs);
+            }
             batch.clear();
         }
         Ok(())
@@ -49,8 +56,8 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
             match entry {
                 Entry::Delivery(accepted) => {
                     last_job = accepted.jobs.iter().map(|j| j.id).fold(last_job, u64::max);
-                    if seq > applied {
-                        deliveries += 1;
+                    if seq > applied.min(in_window) {
+                        deliveries += usize::from(seq > applied);
                         batch.push((seq, *accepted));
                         if batch.len() >= BATCH {
                             flush(&mut batch)?;
@@ -82,6 +89,7 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
     let _ = std::fs::remove_file(super::writer::prepared_path(&dir));
     if !segments.is_empty() {
         trees.commit_blocking()?;
+        trees.sync_window()?;
         for path in &segments {
             std::fs::remove_file(path).map_err(|e| io_error(path, e))?;
         }
