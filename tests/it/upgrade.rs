@@ -5,8 +5,10 @@
 //! 96cd6c8, the last release of store format 1 (versioned records, no intake log). Both hold
 //! the same things, as does `tests/upgrade/store-551746f/` (format 2, with an intake log
 //! left by a crash), and `tests/upgrade/store-3a2b10f/` (format 3: every job in one tree,
-//! the intake log left by a crash) with two done jobs more (`tests/upgrade/regenerate.sh`
-//! rebuilds them from those commits), and the same test opens each. Every later format
+//! the intake log left by a crash) with two done jobs more, as does
+//! `tests/upgrade/store-08992d1/` (format 4: delivery records and marks in sled's trees,
+//! the intake log left by a crash; `tests/upgrade/regenerate.sh` rebuilds them from those
+//! commits), and the same test opens each. Every later format
 //! change adds its own store here. Each store's `written_at_ms.txt` says when it was
 //! written: bb2tc opens it with its clock set to an hour after that (see [`open_old`]).
 
@@ -117,15 +119,46 @@ async fn a_store_of_3a2b10f_opens_with_nothing_lost_and_its_finished_job_moved()
     let finished_key = job_key(&done, "finished");
     let (_, store) = app.stop().await;
     let db = sled::open(&store).unwrap();
-    let meta = db.open_tree("meta").unwrap();
-    assert_eq!(
-        meta.get("format_version").unwrap().as_deref(),
-        Some(&[4u8][..])
-    );
     let finished = db.open_tree("finished_jobs").unwrap();
     assert!(finished.get(finished_key).unwrap().is_some());
     let jobs = db.open_tree("jobs").unwrap();
     assert!(jobs.get(finished_key).unwrap().is_none());
+    assert_moved_into_window(&db, &store);
+}
+
+/// A store of format 4 (08992d1, the intake log left by a crash): its delivery records and
+/// marks move out of sled into the window (format 5), where the checks above find them —
+/// each delivery listed once, though the replay after the move saw it again in the log.
+#[tokio::test]
+async fn a_store_of_08992d1_opens_with_nothing_lost_and_its_marks_moved_into_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, _tc) = open_and_check(dir.path(), "08992d1").await;
+    let deliveries = app.api_deliveries(100).await;
+    for n in 1..=5 {
+        let id = format!("old-delivery-{n}");
+        let listed = deliveries
+            .iter()
+            .filter(|d| d["id"] == id.as_str() && d["result"] == "accepted")
+            .count();
+        assert_eq!(listed, 1, "{id} in {deliveries:?}");
+    }
+    let (_, store) = app.stop().await;
+    let db = sled::open(&store).unwrap();
+    assert_moved_into_window(&db, &store);
+}
+
+/// The store is of format 5: no delivery records or marks left in sled, a window beside it.
+fn assert_moved_into_window(db: &sled::Db, store: &Path) {
+    let meta = db.open_tree("meta").unwrap();
+    assert_eq!(
+        meta.get("format_version").unwrap().as_deref(),
+        Some(&[5u8][..])
+    );
+    let names: Vec<Vec<u8>> = db.tree_names().iter().map(|n| n.to_vec()).collect();
+    assert!(!names.contains(&b"deliveries".to_vec()), "{names:?}");
+    assert!(!names.contains(&b"seen_changes".to_vec()), "{names:?}");
+    assert!(store.join("window").is_dir());
+    assert!(!store.join("window.import").exists());
 }
 
 /// The sled key of the listed job for `branch`.
@@ -147,7 +180,8 @@ fn metric_value(text: &str, name: &str) -> Option<f64> {
 async fn opens_with_nothing_lost(release: &str) {
     let dir = tempfile::tempdir().unwrap();
     let (app, _tc) = open_and_check(dir.path(), release).await;
-    app.stop().await;
+    let (_, store) = app.stop().await;
+    assert_moved_into_window(&sled::open(&store).unwrap(), &store);
 }
 
 /// Opens the old store of `release` in `dir` and checks that everything it holds is there

@@ -5,7 +5,8 @@
 #   96cd6c8 — the last release of store format 1 (versioned records, no intake log)
 #   551746f — the last release of store format 2 (job records v1, intake-log frames v1)
 #   3a2b10f — the last release of store format 3 (every job, finished ones too, in `jobs`)
-# Usage: tests/upgrade/regenerate.sh [a84aaec|96cd6c8|551746f|3a2b10f]   (default: all)
+#   08992d1 — the last release of store format 4 (delivery records and marks in sled)
+# Usage: tests/upgrade/regenerate.sh [a84aaec|96cd6c8|551746f|3a2b10f|08992d1]   (default: all)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 
@@ -29,7 +30,7 @@ open(path, "r+b").truncate(at)
 PY
   done
 }
-for commit in "${@:-a84aaec 96cd6c8 551746f 3a2b10f}"; do
+for commit in "${@:-a84aaec 96cd6c8 551746f 3a2b10f 08992d1}"; do
   for c in $commit; do
     work="$(mktemp -d)"
     git -C "$repo" worktree add --detach "$work/src" "$c" >/dev/null

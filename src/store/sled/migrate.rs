@@ -358,3 +358,137 @@ fn split_cursor(cursor: &[u8]) -> Option<(&[u8], &[u8])> {
     let at = cursor.iter().position(|&b| b == 0)?;
     Some((&cursor[..at], &cursor[at + 1..]))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SourceId;
+
+    fn record(id: &str, result: &str, at: u64) -> DeliveryRecord {
+        DeliveryRecord {
+            id: id.into(),
+            source: SourceId::new("dc"),
+            event: "repo:refs_changed".into(),
+            result: result.into(),
+            jobs: 0,
+            skipped: Vec::new(),
+            received_at: at,
+            user: None,
+            repository: None,
+        }
+    }
+
+    /// A store of format 4: a mark, a marked delivery and one answered without jobs, in
+    /// sled's trees.
+    fn format_4_store(dir: &std::path::Path) -> sled::Db {
+        let db = sled::open(dir).unwrap();
+        db.open_tree("meta")
+            .unwrap()
+            .insert(FORMAT_KEY, &[4])
+            .unwrap();
+        let (_, deliveries) = format_4_store_trees(&db);
+        deliveries
+            .insert(
+                b"d2#ignored",
+                encode(&record("d2", "ignored", 2_000)).unwrap(),
+            )
+            .unwrap();
+        deliveries.insert(b"d3", &b"\x01\xff\xff"[..]).unwrap();
+        db
+    }
+
+    fn migrate_store(db: &sled::Db, dir: &std::path::Path) -> usize {
+        let meta = db.open_tree("meta").unwrap();
+        let unreadable = db.open_tree("unreadable").unwrap();
+        migrate(db, &meta, &unreadable, dir).unwrap()
+    }
+
+    fn check_moved(db: &sled::Db, dir: &std::path::Path) {
+        let window = Window::open(&dir.join(window::DIR)).unwrap();
+        assert!(
+            window
+                .seen_change(b"dc\0p/r\0refs/heads/main\0aaaa", 2_000)
+                .unwrap()
+        );
+        assert!(window.seen_delivery("d1", 2_000).unwrap());
+        assert!(!window.seen_delivery("d2", 2_000).unwrap(), "listed only");
+        let listed: Vec<String> = window.recent(10).into_iter().map(|d| d.id).collect();
+        assert_eq!(listed, ["d2", "d1"], "each once");
+        let names = db.tree_names();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.as_ref() == b"deliveries" || n.as_ref() == b"seen_changes")
+        );
+        assert_eq!(
+            db.open_tree("unreadable")
+                .unwrap()
+                .get(b"deliveries\0d3")
+                .unwrap()
+                .as_deref(),
+            Some(&b"\x01\xff\xff"[..]),
+            "set aside"
+        );
+        assert_eq!(
+            db.open_tree("meta")
+                .unwrap()
+                .get(FORMAT_KEY)
+                .unwrap()
+                .as_deref(),
+            Some(&[FORMAT_VERSION][..])
+        );
+        assert!(!dir.join("window.import").exists());
+    }
+
+    #[test]
+    fn records_and_marks_move_into_the_window_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format_4_store(dir.path());
+        assert_eq!(migrate_store(&db, dir.path()), 3);
+        check_moved(&db, dir.path());
+        // A second start changes nothing.
+        assert_eq!(migrate_store(&db, dir.path()), 0);
+        check_moved(&db, dir.path());
+    }
+
+    #[test]
+    fn a_move_cut_short_by_a_crash_starts_over_or_only_drops_the_trees() {
+        // Before the rename: a half-built window is thrown away and built again.
+        let dir = tempfile::tempdir().unwrap();
+        let db = format_4_store(dir.path());
+        std::fs::create_dir(dir.path().join("window.import")).unwrap();
+        std::fs::write(
+            dir.path().join("window.import/0000000000000001.keys"),
+            b"torn",
+        )
+        .unwrap();
+        migrate_store(&db, dir.path());
+        check_moved(&db, dir.path());
+
+        // After the rename, before the trees were dropped: they are dropped, nothing is
+        // added twice.
+        let dir = tempfile::tempdir().unwrap();
+        let db = format_4_store(dir.path());
+        migrate_store(&db, dir.path());
+        format_4_store_trees(&db);
+        db.open_tree("meta")
+            .unwrap()
+            .insert(FORMAT_KEY, &[4])
+            .unwrap();
+        assert_eq!(migrate_store(&db, dir.path()), 0);
+        check_moved(&db, dir.path());
+    }
+
+    /// A mark and a marked delivery in the trees format 4 kept them in.
+    fn format_4_store_trees(db: &sled::Db) -> (sled::Tree, sled::Tree) {
+        let marks = db.open_tree("seen_changes").unwrap();
+        marks
+            .insert(b"dc\0p/r\0refs/heads/main\0aaaa", &encode_mark(1_000))
+            .unwrap();
+        let deliveries = db.open_tree("deliveries").unwrap();
+        deliveries
+            .insert(b"d1", encode(&record("d1", "accepted", 1_000)).unwrap())
+            .unwrap();
+        (marks, deliveries)
+    }
+}
