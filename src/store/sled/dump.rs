@@ -35,12 +35,12 @@ impl Trees {
                 dump.latest.push((key.to_vec(), u64::from_be_bytes(id)));
             }
         }
-        for (kind, received_at, key, record) in self.window.entries()? {
-            if let Some(mark) = window::dump_mark(kind, &key) {
-                dump.marks.push((mark, received_at));
+        for entry in self.window.entries()? {
+            if let Some(mark) = window::dump_mark(entry.kind, &entry.key) {
+                dump.marks.push((mark, entry.received_at));
             }
-            if kind.is_delivery()
-                && let Some(record) = window::Window::record_of(&record)
+            if entry.kind.is_delivery()
+                && let Some(record) = window::Window::record_of(&entry.record)
             {
                 dump.deliveries.push(record);
             }

@@ -29,8 +29,9 @@ mod index;
 use super::records::{decode, encode};
 use crate::store::dump::delivery_mark;
 use crate::store::{DEDUP_WINDOW_MS, DeliveryRecord, StoreError};
+pub use frame::Entry;
 pub use frame::Kind;
-use frame::{Entry, fingerprint};
+use frame::fingerprint;
 use index::Index;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -446,7 +447,7 @@ impl Window {
     }
 
     /// Every entry, oldest slice first (for a dump of the store).
-    pub fn entries(&self) -> Result<Vec<(Kind, u64, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn entries(&self) -> Result<Vec<Entry>, StoreError> {
         let files: Vec<(u64, Arc<File>, u64)> = self
             .read()
             .iter()
@@ -456,12 +457,7 @@ impl Window {
         for (number, file, len) in files {
             let bytes =
                 read_prefix(&file, len).map_err(|e| io(&keys_path(&self.dir, number), e))?;
-            out.extend(
-                frame::read_all(&bytes)
-                    .0
-                    .into_iter()
-                    .map(|(_, e)| (e.kind, e.received_at, e.key, e.record)),
-            );
+            out.extend(frame::read_all(&bytes).0.into_iter().map(|(_, e)| e));
         }
         Ok(out)
     }
