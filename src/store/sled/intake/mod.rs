@@ -599,6 +599,56 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_of_large_deliveries_is_applied_whole_and_in_order_across_transactions() {
+        // Held back together, six deliveries of 400 jobs reach the applier at once: more than
+        // one transaction takes (`BATCH_JOBS`), so each batch ends with a delivery carried
+        // over into the next.
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&crate::store::test_support::settings(dir.path())).unwrap();
+        let held = crate::store::sled::group_commit::hold::hold(store.path());
+        let mut durables = Vec::new();
+        let mut made = Vec::new();
+        for d in 0..6 {
+            let changes = (0..400)
+                .map(|b| change(&format!("d{d}-b{b}"), 'a'))
+                .collect();
+            let (outcome, durable) = store
+                .record_push(delivery(&format!("d{d}")), true, changes)
+                .unwrap();
+            made.extend(recorded(outcome).0.into_iter().map(|job| job.id));
+            durables.push(durable);
+        }
+        assert!(made.len() > 2 * super::applier::BATCH_JOBS);
+        drop(held);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for durable in durables {
+            runtime.block_on(durable.wait()).unwrap();
+        }
+        store.wait_applied();
+        assert_eq!(store.stats().intake_backlog, 0);
+        let listed = |store: &SledStore| {
+            let mut ids: Vec<u64> = store
+                .list_jobs(None, 10_000)
+                .unwrap()
+                .iter()
+                .map(|job| job.id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(listed(&store), made, "every job once");
+        assert_eq!(store.list_deliveries(100).unwrap().len(), 6);
+        drop(store);
+        // Nothing of it is applied again at the next start.
+        let store = SledStore::open(&crate::store::test_support::settings(dir.path())).unwrap();
+        assert_eq!(listed(&store), made);
+        assert_eq!(
+            push(&store, "d5", "elsewhere", 'b'),
+            RecordOutcome::Duplicate
+        );
+    }
+
+    #[test]
     fn the_backlog_counts_deliveries_until_sled_has_them() {
         let dir = tempfile::tempdir().unwrap();
         let store = SledStore::open(&settings(dir.path())).unwrap();

@@ -8,12 +8,14 @@
 //! since is left alone). Then sled is synced and the segments are deleted. Running it twice
 //! — a crash during the replay — changes nothing more.
 
+use super::applier::BATCH_JOBS;
 use super::segment::{self, Accepted, Entry};
 use crate::job::Job;
 use crate::store::StoreError;
 use crate::store::sled::{Trees, io_error};
 
-/// Deliveries per transaction during the replay.
+/// Deliveries per transaction during the replay; a transaction also ends once it holds
+/// `BATCH_JOBS` jobs, as the applier's do.
 const BATCH: usize = 256;
 
 /// What the replay leaves for the log that starts after it.
@@ -35,6 +37,7 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
     let mut last_seq = applied;
     let mut last_job = 0;
     let mut batch: Vec<(u64, Accepted)> = Vec::new();
+    let mut batch_jobs = 0;
     let mut jobs = Vec::new();
     let (mut deliveries, mut claims) = (0usize, 0usize);
     let mut flush = |batch: &mut Vec<(u64, Accepted)>| -> Result<(), StoreError> {
@@ -58,8 +61,10 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
                     last_job = accepted.jobs.iter().map(|j| j.id).fold(last_job, u64::max);
                     if seq > applied.min(in_window) {
                         deliveries += usize::from(seq > applied);
+                        batch_jobs += accepted.jobs.len();
                         batch.push((seq, *accepted));
-                        if batch.len() >= BATCH {
+                        if batch.len() >= BATCH || batch_jobs >= BATCH_JOBS {
+                            batch_jobs = 0;
                             flush(&mut batch)?;
                         }
                     }
@@ -67,6 +72,7 @@ pub fn replay(trees: &Trees) -> Result<Replayed, StoreError> {
                 Entry::Probe => {}
                 Entry::Claim { job, attempt } => {
                     // After the deliveries before it: the job may be one of them.
+                    batch_jobs = 0;
                     flush(&mut batch)?;
                     claims += usize::from(trees.replay_claim(job, attempt)?);
                 }
