@@ -79,6 +79,23 @@ struct Slice {
 }
 
 impl Slice {
+    /// A slice that takes entries, with none counted yet: `len` bytes of the file hold
+    /// entries, to be [`add`](Self::add)ed by whoever read them.
+    fn unsealed(number: u64, file: File, len: u64) -> Self {
+        Self {
+            number,
+            file: Arc::new(file),
+            len,
+            index: Index::default(),
+            first_at: None,
+            newest_at: 0,
+            max_seq: 0,
+            marks: 0,
+            deliveries: 0,
+            sealed: false,
+        }
+    }
+
     /// Whether it takes an entry received at `received_at` (`by_time`: only within
     /// [`SLICE_SPAN_MS`] of its first).
     fn takes(&self, received_at: u64, by_time: bool) -> bool {
@@ -378,18 +395,7 @@ impl Window {
             .open(&path)
             .map_err(|e| io(&path, e))?;
         sync_dir(&self.dir)?;
-        self.write().push(Slice {
-            number,
-            file: Arc::new(file),
-            len: 0,
-            index: Index::default(),
-            first_at: None,
-            newest_at: 0,
-            max_seq: 0,
-            marks: 0,
-            deliveries: 0,
-            sealed: false,
-        });
+        self.write().push(Slice::unsealed(number, file, 0));
         Ok(())
     }
 
@@ -552,18 +558,7 @@ fn open_slice(dir: &Path, number: u64) -> Result<Slice, StoreError> {
     }
     let bytes = read_prefix(&file, file_len).map_err(|e| io(&path, e))?;
     let (entries, end) = frame::read_all(&bytes);
-    let mut slice = Slice {
-        number,
-        file: Arc::new(file),
-        len: end as u64,
-        index: Index::default(),
-        first_at: None,
-        newest_at: 0,
-        max_seq: 0,
-        marks: 0,
-        deliveries: 0,
-        sealed: false,
-    };
+    let mut slice = Slice::unsealed(number, file, end as u64);
     for (offset, e) in &entries {
         slice.add(
             &New {
