@@ -137,6 +137,19 @@ pub(crate) mod hold {
         }
     }
 
+    /// The intake applier of the store at `dir` waits before its next batch until the guard
+    /// is dropped.
+    pub fn hold_applier(dir: &Path) -> Held {
+        hold(&dir.join(APPLIER))
+    }
+
+    /// What [`hold_applier`] holds, beside the commits of `dir`.
+    const APPLIER: &str = "#intake-applier";
+
+    pub(in crate::store::sled) fn wait_while_applier_held(dir: &Path) {
+        wait_while_held(&dir.join(APPLIER));
+    }
+
     pub(in crate::store::sled) fn wait_while_held(dir: &Path) {
         let mut held = HELD.lock().unwrap();
         while held.iter().any(|d| d == dir) {

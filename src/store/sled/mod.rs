@@ -229,6 +229,12 @@ impl SledStore {
         stats
     }
 
+    /// Test-only: whether the intake log's writer waits for its applier to catch up.
+    #[cfg(test)]
+    pub fn intake_waits_for_applier(&self) -> bool {
+        self.intake.waits_for_applier()
+    }
+
     /// Test-only: waits until sled holds every delivery recorded so far.
     #[cfg(test)]
     pub fn wait_applied(&self) {

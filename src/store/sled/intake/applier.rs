@@ -2,11 +2,20 @@
 //! (their records and marks) and sled (their jobs, a batch per transaction) — then the new
 //! jobs announced and closed segments checkpointed.
 //!
+//! **It gives way to the request path.** Its thread runs [`NICE`] steps nicer than the rest
+//! of the process (Linux). A transaction takes CPU that the two cores of a small machine
+//! would otherwise spend taking the next deliveries in and answering them: while requests
+//! keep the CPU busy, the applier's batches grow instead (and fewer transactions cost less);
+//! at a lighter load it runs at once. The writer waits for it when it falls too far behind
+//! (`backlog`). The in-memory maps are released a few deliveries at a time: the request path
+//! waits for their lock, and a thread of low priority must not hold it long.
+//!
 //! A batch sled refuses (a full disk) is tried again every second: it is in the log, so
 //! nothing is lost meanwhile, and the store is reopened by the healer (`reopen`) if sled
 //! stays broken, which replays the log. A checkpoint syncs sled (flush + fsync) and then
 //! deletes the closed segments whose deliveries sled holds.
 
+use super::backlog::Backlog;
 use super::segment::{self, Accepted};
 use super::{Closed, Shared, lock};
 use crate::store::jobs::Applied;
@@ -33,6 +42,13 @@ pub(super) const BATCH_JOBS: usize = 1024;
 /// bb2tc's CPU under load.
 const PACE: Duration = Duration::from_millis(2);
 
+/// Deliveries released from the in-memory maps per hold of their lock.
+const RELEASE_CHUNK: usize = 32;
+
+/// How much nicer the applier's thread is than the process (whose threads, the request
+/// path's among them, keep its own nice value, 0 unless started with another).
+const NICE: i32 = 10;
+
 /// How long a batch sled refused waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -49,6 +65,7 @@ struct Run {
     trees: Arc<Trees>,
     pending: Shared,
     closed: Arc<Mutex<Vec<Closed>>>,
+    backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<Applied>,
     stop: Arc<AtomicBool>,
     applied: watch::Sender<u64>,
@@ -60,6 +77,7 @@ impl Applier {
         mut queue: mpsc::UnboundedReceiver<(u64, Accepted)>,
         pending: Shared,
         closed: Arc<Mutex<Vec<Closed>>>,
+        backlog: Arc<Backlog>,
         events: mpsc::UnboundedSender<Applied>,
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
@@ -68,6 +86,7 @@ impl Applier {
             trees: trees.clone(),
             pending,
             closed,
+            backlog,
             events,
             stop: stop.clone(),
             applied: watermark,
@@ -75,6 +94,7 @@ impl Applier {
         let thread = std::thread::Builder::new()
             .name("bb2tc-intake-apply".into())
             .spawn(move || {
+                give_way_to_requests();
                 let mut batch = Vec::with_capacity(BATCH);
                 let mut last_applied: Option<Instant> = None;
                 // A delivery that did not fit the last batch: it starts the next.
@@ -147,6 +167,8 @@ impl Drop for Applier {
 impl Run {
     /// Applies a batch (retrying while sled refuses it); `false` when stopped first.
     fn apply(&self, batch: &[(u64, Accepted)]) -> bool {
+        #[cfg(test)]
+        crate::store::sled::group_commit::hold::wait_while_applier_held(self.trees.path());
         let applied = loop {
             // The window first: adding it again after sled refused adds nothing.
             match self
@@ -164,12 +186,15 @@ impl Run {
                 }
             }
         };
-        {
+        // A few at a time: the request path waits for this lock.
+        for chunk in batch.chunks(RELEASE_CHUNK) {
             let mut pending = lock(&self.pending);
-            for (_, accepted) in batch {
+            for (_, accepted) in chunk {
                 pending.release(accepted);
             }
         }
+        self.backlog
+            .applied(batch.iter().map(|(_, a)| Backlog::weight(a)).sum());
         let last = batch.last().map_or(0, |(seq, _)| *seq);
         let _ = self.events.send(applied);
         self.applied.send_replace(last);
@@ -218,5 +243,40 @@ impl Run {
             segments = done.len(),
             "intake log checkpoint: sled synced, segments removed"
         );
+    }
+}
+
+/// Lowers the calling thread's priority by [`NICE`] (to at most 19, the lowest); where that
+/// fails, it keeps the process's (and only gives way less under load).
+fn give_way_to_requests() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        let thread = Some(rustix::thread::gettid());
+        let lowered = getpriority_process(thread)
+            .and_then(|now| setpriority_process(thread, (now + NICE).min(19)));
+        if let Err(e) = lowered {
+            tracing::debug!(error = %e, "cannot lower the applier thread's priority");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_applier_thread_runs_at_a_lower_priority_than_the_rest() {
+        use rustix::process::getpriority_process;
+        use rustix::thread::gettid;
+        let (before, after) = std::thread::spawn(|| {
+            let before = getpriority_process(Some(gettid())).unwrap();
+            super::give_way_to_requests();
+            (before, getpriority_process(Some(gettid())).unwrap())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(after, (before + super::NICE).min(19));
+        // Only that thread: this one keeps the process's priority.
+        assert_eq!(getpriority_process(Some(gettid())).unwrap(), before);
     }
 }

@@ -11,7 +11,8 @@
 //! (`applier`), which writes batches of them into sled in one transaction each (at most
 //! one every 2 ms while deliveries queue up) — jobs coalesced there as before, the last
 //! applied sequence number in the same transaction — and announces the new jobs to the
-//! workers.
+//! workers. The applier gives way to the request path (a lower thread priority); the writer
+//! waits for it when it is more than `backlog::LIMIT` jobs behind (`backlog`).
 //!
 //! The worker's in-flight mark goes into the same log ([`Entry::Claim`]): the claim is
 //! written to sled first, and the call waits only for the log's fsync.
@@ -34,6 +35,7 @@
 //! it under the same lock, so no later delivery relies on one that was refused.
 
 mod applier;
+mod backlog;
 mod replay;
 pub mod segment;
 mod writer;
@@ -118,6 +120,12 @@ impl Durable {
     }
 
     /// Waits until the entry is on disk, or fails with why it never will be.
+    /// Test-only: whether the outcome is known.
+    #[cfg(test)]
+    pub fn is_settled(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+
     pub async fn wait(mut self) -> Result<(), StoreError> {
         let outcome = match self.0.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone(),
@@ -133,6 +141,8 @@ impl Durable {
 #[derive(Debug)]
 pub struct Intake {
     pending: Shared,
+    #[cfg(test)]
+    backlog: Arc<backlog::Backlog>,
     // Dropped before the applier: what it still writes reaches the applier, which then
     // drains its queue into sled and stops.
     writer: writer::Writer,
@@ -161,6 +171,7 @@ impl Intake {
             ..Pending::default()
         }));
         let closed = Arc::new(Mutex::new(Vec::new()));
+        let backlog = Arc::new(backlog::Backlog::default());
         let (to_applier, applier_queue) = mpsc::unbounded_channel();
         let dir = trees.path().to_owned();
         let identity = trees.identity;
@@ -169,6 +180,7 @@ impl Intake {
             applier_queue,
             pending.clone(),
             closed.clone(),
+            backlog.clone(),
             events,
         )
         .map_err(|e| super::io_error(&dir, e))?;
@@ -177,13 +189,18 @@ impl Intake {
             identity,
             replayed.next_seq,
             segment_bytes,
-            to_applier,
+            writer::ToApplier {
+                queue: to_applier,
+                backlog: backlog.clone(),
+            },
             closed,
             pending.clone(),
         )
         .map_err(|e| super::io_error(&dir, e))?;
         Ok(Self {
             pending,
+            #[cfg(test)]
+            backlog,
             writer,
             applier,
         })
@@ -319,6 +336,12 @@ impl Intake {
             last: lock(&self.pending).last_delivery,
             applied: self.applier.applied(),
         }
+    }
+
+    /// Test-only: whether the writer waits for the applier to catch up (`backlog`).
+    #[cfg(test)]
+    pub fn waits_for_applier(&self) -> bool {
+        self.backlog.is_waiting()
     }
 
     /// Test-only: waits until the applier has applied every delivery recorded so far.
@@ -695,6 +718,51 @@ mod tests {
         );
         runtime.block_on(durable.wait()).unwrap();
         runtime.block_on(store.log_probe().unwrap().wait()).unwrap();
+    }
+
+    #[test]
+    fn the_log_waits_for_an_applier_too_far_behind_and_goes_on_once_it_catches_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let held = crate::store::sled::group_commit::hold::hold_applier(store.path());
+        let changes =
+            |n: usize| -> Vec<_> { (0..64).map(|c| change(&format!("b{n}-{c}"), 'a')).collect() };
+        // 64 jobs a delivery: once this many are durable, the applier is behind by more than
+        // the limit.
+        let behind = super::backlog::LIMIT / 64 + 1;
+        for n in 0..behind {
+            let (_, durable) = store
+                .record_push(delivery(&format!("d{n}")), true, changes(n))
+                .unwrap();
+            runtime.block_on(durable.wait()).unwrap();
+        }
+        let (outcome, one_more) = store
+            .record_push(delivery("one-more"), true, changes(behind))
+            .unwrap();
+        assert!(matches!(outcome, RecordOutcome::Recorded { .. }));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !store.intake_waits_for_applier() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer went on with the applier held {} jobs behind",
+                super::backlog::LIMIT + 64
+            );
+            std::thread::yield_now();
+        }
+        assert!(
+            !one_more.is_settled(),
+            "written while the applier was behind"
+        );
+        drop(held);
+        runtime.block_on(one_more.wait()).unwrap();
+        store.wait_applied();
+        assert!(!store.intake_waits_for_applier());
+        assert_eq!(
+            store.list_jobs(None, 100_000).unwrap().len(),
+            (behind + 1) * 64,
+            "every delivery's jobs, once"
+        );
     }
 
     #[test]

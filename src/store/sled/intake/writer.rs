@@ -5,6 +5,9 @@
 //! on to the applier, in order. While it syncs, new entries queue and form the next group, so
 //! throughput grows with concurrency while syncs stay bounded by the disk.
 //!
+//! Before each group the writer makes sure the applier is not too far behind (`backlog`):
+//! if it is, the group waits, and grows meanwhile.
+//!
 //! A group whose write or sync fails is cut off the file again before anything else is
 //! written, so an entry answered with an error never comes back at the next start. If even
 //! that fails, the writer refuses everything until the store is reopened (`reopen`). A
@@ -26,6 +29,7 @@
 //! it is in use (`intake-next.prep`), and renamed into place when its turn comes. Where
 //! that fails (a full disk) a segment simply grows as it is written.
 
+use super::backlog::Backlog;
 use super::segment::{self, Accepted};
 use super::{Closed, Settle, Shared, lock};
 use std::fs::File;
@@ -44,6 +48,20 @@ pub struct Append {
     pub settle: Settle,
     /// A delivery, handed to the applier once it is durable.
     pub delivery: Option<Accepted>,
+}
+
+/// Where durable deliveries go: the applier's queue, and the count of what it has still to
+/// apply (`backlog`).
+pub struct ToApplier {
+    pub queue: mpsc::UnboundedSender<(u64, Accepted)>,
+    pub backlog: Arc<Backlog>,
+}
+
+impl ToApplier {
+    fn send(&self, seq: u64, delivery: Accepted) {
+        self.backlog.handed(Backlog::weight(&delivery));
+        let _ = self.queue.send((seq, delivery));
+    }
 }
 
 /// The writer thread; dropping it writes what is queued and stops the thread.
@@ -160,7 +178,7 @@ impl Writer {
         identity: Option<(u64, u64)>,
         first_seq: u64,
         segment_bytes: u64,
-        applier: mpsc::UnboundedSender<(u64, Accepted)>,
+        applier: ToApplier,
         closed: Arc<Mutex<Vec<Closed>>>,
         pending: Shared,
     ) -> std::io::Result<Self> {
@@ -185,6 +203,11 @@ impl Writer {
                 };
                 let mut buf = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
+                    // What queues meanwhile joins the group.
+                    let applier = &state.applier;
+                    applier
+                        .backlog
+                        .wait_for_room(|| rx.is_closed() || applier.queue.is_closed());
                     let mut group = vec![first];
                     while let Ok(next) = rx.try_recv() {
                         group.push(next);
@@ -232,7 +255,7 @@ struct State {
     broken: Option<String>,
     /// The last sequence number written.
     last_seq: u64,
-    applier: mpsc::UnboundedSender<(u64, Accepted)>,
+    applier: ToApplier,
     closed: Arc<Mutex<Vec<Closed>>>,
     pending: Shared,
 }
@@ -260,7 +283,7 @@ impl State {
                 for append in group {
                     if let Some(delivery) = append.delivery {
                         self.segment.last_delivery = append.seq;
-                        let _ = self.applier.send((append.seq, delivery));
+                        self.applier.send(append.seq, delivery);
                     }
                     append.settle.set(Ok(()));
                 }
