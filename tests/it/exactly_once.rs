@@ -82,6 +82,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     recovered += recoveries(&bridge.log());
+    checkpoints += checkpointed(&bridge.log());
     bridge.kill();
     let bridge = Bridge::start(&config, "");
 
@@ -112,6 +113,7 @@ async fn kill_9_while_teamcity_starts_builds_at_once_doubles_and_loses_nothing()
     // TeamCity were found among its builds (most already out of the queue) instead of
     // being posted again.
     recovered += recoveries(&bridge.log());
+    checkpoints += checkpointed(&bridge.log());
     eprintln!("interrupted jobs found in TeamCity: {recovered}; checkpoints: {checkpoints}");
     assert!(recovered > 0, "no kill caught a call under way");
     assert!(checkpoints > 0, "the intake log was never checkpointed");

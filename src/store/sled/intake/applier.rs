@@ -1,6 +1,6 @@
 //! The applier thread: durable deliveries, in log order, into the de-duplication window
 //! (their records and marks) and sled (their jobs, a batch per transaction) — then the new
-//! jobs announced and closed segments checkpointed.
+//! jobs announced and closed segments handed on to be checkpointed (`checkpoint`).
 //!
 //! **It gives way to the request path.** Its thread runs [`NICE`] steps nicer than the rest
 //! of the process (Linux). A transaction takes CPU that the two cores of a small machine
@@ -12,11 +12,11 @@
 //!
 //! A batch sled refuses (a full disk) is tried again every second: it is in the log, so
 //! nothing is lost meanwhile, and the store is reopened by the healer (`reopen`) if sled
-//! stays broken, which replays the log. A checkpoint syncs sled (flush + fsync) and then
-//! deletes the closed segments whose deliveries sled holds.
+//! stays broken, which replays the log.
 
 use super::backlog::Backlog;
-use super::segment::{self, Accepted};
+use super::checkpoint::Checkpointer;
+use super::segment::Accepted;
 use super::{Closed, Shared, lock};
 use crate::store::jobs::Applied;
 use crate::store::sled::Trees;
@@ -47,7 +47,7 @@ const RELEASE_CHUNK: usize = 32;
 
 /// How much nicer the applier's thread is than the process (whose threads, the request
 /// path's among them, keep its own nice value, 0 unless started with another).
-const NICE: i32 = 10;
+const NICE: i32 = 5;
 
 /// How long a batch sled refused waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -64,11 +64,12 @@ pub struct Applier {
 struct Run {
     trees: Arc<Trees>,
     pending: Shared,
-    closed: Arc<Mutex<Vec<Closed>>>,
     backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<Applied>,
     stop: Arc<AtomicBool>,
     applied: watch::Sender<u64>,
+    /// Told how far sled holds the log (closed segments are checkpointed there).
+    checkpoints: Checkpointer,
 }
 
 impl Applier {
@@ -85,11 +86,11 @@ impl Applier {
         let run = Run {
             trees: trees.clone(),
             pending,
-            closed,
             backlog,
             events,
             stop: stop.clone(),
             applied: watermark,
+            checkpoints: Checkpointer::start(trees.clone(), closed)?,
         };
         let thread = std::thread::Builder::new()
             .name("bb2tc-intake-apply".into())
@@ -198,51 +199,8 @@ impl Run {
         let last = batch.last().map_or(0, |(seq, _)| *seq);
         let _ = self.events.send(applied);
         self.applied.send_replace(last);
-        self.checkpoint(last);
+        self.checkpoints.applied(last);
         true
-    }
-
-    /// Deletes the closed segments whose deliveries sled now holds, once sled is synced.
-    fn checkpoint(&self, applied: u64) {
-        let done: Vec<Closed> = {
-            let mut closed = self
-                .closed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = closed
-                .iter()
-                .take_while(|c| c.last_delivery <= applied)
-                .count();
-            closed.drain(..n).collect()
-        };
-        if done.is_empty() {
-            return;
-        }
-        if let Err(e) = self
-            .trees
-            .commit_blocking()
-            .and_then(|()| self.trees.sync_window())
-        {
-            tracing::warn!(error = %e, "checkpoint postponed: the store could not be synced");
-            let mut closed = self
-                .closed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            closed.splice(0..0, done);
-            return;
-        }
-        for segment in &done {
-            if let Err(e) = std::fs::remove_file(&segment.path) {
-                tracing::warn!(segment = %segment.path.display(), error = %e, "cannot delete an intake log segment; it is replayed (harmlessly) at the next start");
-            }
-        }
-        if let Err(e) = segment::sync_dir(self.trees.path()) {
-            tracing::warn!(error = %e, "cannot sync the store directory after a checkpoint");
-        }
-        tracing::info!(
-            segments = done.len(),
-            "intake log checkpoint: sled synced, segments removed"
-        );
     }
 }
 

@@ -18,8 +18,8 @@
 //! written to sled first, and the call waits only for the log's fsync.
 //!
 //! **Checkpoints.** A segment is closed at `storage.intake_segment_bytes` (8 MiB by default).
-//! Once sled holds every delivery in a closed segment, the applier syncs sled (flush +
-//! fsync) and deletes the segment (`applier`).
+//! Once sled holds every delivery in a closed segment, a thread of its own syncs sled (flush
+//! + fsync) and the window, and deletes the segment (`checkpoint`).
 //!
 //! **Start-up** (`replay`): every delivery after the last applied sequence number is applied
 //! again (a torn last entry — a crash mid-write, never acknowledged — is dropped), claims
@@ -36,6 +36,7 @@
 
 mod applier;
 mod backlog;
+mod checkpoint;
 mod replay;
 pub mod segment;
 mod writer;
@@ -774,7 +775,15 @@ mod tests {
             push(&store, &format!("d{n}"), &format!("b{n}"), 'a');
         }
         store.wait_applied();
-        let left = segments(&store);
+        // Checkpoints follow the applier on a thread of their own.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let left = loop {
+            let left = segments(&store);
+            if left.len() <= 2 || std::time::Instant::now() >= deadline {
+                break left;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert!(left.len() <= 2, "{left:?}");
         let first = super::segment::path(store.path(), 1);
         assert!(
