@@ -120,13 +120,13 @@ impl Durable {
         Self(watch::channel(Some(Ok(()))).1)
     }
 
-    /// Waits until the entry is on disk, or fails with why it never will be.
     /// Test-only: whether the outcome is known.
     #[cfg(test)]
     pub fn is_settled(&self) -> bool {
         self.0.borrow().is_some()
     }
 
+    /// Waits until the entry is on disk, or fails with why it never will be.
     pub async fn wait(mut self) -> Result<(), StoreError> {
         let outcome = match self.0.wait_for(Option::is_some).await {
             Ok(outcome) => outcome.clone(),
