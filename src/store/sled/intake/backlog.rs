@@ -6,6 +6,9 @@
 //!
 //! The applier runs at a lower priority than the request path (`applier`), so on a saturated
 //! machine it falls behind first; this bound is what makes it catch up.
+//!
+//! The count is its own, not `Pending::unapplied`: that one also counts the deliveries still
+//! waiting for the writer, which a writer waiting on it would never let through.
 
 use super::segment::Accepted;
 #[cfg(test)]
@@ -40,7 +43,7 @@ impl Backlog {
         self.handed.fetch_add(weight, Ordering::SeqCst);
     }
 
-    /// The applier applied `weight` (or dropped it, stopping).
+    /// The applier applied `weight`.
     pub fn applied(&self, weight: usize) {
         let _ = self
             .handed
