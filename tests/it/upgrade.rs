@@ -7,8 +7,10 @@
 //! left by a crash), and `tests/upgrade/store-3a2b10f/` (format 3: every job in one tree,
 //! the intake log left by a crash) with two done jobs more, as does
 //! `tests/upgrade/store-08992d1/` (format 4: delivery records and marks in sled's trees,
-//! the intake log left by a crash; `tests/upgrade/regenerate.sh` rebuilds them from those
-//! commits), and the same test opens each. Every later format
+//! the intake log left by a crash) and `tests/upgrade/store-95337e3/` (format 5: every job
+//! in sled's trees, none in chunks of fresh jobs, the intake log left by a crash;
+//! `tests/upgrade/regenerate.sh` rebuilds them from those commits), and the same test opens
+//! each. Every later format
 //! change adds its own store here. Each store's `written_at_ms.txt` says when it was
 //! written: bb2tc opens it with its clock set to an hour after that (see [`open_old`]).
 
@@ -26,16 +28,23 @@ fn old_store(dir: &Path, release: &str) -> (PathBuf, String) {
     let from = fixture(release);
     let to = dir.join("data");
     std::fs::create_dir_all(&to).unwrap();
-    for entry in std::fs::read_dir(from.join("data")).unwrap() {
-        let entry = entry.unwrap();
-        // sled's `blobs/` is empty here (and so not in git).
-        if entry.path().is_dir() {
-            continue;
-        }
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
+    copy_dir(&from.join("data"), &to);
     let session = std::fs::read_to_string(from.join("session.txt")).unwrap();
     (to, session.trim().to_owned())
+}
+
+/// Copies the files of `from` into `to`, and those of its directories (a format-5 store's
+/// `window/`); sled's `blobs/` is empty here, and so not in git.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
 }
 
 /// Starts bb2tc (the binary, in a process of its own) on the copy of the old store of
@@ -147,18 +156,58 @@ async fn a_store_of_08992d1_opens_with_nothing_lost_and_its_marks_moved_into_the
     assert_moved_into_window(&db, &store);
 }
 
-/// The store is of format 5: no delivery records or marks left in sled, a window beside it.
+/// The store is of format 6: no delivery records or marks left in sled, a window beside it.
 fn assert_moved_into_window(db: &sled::Db, store: &Path) {
     let meta = db.open_tree("meta").unwrap();
     assert_eq!(
         meta.get("format_version").unwrap().as_deref(),
-        Some(&[5u8][..])
+        Some(&[6u8][..])
     );
     let names: Vec<Vec<u8>> = db.tree_names().iter().map(|n| n.to_vec()).collect();
     assert!(!names.contains(&b"deliveries".to_vec()), "{names:?}");
     assert!(!names.contains(&b"seen_changes".to_vec()), "{names:?}");
     assert!(store.join("window").is_dir());
     assert!(!store.join("window.import").exists());
+}
+
+/// A store of format 5 (95337e3, the intake log left by a crash): its jobs stay where they
+/// are, each with its entry in `latest_jobs`, and what the replay and later pushes add goes
+/// into chunks of fresh jobs (format 6). A newer push of a branch whose job the old store
+/// holds still pending replaces it; one of a branch built before builds again, once.
+#[tokio::test]
+async fn a_store_of_95337e3_opens_with_nothing_lost_and_new_jobs_go_into_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, tc) = open_and_check(dir.path(), "95337e3").await;
+    let push = dc_payload(
+        "jdoe",
+        "PROJ/repo",
+        &[
+            ("refs/heads/finished", &"9".repeat(40), "UPDATE"),
+            ("refs/heads/after-upgrade", &"8".repeat(40), "ADD"),
+        ],
+    );
+    let (status, answer) = app.dc_push(&push, "after-upgrade-1").await;
+    assert_eq!(
+        (status, answer["jobs"].as_u64()),
+        (202, Some(2)),
+        "{answer}"
+    );
+    let calls = tc.wait_for_builds(6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(tc.build_calls().len(), 6, "{calls:?}");
+    let built = branches(&tc.build_calls());
+    for branch in ["finished", "after-upgrade"] {
+        assert_eq!(
+            built.iter().filter(|b| *b == branch).count(),
+            1,
+            "{built:?}"
+        );
+    }
+    let (_, store) = app.stop().await;
+    let db = sled::open(&store).unwrap();
+    assert_moved_into_window(&db, &store);
+    let names: Vec<Vec<u8>> = db.tree_names().iter().map(|n| n.to_vec()).collect();
+    assert!(names.contains(&b"fresh_jobs".to_vec()), "{names:?}");
 }
 
 /// The sled key of the listed job for `branch`.

@@ -6,7 +6,8 @@
 #   551746f — the last release of store format 2 (job records v1, intake-log frames v1)
 #   3a2b10f — the last release of store format 3 (every job, finished ones too, in `jobs`)
 #   08992d1 — the last release of store format 4 (delivery records and marks in sled)
-# Usage: tests/upgrade/regenerate.sh [a84aaec|96cd6c8|551746f|3a2b10f|08992d1]   (default: all)
+#   95337e3 — the last release of store format 5 (every job in sled's trees, none in chunks)
+# Usage: tests/upgrade/regenerate.sh [a84aaec|96cd6c8|551746f|3a2b10f|08992d1|95337e3]   (default: all)
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 
@@ -30,13 +31,13 @@ open(path, "r+b").truncate(at)
 PY
   done
 }
-for commit in "${@:-a84aaec 96cd6c8 551746f 3a2b10f 08992d1}"; do
+for commit in "${@:-a84aaec 96cd6c8 551746f 3a2b10f 08992d1 95337e3}"; do
   for c in $commit; do
     work="$(mktemp -d)"
     git -C "$repo" worktree add --detach "$work/src" "$c" >/dev/null
     mkdir -p "$work/src/examples"
     cp "$repo/tests/upgrade/write_store_$c.rs" "$work/src/examples/"
-    (cd "$work/src" && CARGO_TARGET_DIR="$repo/target/upgrade-$c" \
+    (cd "$work/src" && CARGO_TARGET_DIR="${UPGRADE_TARGET_DIR:-$repo/target/upgrade-$c}" \
       cargo run --quiet --example "write_store_$c" -- "$work/out")
     rm -rf "$repo/tests/upgrade/store-$c"
     mkdir -p "$repo/tests/upgrade/store-$c"

@@ -23,18 +23,29 @@ impl Trees {
                 dump.sessions.push((key.to_vec(), session));
             }
         }
+        let index = self.fresh.lock();
+        dump.jobs = index.jobs(&self.fresh_chunks)?;
         for item in self
             .records::<Job>(&self.jobs)
             .chain(self.records::<Job>(&self.finished))
         {
             dump.jobs.push(item?.1);
         }
+        dump.jobs.sort_unstable_by_key(|job| job.id);
+        // The overlay first: where it names a fresh job, `latest_jobs` is not read.
+        let mut latest: HashMap<Vec<u8>, u64> = HashMap::new();
         for item in self.latest.iter() {
             let (key, id) = item?;
             if let Ok(id) = <[u8; 8]>::try_from(id.as_ref()) {
-                dump.latest.push((key.to_vec(), u64::from_be_bytes(id)));
+                latest.insert(key.to_vec(), u64::from_be_bytes(id));
             }
         }
+        for (key, id) in index.latest() {
+            latest.insert(key.to_vec(), id);
+        }
+        drop(index);
+        dump.latest = latest.into_iter().collect();
+        dump.latest.sort_unstable();
         for entry in self.window.entries()? {
             if let Some(mark) = window::dump_mark(entry.kind, &entry.key) {
                 dump.marks.push((mark, entry.received_at));
@@ -54,7 +65,7 @@ impl Trees {
         Ok(Counts {
             tokens: self.tokens.len(),
             sessions: self.sessions.len(),
-            jobs: self.jobs.len() + self.finished.len(),
+            jobs: self.fresh.lock().len() + self.jobs.len() + self.finished.len(),
             marks: usize::try_from(window.marks).unwrap_or(usize::MAX),
             deliveries: usize::try_from(window.deliveries).unwrap_or(usize::MAX),
         })

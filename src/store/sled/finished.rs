@@ -22,6 +22,7 @@
 //! once start-up has resumed the live jobs (or after [`COUNT_AFTER`]), so as not to share
 //! the disk with them.
 
+use super::fresh::FreshTx;
 use super::records::{decode, encode};
 use crate::job::{Job, JobState, follow};
 use crate::store::StoreError;
@@ -45,15 +46,22 @@ pub(super) fn job_key(id: u64) -> [u8; 8] {
 /// Keys of job records found unreadable inside a transaction, set aside after it.
 pub(super) type Unreadable = RefCell<Vec<Vec<u8>>>;
 
-/// The job trees inside one transaction.
+/// The job trees inside one transaction: live, finished, fresh (see `fresh`), and the
+/// coalescing index.
 pub(super) struct JobTrees<'a> {
     pub jobs: &'a TransactionalTree,
     pub finished: &'a TransactionalTree,
+    pub latest: &'a TransactionalTree,
+    pub fresh: FreshTx<'a>,
 }
 
 impl JobTrees<'_> {
-    /// A job, live or finished; one that cannot be decoded counts as absent and is noted.
+    /// A job, fresh, live or finished; one that cannot be decoded counts as absent and is
+    /// noted.
     pub fn get(&self, id: u64, bad: &Unreadable) -> TxResult<Option<Job>> {
+        if self.fresh.holds(id) {
+            return self.fresh.get(id);
+        }
         let key = job_key(id);
         let bytes = match self.jobs.get(key)? {
             Some(bytes) => bytes,
@@ -72,8 +80,10 @@ impl JobTrees<'_> {
     }
 
     /// Writes `job` into the tree it belongs in. A live job is never finished already (a
-    /// finished one does not change), so only the move into `finished_jobs` removes.
+    /// finished one does not change), so only the move into `finished_jobs` removes. A
+    /// fresh job leaves its chunk.
     pub fn put(&self, job: &Job) -> TxResult<()> {
+        self.leave_fresh(job.id)?;
         let bytes = encode(job).map_err(ConflictableTransactionError::Abort)?;
         if settled(job) {
             self.finished.insert(&job_key(job.id), bytes)?;
@@ -85,19 +95,88 @@ impl JobTrees<'_> {
     }
 
     /// Removes job `id` from the tree it is in. Most removals (a pending job replaced by a
-    /// newer push, on the intake's path) find it live and write nothing to `finished_jobs`.
+    /// newer push, on the intake's path) find it fresh or live and write nothing to
+    /// `finished_jobs`.
     pub fn remove(&self, id: u64) -> TxResult<()> {
+        if self.leave_fresh(id)? {
+            return Ok(());
+        }
         if self.jobs.remove(&job_key(id))?.is_none() {
             self.finished.remove(&job_key(id))?;
         }
         Ok(())
     }
+
+    /// Takes job `id` out of its chunk if it is fresh (`true`); the coalescing-index entry
+    /// the overlay held for it goes to `latest_jobs`, as it would have been written.
+    fn leave_fresh(&self, id: u64) -> TxResult<bool> {
+        if !self.fresh.holds(id) {
+            return Ok(false);
+        }
+        if let Some(key) = self.fresh.leave(id)? {
+            self.latest.insert(key, &job_key(id))?;
+        }
+        Ok(true)
+    }
+
+    /// The id of the newest job of coalescing key `key`.
+    pub fn newest(&self, key: &[u8]) -> TxResult<Option<u64>> {
+        if let Some(id) = self.fresh.newest(key) {
+            return Ok(Some(id));
+        }
+        Ok(self
+            .latest
+            .get(key)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map(u64::from_be_bytes))
+    }
+
+    /// Writes the coalescing index's entry for `key` (`None`: none is the newest). A fresh
+    /// job the overlay names for it first moves, unchanged, out of its chunk, so that
+    /// start-up does not bring the overlay's entry back.
+    pub fn set_latest(&self, key: &[u8], id: Option<u64>, bad: &Unreadable) -> TxResult<()> {
+        self.move_out_newest(key, bad)?;
+        match id {
+            Some(id) => self.latest.insert(key, &job_key(id))?,
+            None => self.latest.remove(key)?,
+        };
+        Ok(())
+    }
+
+    /// Adds a new job to the chunks the transaction writes; `latest`: the coalescing key it
+    /// is now the newest of (the overlay names it), if it is.
+    pub fn add_fresh(&self, job: &Job, latest: Option<&[u8]>, bad: &Unreadable) -> TxResult<()> {
+        let key = match latest {
+            Some(key) => {
+                if self.fresh.newest(key).is_some_and(|j| j != job.id) {
+                    self.move_out_newest(key, bad)?;
+                }
+                self.fresh.set_newest(key, Some(job.id));
+                key.to_vec()
+            }
+            None => job.coalescing_key(),
+        };
+        self.fresh.add(job, latest.is_some(), key)
+    }
+
+    fn move_out_newest(&self, key: &[u8], bad: &Unreadable) -> TxResult<()> {
+        if let Some(newest) = self.fresh.newest(key)
+            && self.fresh.holds(newest)
+            && let Some(job) = self.get(newest, bad)?
+        {
+            // `put` takes it out of its chunk and writes the overlay's entry, which the
+            // caller then replaces.
+            self.put(&job)?;
+        }
+        self.fresh.set_newest(key, None);
+        Ok(())
+    }
 }
 
-/// Merges two newest-first job iterations (the live and the finished jobs) into one.
+/// Merges two newest-first job iterations (say the live and the finished jobs) into one.
 pub(super) fn newest_first<'a>(
-    live: impl Iterator<Item = Result<(sled::IVec, Job), StoreError>> + 'a,
-    finished: impl Iterator<Item = Result<(sled::IVec, Job), StoreError>> + 'a,
+    live: impl Iterator<Item = Result<Job, StoreError>> + 'a,
+    finished: impl Iterator<Item = Result<Job, StoreError>> + 'a,
 ) -> impl Iterator<Item = Result<Job, StoreError>> + 'a {
     let mut live = live.peekable();
     let mut finished = finished.peekable();
@@ -109,14 +188,13 @@ pub(super) fn newest_first<'a>(
             // An error is passed on at once.
             (Some(Err(_)), _) => true,
             (_, Some(Err(_))) => false,
-            (Some(Ok((a, _))), Some(Ok((b, _)))) => a >= b,
+            (Some(Ok(a)), Some(Ok(b))) => a.id >= b.id,
         };
-        let next = if take_live {
+        if take_live {
             live.next()
         } else {
             finished.next()
-        };
-        next.map(|item| item.map(|(_, job)| job))
+        }
     })
 }
 

@@ -6,6 +6,7 @@
 
 use super::Trees;
 use super::finished::{self, CountCursor, JobTrees, Unreadable, job_key};
+use super::fresh::FreshTx;
 use super::intake::segment::Accepted;
 use super::records::{decode, encode};
 use super::window;
@@ -17,14 +18,6 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-/// The id of the newest job for `key`.
-fn latest_id(latest: &TransactionalTree, key: &[u8]) -> TxResult<Option<u64>> {
-    Ok(latest
-        .get(key)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-        .map(u64::from_be_bytes))
-}
 
 /// The status jobs a transition enqueued (for the workers).
 fn made_statuses(t: &Transition) -> Vec<Job> {
@@ -42,17 +35,34 @@ fn made_statuses(t: &Transition) -> Vec<Job> {
         .collect()
 }
 
-fn apply(jobs: &JobTrees<'_>, latest: &TransactionalTree, writes: &[Write]) -> TxResult<()> {
+fn apply(jobs: &JobTrees<'_>, writes: &[Write], bad: &Unreadable) -> TxResult<()> {
+    for write in writes {
+        apply_one(jobs, write, bad)?;
+    }
+    Ok(())
+}
+
+fn apply_one(jobs: &JobTrees<'_>, write: &Write, bad: &Unreadable) -> TxResult<()> {
+    match write {
+        Write::Put(job) => jobs.put(job),
+        Write::Delete(id) => jobs.remove(*id),
+        Write::SetLatest { key, id } => jobs.set_latest(key, Some(*id), bad),
+        Write::ClearLatest { key } => jobs.set_latest(key, None, bad),
+    }
+}
+
+/// Applies the writes that enqueue new job `id`: the job itself into a chunk of fresh jobs
+/// (its coalescing-index entry into the overlay), the rest as any transition's.
+fn apply_new(jobs: &JobTrees<'_>, id: u64, writes: &[Write], bad: &Unreadable) -> TxResult<()> {
+    let latest = writes.iter().find_map(|w| match w {
+        Write::SetLatest { key, id: newest } if *newest == id => Some(key.as_slice()),
+        _ => None,
+    });
     for write in writes {
         match write {
-            Write::Put(job) => jobs.put(job)?,
-            Write::Delete(id) => jobs.remove(*id)?,
-            Write::SetLatest { key, id } => {
-                latest.insert(key.as_slice(), &job_key(*id))?;
-            }
-            Write::ClearLatest { key } => {
-                latest.remove(key.as_slice())?;
-            }
+            Write::Put(job) if job.id == id => jobs.add_fresh(job, latest, bad)?,
+            Write::SetLatest { id: latest, .. } if *latest == id => {}
+            other => apply_one(jobs, other, bad)?,
         }
     }
     Ok(())
@@ -165,31 +175,46 @@ impl Trees {
             return Ok(Applied::default());
         };
         let bad = Unreadable::default();
-        let result = (&self.jobs, &self.latest, &self.meta, &self.finished).transaction(
-            |(jobs, latest, meta, finished)| {
+        let mut index = self.fresh.lock();
+        let result = (
+            &self.jobs,
+            &self.latest,
+            &self.meta,
+            &self.finished,
+            &self.fresh_chunks,
+            &self.fresh_gone,
+        )
+            .transaction(|(jobs, latest, meta, finished, chunks, gone)| {
                 bad.borrow_mut().clear();
-                let jobs = JobTrees { jobs, finished };
+                let jobs = JobTrees {
+                    jobs,
+                    finished,
+                    latest,
+                    fresh: FreshTx::new(chunks, gone, &index),
+                };
                 let mut transitions = Vec::new();
                 let mut next_job_id = read_u64(meta, NEXT_JOB_ID)?;
                 for (_, accepted) in batch {
                     for job in &accepted.jobs {
-                        let newest = match latest_id(latest, &job.coalescing_key())? {
+                        let newest = match jobs.newest(&job.coalescing_key())? {
                             Some(id) => jobs.get(id, &bad)?,
                             None => None,
                         };
                         let t = lifecycle::enqueue(job.clone(), newest.as_ref());
-                        apply(&jobs, latest, &t.writes)?;
+                        apply_new(&jobs, job.id, &t.writes, &bad)?;
                         next_job_id = next_job_id.max(job.id + 1);
                         transitions.push(t);
                     }
                 }
+                jobs.fresh.write_chunks(*last_seq)?;
                 meta.insert(APPLIED_SEQ, &last_seq.to_be_bytes())?;
                 meta.insert(NEXT_JOB_ID, &next_job_id.to_be_bytes())?;
-                Ok(transitions)
-            },
-        );
+                Ok((transitions, jobs.fresh.into_change()))
+            });
         self.set_aside_jobs(bad);
-        let transitions = result?;
+        let (transitions, change) = result?;
+        change.apply_to(&mut index);
+        drop(index);
         let mut applied = Applied::default();
         for t in transitions {
             let before: Vec<&Job> = t.coalesced.iter().collect();
@@ -227,7 +252,8 @@ impl Trees {
                 .and_then(|(k, _)| <[u8; 8]>::try_from(k.as_ref()).ok())
                 .map_or(0, u64::from_be_bytes))
         };
-        let stored = last(&self.jobs)?.max(last(&self.finished)?);
+        let fresh = self.fresh.lock().max_id().unwrap_or(0);
+        let stored = last(&self.jobs)?.max(last(&self.finished)?).max(fresh);
         let generated = self.db.generate_id()?;
         Ok(kept.max(stored + 1).max(generated + 1).max(last_in_log + 1))
     }
@@ -235,7 +261,7 @@ impl Trees {
     /// Replays a claim from the intake log: `true` when the job was still pending at the
     /// attempt before, and is now in flight.
     pub(super) fn replay_claim(&self, id: u64, attempt: u32) -> Result<bool, StoreError> {
-        let t = self.transition(id, |job, _, _, _| Ok(lifecycle::replay_claim(job, attempt)))?;
+        let t = self.transition(id, |job, _, _| Ok(lifecycle::replay_claim(job, attempt)))?;
         Ok(t.is_ok())
     }
 
@@ -249,34 +275,45 @@ impl Trees {
     fn transition(
         &self,
         id: u64,
-        decide: impl Fn(
-            &Job,
-            Option<u64>,
-            &JobTrees<'_>,
-            &TransactionalTree,
-        ) -> TxResult<Result<Transition, Refused>>,
+        decide: impl Fn(&Job, Option<u64>, &JobTrees<'_>) -> TxResult<Result<Transition, Refused>>,
     ) -> Result<Result<Transition, Unchanged>, StoreError> {
         let bad = Unreadable::default();
         // Held from the transaction to its count (see `finished`).
         let cursor = self.finished_count.hold();
-        let result =
-            (&self.jobs, &self.latest, &self.finished).transaction(|(jobs, latest, finished)| {
+        let mut index = self.fresh.lock();
+        let result = (
+            &self.jobs,
+            &self.latest,
+            &self.finished,
+            &self.fresh_chunks,
+            &self.fresh_gone,
+        )
+            .transaction(|(jobs, latest, finished, chunks, gone)| {
                 bad.borrow_mut().clear();
-                let jobs = JobTrees { jobs, finished };
-                let Some(job) = jobs.get(id, &bad)? else {
-                    return Ok(Err(Unchanged::Gone));
+                let jobs = JobTrees {
+                    jobs,
+                    finished,
+                    latest,
+                    fresh: FreshTx::new(chunks, gone, &index),
                 };
-                let newest = latest_id(latest, &job.coalescing_key())?;
-                match decide(&job, newest, &jobs, latest)? {
+                let Some(job) = jobs.get(id, &bad)? else {
+                    return Ok((Err(Unchanged::Gone), jobs.fresh.into_change()));
+                };
+                let newest = jobs.newest(&job.coalescing_key())?;
+                let outcome = match decide(&job, newest, &jobs)? {
                     Ok(t) => {
-                        apply(&jobs, latest, &t.writes)?;
-                        Ok(Ok((job, t)))
+                        apply(&jobs, &t.writes, &bad)?;
+                        Ok((job, t))
                     }
-                    Err(Refused::WrongState(state)) => Ok(Err(Unchanged::InState(state))),
-                }
+                    Err(Refused::WrongState(state)) => Err(Unchanged::InState(state)),
+                };
+                Ok((outcome, jobs.fresh.into_change()))
             });
         self.set_aside_jobs(bad);
-        Ok(result?.map(|(before, t)| {
+        let (outcome, change) = result?;
+        change.apply_to(&mut index);
+        drop(index);
+        Ok(outcome.map(|(before, t)| {
             let mut all_before = vec![&before];
             all_before.extend(&t.also_changed);
             self.count_writes(&cursor, &all_before, &t.writes);
@@ -286,14 +323,14 @@ impl Trees {
 
     /// Marks a pending job in flight (one more attempt); the job as claimed.
     pub fn claim_job(&self, id: u64) -> Result<Result<Job, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, _, _, _| Ok(lifecycle::claim(job)))?;
+        let t = self.transition(id, |job, _, _| Ok(lifecycle::claim(job)))?;
         Ok(t.and_then(|t| t.job.ok_or(Unchanged::Gone)))
     }
 
     /// Puts a claimed job back, unsent (on shutdown, before its call was made). `Ok(None)`
     /// when it was dropped as superseded.
     pub fn release_job(&self, id: u64) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, newest, _, _| Ok(lifecycle::release(job, newest)))?;
+        let t = self.transition(id, |job, newest, _| Ok(lifecycle::release(job, newest)))?;
         Ok(t.map(|t| t.job))
     }
 
@@ -304,7 +341,7 @@ impl Trees {
         id: u64,
         now: u64,
     ) -> Result<Result<Option<Job>, Unchanged>, StoreError> {
-        let t = self.transition(id, |job, newest, _, _| {
+        let t = self.transition(id, |job, newest, _| {
             Ok(lifecycle::interrupted(job, newest, now))
         })?;
         Ok(t.map(|t| t.job))
@@ -320,7 +357,7 @@ impl Trees {
         #[cfg(test)]
         self.faults.check("finish_job")?;
         let bad = Unreadable::default();
-        let t = self.transition(id, |job, latest, jobs, latest_tree| {
+        let t = self.transition(id, |job, latest, jobs| {
             let newest = match latest.filter(|&l| l != id) {
                 Some(newest) => jobs.get(newest, &bad)?,
                 None => None,
@@ -330,7 +367,7 @@ impl Trees {
                 && let Some(after) = t.job.clone()
             {
                 let report = status::after_trigger(&after, finish);
-                self.add_status(t, &after, report, now, jobs, latest_tree, &bad)?;
+                self.add_status(t, &after, report, now, jobs, &bad)?;
             }
             Ok(t)
         })?;
@@ -349,13 +386,13 @@ impl Trees {
         now: u64,
     ) -> Result<Result<Job, Unchanged>, StoreError> {
         let bad = Unreadable::default();
-        let t = self.transition(id, |job, _, jobs, latest| {
+        let t = self.transition(id, |job, _, jobs| {
             let mut t = lifecycle::followed(job, seen, now);
             if let Ok(t) = &mut t
                 && let Some(after) = t.job.clone()
             {
                 let report = status::after_poll(job.build.as_ref(), &after);
-                self.add_status(t, &after, report, now, jobs, latest, &bad)?;
+                self.add_status(t, &after, report, now, jobs, &bad)?;
             }
             Ok(t)
         })?;
@@ -369,7 +406,6 @@ impl Trees {
     /// Adds to `t` the writes that enqueue the status job for `report` about `job` (due
     /// `now`, replacing one of its key still waiting) — in the same transaction as the change
     /// that called for it, so that a crash loses neither or both.
-    #[allow(clippy::too_many_arguments)]
     fn add_status(
         &self,
         t: &mut Transition,
@@ -377,7 +413,6 @@ impl Trees {
         report: Option<status::StatusReport>,
         now: u64,
         jobs: &JobTrees<'_>,
-        latest: &TransactionalTree,
         bad: &Unreadable,
     ) -> TxResult<()> {
         let Some(report) = report else {
@@ -387,7 +422,7 @@ impl Trees {
         made.id = self.take_job_id();
         made.created_at = now;
         made.next_attempt_at = now;
-        let waiting = match latest_id(latest, &made.coalescing_key())? {
+        let waiting = match jobs.newest(&made.coalescing_key())? {
             Some(id) => jobs.get(id, bad)?,
             None => None,
         };
@@ -400,7 +435,8 @@ impl Trees {
     /// `interrupted`), or are dropped when superseded. Returns every pending job, and every
     /// done one whose build is still followed.
     pub fn resume_jobs(&self, now: u64) -> Result<Vec<Job>, StoreError> {
-        let mut pending = Vec::new();
+        // Fresh jobs are pending, as they arrived.
+        let mut pending = self.fresh.lock().jobs(&self.fresh_chunks)?;
         for item in self.records::<Job>(&self.jobs) {
             let (_, job) = item?;
             match job.state {
@@ -415,13 +451,14 @@ impl Trees {
             }
         }
         self.finished_count.resumed();
+        pending.sort_unstable_by_key(|job| job.id);
         Ok(pending)
     }
 
     /// Makes a dead job pending again, due now, with a fresh attempt count.
     pub fn revive_job(&self, id: u64, now: u64) -> Result<Result<Job, Unchanged>, StoreError> {
         let bad = Unreadable::default();
-        let t = self.transition(id, |job, newest, jobs, _| {
+        let t = self.transition(id, |job, newest, jobs| {
             let newest = match newest {
                 Some(newest) => jobs.get(newest, &bad)?,
                 None => None,
@@ -434,30 +471,61 @@ impl Trees {
 
     /// Deletes a job in any state; `false` when there was none.
     pub fn remove_job(&self, id: u64) -> Result<bool, StoreError> {
-        let t = self.transition(id, |job, newest, _, _| {
-            Ok(Ok(lifecycle::remove(job, newest)))
-        })?;
+        let t = self.transition(id, |job, newest, _| Ok(Ok(lifecycle::remove(job, newest))))?;
         Ok(t.is_ok())
     }
 
     /// Whether a job is still stored (cheaper than reading it).
     pub fn job_exists(&self, id: u64) -> Result<bool, StoreError> {
+        {
+            let index = self.fresh.lock();
+            if index.holds(id) {
+                return Ok(true);
+            }
+        }
         Ok(self.jobs.contains_key(job_key(id))? || self.finished.contains_key(job_key(id))?)
     }
 
     /// One job.
     pub fn job(&self, id: u64) -> Result<Option<Job>, StoreError> {
+        {
+            // Held through the read: a job that leaves its chunk is in `jobs` once the
+            // lock is free.
+            let index = self.fresh.lock();
+            if let Some(job) = index.job(&self.fresh_chunks, id)? {
+                return Ok(Some(job));
+            }
+        }
         match self.read_record(&self.jobs, &job_key(id))? {
             Some(job) => Ok(Some(job)),
             None => self.read_record(&self.finished, &job_key(id)),
         }
     }
 
-    /// Every job, live and finished, newest first.
+    /// The fresh jobs, newest first (each read as it is reached: it may have left its
+    /// chunk since, and is then read where it went).
+    fn fresh_newest_first(&self) -> impl Iterator<Item = Result<Job, StoreError>> + '_ {
+        let mut ids: Vec<u64> = self.fresh.lock().ids().collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .filter_map(move |id| self.job(id).transpose())
+    }
+
+    /// Every job, fresh, live and finished, newest first.
     fn jobs_newest_first(&self) -> impl Iterator<Item = Result<Job, StoreError>> + '_ {
         finished::newest_first(
-            self.records_rev::<Job>(&self.jobs),
-            self.records_rev::<Job>(&self.finished),
+            self.live_newest_first(),
+            self.records_rev::<Job>(&self.finished)
+                .map(|r| r.map(|(_, job)| job)),
+        )
+    }
+
+    /// The fresh and the live jobs, newest first (no finished ones).
+    fn live_newest_first(&self) -> impl Iterator<Item = Result<Job, StoreError>> + '_ {
+        finished::newest_first(
+            self.records_rev::<Job>(&self.jobs)
+                .map(|r| r.map(|(_, job)| job)),
+            self.fresh_newest_first(),
         )
     }
 
@@ -467,10 +535,7 @@ impl Trees {
         // Only done jobs are ever finished.
         let all: Box<dyn Iterator<Item = Result<Job, StoreError>>> = match state {
             None | Some(JobState::Done) => Box::new(self.jobs_newest_first()),
-            Some(_) => Box::new(
-                self.records_rev::<Job>(&self.jobs)
-                    .map(|r| r.map(|(_, j)| j)),
-            ),
+            Some(_) => Box::new(self.live_newest_first()),
         };
         for job in all {
             let job = job?;
@@ -1005,6 +1070,11 @@ mod tests {
                 .record_now(&delivery("1"), true, &[change("a", 'a'), change("b", 'b')])
                 .unwrap(),
         );
+        // Claimed, they have left their chunk of fresh jobs for `jobs`.
+        for job in &jobs {
+            store.claim_job(job.id).unwrap().unwrap();
+            assert!(store.jobs.contains_key(job_key(job.id)).unwrap());
+        }
         store
             .jobs
             .insert(job_key(jobs[0].id), &[1u8, 0xff, 0xff, 0xff][..])
@@ -1029,5 +1099,211 @@ mod tests {
         assert_eq!(store.claim_job(jobs[1].id).unwrap(), Err(Unchanged::Gone));
         assert_eq!(store.stats().unreadable, 2);
         assert!(store.resume_jobs(now()).unwrap().is_empty());
+    }
+
+    fn reopen(dir: &tempfile::TempDir, store: super::super::SledStore) -> super::super::SledStore {
+        drop(store);
+        let settings = crate::store::test_support::settings(dir.path());
+        super::super::SledStore::open(&settings).unwrap()
+    }
+
+    fn fresh_ids(store: &super::super::SledStore) -> Vec<u64> {
+        let mut ids: Vec<u64> = store.fresh.lock().ids().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn new_jobs_stay_in_chunks_until_their_first_change_and_the_last_to_leave_takes_the_chunk() {
+        let (dir, store) = temp_sled();
+        // One delivery of 40 changes: one batch of the applier.
+        let changes: Vec<_> = (0..40).map(|n| change(&format!("b{n}"), 'a')).collect();
+        let (jobs, _) = recorded(store.record_now(&delivery("1"), true, &changes).unwrap());
+        let ids: Vec<u64> = jobs.iter().map(|j| j.id).collect();
+        // Nothing in `jobs` nor in `latest_jobs`: the jobs and their index entries are in
+        // chunks of CHUNK (16).
+        assert_eq!((store.jobs.len(), store.latest.len()), (0, 0));
+        assert_eq!(store.fresh_chunks.len(), 3);
+        assert_eq!(fresh_ids(&store), ids);
+        let listed: Vec<u64> = store
+            .list_jobs(None, 100)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed, ids.iter().rev().copied().collect::<Vec<_>>());
+        assert_eq!(store.job(ids[3]).unwrap().unwrap().branch, "b3");
+        assert!(store.job_exists(ids[3]).unwrap());
+
+        let store = reopen(&dir, store);
+        assert_eq!(fresh_ids(&store), ids);
+        let resumed: Vec<u64> = store
+            .resume_jobs(now())
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(resumed, ids);
+        assert_eq!(
+            store.stats().jobs.values().map(|q| q.count).sum::<usize>(),
+            40
+        );
+
+        // A claim takes the job out of its chunk, into `jobs`, with its index entry.
+        let claimed = store.claim_job(ids[0]).unwrap().unwrap();
+        assert_eq!(claimed.state, JobState::Inflight);
+        assert!(store.jobs.contains_key(job_key(ids[0])).unwrap());
+        assert_eq!(
+            store
+                .latest
+                .get(claimed.coalescing_key())
+                .unwrap()
+                .as_deref(),
+            Some(&job_key(ids[0])[..])
+        );
+        assert_eq!(store.fresh_gone.len(), 1);
+        let store = reopen(&dir, store);
+        assert_eq!(fresh_ids(&store), ids[1..]);
+        assert_eq!(
+            store.job(ids[0]).unwrap().unwrap().state,
+            JobState::Inflight
+        );
+        // Once every job has left, no chunk and no mark of one gone is left.
+        for &id in &ids[1..] {
+            store.claim_job(id).unwrap().unwrap();
+        }
+        assert_eq!((store.fresh_chunks.len(), store.fresh_gone.len()), (0, 0));
+        assert_eq!(store.jobs.len(), 40);
+        assert_eq!(store.latest.len(), 40);
+        let store = reopen(&dir, store);
+        assert!(fresh_ids(&store).is_empty());
+        assert_eq!(
+            store
+                .list_jobs(Some(JobState::Inflight), 100)
+                .unwrap()
+                .len(),
+            40
+        );
+    }
+
+    #[test]
+    fn a_newer_push_replaces_a_fresh_job_as_it_replaced_a_stored_one_across_restarts() {
+        let (dir, store) = temp_sled();
+        let push = |store: &super::super::SledStore, n: u32, sha: char| {
+            recorded(
+                store
+                    .record_now(&delivery(&format!("d{n}")), true, &[change("main", sha)])
+                    .unwrap(),
+            )
+            .0[0]
+                .clone()
+        };
+        let a = push(&store, 1, 'a');
+        let b = push(&store, 2, 'b');
+        // `a` was still pending: `b` replaced it.
+        assert!(store.job(a.id).unwrap().is_none());
+        assert_eq!(fresh_ids(&store), vec![b.id]);
+        let store = reopen(&dir, store);
+        let c = push(&store, 3, 'c');
+        assert!(store.job(b.id).unwrap().is_none());
+        let pending: Vec<u64> = store
+            .list_jobs(Some(JobState::Pending), 10)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(pending, vec![c.id]);
+        // In flight, `c` is not replaced; `d` becomes the newest, fresh, and stays so
+        // after a restart, in front of `latest_jobs`' entry for `c`.
+        store.claim_job(c.id).unwrap().unwrap();
+        let d = push(&store, 4, 'd');
+        assert_eq!(store.job(c.id).unwrap().unwrap().state, JobState::Inflight);
+        let store = reopen(&dir, store);
+        let index: Vec<(Vec<u8>, u64)> = store
+            .fresh
+            .lock()
+            .latest()
+            .map(|(k, id)| (k.to_vec(), id))
+            .collect();
+        assert_eq!(index, vec![(d.coalescing_key(), d.id)]);
+        // `c` ends: nothing more; `d` is claimed and released (shutdown): it is still
+        // the newest, now in `latest_jobs`.
+        store
+            .finish_job(c.id, &done(Some(7)), now())
+            .unwrap()
+            .unwrap();
+        store.claim_job(d.id).unwrap().unwrap();
+        assert_eq!(store.release_job(d.id).unwrap().unwrap().unwrap().id, d.id);
+        assert!(store.fresh.lock().latest().next().is_none());
+        let e = push(&store, 5, 'e');
+        assert!(
+            store.job(d.id).unwrap().is_none(),
+            "pending again, so replaced"
+        );
+        let store = reopen(&dir, store);
+        let resumed: Vec<u64> = store
+            .resume_jobs(now())
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(resumed.last(), Some(&e.id));
+        assert!(!resumed.contains(&d.id));
+    }
+
+    #[test]
+    fn an_admin_removal_or_a_revival_writes_the_index_as_before() {
+        let (dir, store) = temp_sled();
+        let (jobs, _) = recorded(
+            store
+                .record_now(&delivery("1"), true, &[change("x", 'a'), change("y", 'b')])
+                .unwrap(),
+        );
+        let (x, y) = (&jobs[0], &jobs[1]);
+        // The newest of its key, removed while fresh: nothing is the newest any more.
+        assert!(store.remove_job(x.id).unwrap());
+        assert!(store.latest.get(x.coalescing_key()).unwrap().is_none());
+        assert!(
+            store
+                .fresh
+                .lock()
+                .latest()
+                .all(|(k, _)| k != x.coalescing_key())
+        );
+        let store = reopen(&dir, store);
+        assert_eq!(fresh_ids(&store), vec![y.id]);
+        assert!(store.job(x.id).unwrap().is_none());
+        // A dead job revived while a newer one of its key is fresh: the fresh one stays
+        // the newest (the revival does not take the index).
+        let (older, _) = recorded(
+            store
+                .record_now(&delivery("2"), true, &[change("z", 'c')])
+                .unwrap(),
+        );
+        store.claim_job(older[0].id).unwrap().unwrap();
+        let dead = Finish::Dead {
+            error: "TeamCity answered 404".into(),
+        };
+        store
+            .finish_job(older[0].id, &dead, now())
+            .unwrap()
+            .unwrap();
+        let (newer, _) = recorded(
+            store
+                .record_now(&delivery("3"), true, &[change("z", 'd')])
+                .unwrap(),
+        );
+        store.revive_job(older[0].id, now()).unwrap().unwrap();
+        let store = reopen(&dir, store);
+        let key = newer[0].coalescing_key();
+        let named: Vec<u64> = store
+            .fresh
+            .lock()
+            .latest()
+            .filter(|(k, _)| *k == key.as_slice())
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(named, vec![newer[0].id]);
+        assert_eq!(fresh_ids(&store), vec![y.id, newer[0].id]);
     }
 }

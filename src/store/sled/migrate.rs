@@ -1,7 +1,7 @@
 //! The store's format version, and the one-pass migrations: of a store written before
 //! records carried one (bb2tc up to a84aaec), of the finished jobs into their own tree
 //! (format 4), and of the delivery records and marks out of sled into the de-duplication
-//! window (format 5, [`move_into_window`]).
+//! window (format 5, [`move_into_window`]); format 6 (fresh jobs, see `fresh`) moves nothing.
 //!
 //! `meta` holds `format_version`; a store without it is either new (empty) or from a84aaec.
 //! The migration rewrites every record of the record trees with a version byte, in batches;
@@ -30,10 +30,13 @@ use sled::transaction::ConflictableTransactionError;
 /// 4 = finished jobs in `finished_jobs`, not `jobs` (a bb2tc of format 3 would not see
 /// them); 5 = delivery records and marks in `window/`, not in sled's `deliveries` and
 /// `seen_changes` (a bb2tc of format 4 would find none: every redelivery would build
-/// again). Formats 1 and 2 need no rewrite: their jobs and frames are read into the current
+/// again); 6 = the jobs the intake applies in chunks of `fresh_jobs` until their first change,
+/// their coalescing-index entries with them (a bb2tc of format 5 would not see those jobs,
+/// and would build a newer push twice beside them). Format 5 needs nothing moved: its jobs
+/// stay where they are and every later one is written the new way. Formats 1 and 2 need no rewrite: their jobs and frames are read into the current
 /// types. Every format before 4 has its finished jobs moved ([`move_finished_jobs`]), every
 /// format before 5 its records and marks ([`move_into_window`]).
-pub const FORMAT_VERSION: u8 = 5;
+pub const FORMAT_VERSION: u8 = 6;
 
 const FORMAT_KEY: &[u8] = b"format_version";
 const CURSOR_KEY: &[u8] = b"migration_cursor";
@@ -72,11 +75,13 @@ pub fn migrate(
 ) -> Result<usize, StoreError> {
     match meta.get(FORMAT_KEY)?.as_deref() {
         Some([FORMAT_VERSION]) => return Ok(0),
-        Some([old @ (1..=4)]) => {
+        Some([old @ (1..=5)]) => {
             // Versioned records already: older jobs and log frames are read as they are.
             let mut moved = if *old < 4 { move_finished_jobs(db)? } else { 0 };
             db.flush()?;
-            moved += move_into_window(db, unreadable, dir)?;
+            if *old < 5 {
+                moved += move_into_window(db, unreadable, dir)?;
+            }
             meta.insert(FORMAT_KEY, &[FORMAT_VERSION])?;
             db.flush()?;
             tracing::info!(

@@ -32,6 +32,7 @@
 
 mod dump;
 mod finished;
+mod fresh;
 pub(crate) mod group_commit;
 mod intake;
 mod job_v1;
@@ -266,6 +267,11 @@ pub struct Trees {
     jobs: sled::Tree,
     finished: sled::Tree,
     latest: sled::Tree,
+    /// Jobs as the intake applied them, a chunk to a value, and those that left a chunk
+    /// (see `fresh`).
+    fresh_chunks: sled::Tree,
+    fresh_gone: sled::Tree,
+    fresh: fresh::Fresh,
     /// Delivery ids, change marks and delivery records of the last 24 h.
     window: window::Window,
     sessions: sled::Tree,
@@ -335,12 +341,18 @@ impl Trees {
         let id = store_id(&meta)?;
         let committer = GroupCommit::start(db.clone(), &path).map_err(|e| io_error(&path, e))?;
         let identity = directory_identity(&path);
+        let fresh_chunks = db.open_tree(fresh::CHUNKS)?;
+        let fresh_gone = db.open_tree(fresh::GONE)?;
+        let (fresh, unreadable_chunks) = fresh::Fresh::load(&fresh_chunks, &fresh_gone)?;
         let store = Self {
             tokens: db.open_tree("tokens")?,
             token_index: db.open_tree("token_index")?,
             jobs: db.open_tree("jobs")?,
             finished: db.open_tree(FINISHED_JOBS)?,
             latest: db.open_tree("latest_jobs")?,
+            fresh_chunks,
+            fresh_gone,
+            fresh,
             window,
             sessions: db.open_tree("sessions")?,
             unreadable,
@@ -359,6 +371,9 @@ impl Trees {
             next_job_id: Default::default(),
             announce: Default::default(),
         };
+        for (key, bytes, error) in unreadable_chunks {
+            store.set_aside(&store.fresh_chunks, &key, &bytes, &error);
+        }
         store.count_all()?;
         Ok(store)
     }
@@ -374,6 +389,9 @@ impl Trees {
     /// are counted later, see [`count_finished_jobs`]).
     fn count_all(&self) -> Result<(), StoreError> {
         self.stats.set_aside(self.unreadable.len());
+        for job in self.fresh.lock().jobs(&self.fresh_chunks)? {
+            self.stats.job_changed(None, Some(&job));
+        }
         for item in self.records::<Job>(&self.jobs) {
             self.stats.job_changed(None, Some(&item?.1));
         }
