@@ -202,6 +202,18 @@ pub struct Job {
     pub status: Option<status::StatusReport>,
 }
 
+/// `parts` joined by NUL bytes (the applier computes a key per job: no formatter).
+fn joined(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (n, part) in parts.iter().enumerate() {
+        if n > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
 impl Job {
     /// The coalescing key: one waiting job per (server, build type, branch), or per
     /// (server, repository) for commit-hook jobs, which check every branch anyway.
@@ -209,26 +221,30 @@ impl Job {
         if self.purpose == Purpose::ReportStatus {
             // One status waiting per (source, repository, commit, build type): a newer one
             // replaces it.
-            return format!(
-                "{}\0status\0{}\0{}\0{}",
-                self.source,
-                self.repository.to_ascii_lowercase(),
-                self.sha.as_str(),
-                self.build_type.as_ref().map_or("", |b| b.as_str())
-            )
-            .into_bytes();
+            return joined(&[
+                self.source.as_str().as_bytes(),
+                b"status",
+                self.repository.to_ascii_lowercase().as_bytes(),
+                self.sha.as_str().as_bytes(),
+                self.build_type
+                    .as_ref()
+                    .map_or("", |b| b.as_str())
+                    .as_bytes(),
+            ]);
         }
         match (&self.mode, &self.build_type) {
-            (TriggerMode::Build, Some(build_type)) => {
-                format!("{}\0build\0{}\0{}", self.server, build_type, self.branch)
-            }
-            _ => format!(
-                "{}\0hook\0{}",
-                self.server,
-                self.repository.to_ascii_lowercase()
-            ),
+            (TriggerMode::Build, Some(build_type)) => joined(&[
+                self.server.as_str().as_bytes(),
+                b"build",
+                build_type.as_str().as_bytes(),
+                self.branch.as_bytes(),
+            ]),
+            _ => joined(&[
+                self.server.as_str().as_bytes(),
+                b"hook",
+                self.repository.to_ascii_lowercase().as_bytes(),
+            ]),
         }
-        .into_bytes()
     }
 
     /// The de-duplication mark of the build this job asks for: one build per (server, build
@@ -314,4 +330,22 @@ pub enum Finish {
         /// What went wrong.
         error: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored `latest_jobs` entries are keyed by these bytes: they never change.
+    #[test]
+    fn coalescing_keys_are_the_bytes_stores_hold() {
+        let mut job = crate::store::test_support::job("feature/x", 'a');
+        job.repository = "PROJ/Repo".into();
+        assert_eq!(job.coalescing_key(), b"main\0build\0Bt\0feature/x".to_vec());
+        job.mode = TriggerMode::CheckForChanges;
+        assert_eq!(job.coalescing_key(), b"main\0hook\0proj/repo".to_vec());
+        job.purpose = Purpose::ReportStatus;
+        let status = format!("dc\0status\0proj/repo\0{}\0Bt", "a".repeat(40));
+        assert_eq!(job.coalescing_key(), status.into_bytes());
+    }
 }

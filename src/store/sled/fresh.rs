@@ -122,7 +122,9 @@ struct New {
 }
 
 fn encode_chunk(jobs: &[&New]) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![CHUNK_VERSION];
+    let size: usize = jobs.iter().map(|n| 19 + n.key.len() + n.record.len()).sum();
+    let mut out = Vec::with_capacity(3 + size);
+    out.push(CHUNK_VERSION);
     let count = u16::try_from(jobs.len()).map_err(|_| corrupt())?;
     out.extend_from_slice(&count.to_be_bytes());
     for new in jobs {
