@@ -8,7 +8,11 @@
 //!   its build still followed)
 //! - `finished_jobs`: the same for finished jobs (done, build no longer followed), which
 //!   start-up does not read (`finished`)
-//! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key
+//! - `fresh_jobs`: (intake sequence number, chunk index) → up to 16 jobs as the intake made
+//!   them, until their first change (store format 6, `fresh`); `fresh_gone`: (chunk key, job
+//!   id) for each job that has left a chunk still kept
+//! - `latest_jobs`: coalescing key → id of the newest job enqueued for that key (where that
+//!   job is fresh, the in-memory overlay of `fresh` names it instead)
 //! - `sessions`: SHA-256 of a token-page session cookie → [`Session`](crate::store::Session)
 //! - `unreadable`: `tree \0 key` → the bytes of a record that could not be read, set aside
 //! - `meta`: the store's format version, the master-key check value, the admin token hash,
