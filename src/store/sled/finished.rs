@@ -160,10 +160,8 @@ impl JobTrees<'_> {
     }
 
     fn move_out_newest(&self, key: &[u8], bad: &Unreadable) -> TxResult<()> {
-        let Some(newest) = self.fresh.newest(key) else {
-            return Ok(()); // the usual case: `latest_jobs` alone says
-        };
-        if self.fresh.holds(newest)
+        if let Some(newest) = self.fresh.newest(key)
+            && self.fresh.holds(newest)
             && let Some(job) = self.get(newest, bad)?
         {
             // `put` takes it out of its chunk and writes the overlay's entry, which the

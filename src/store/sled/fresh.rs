@@ -33,7 +33,7 @@ use crate::job::Job;
 use crate::store::StoreError;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
@@ -153,8 +153,8 @@ struct ChunkState {
 /// What is fresh, in memory.
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    /// Fresh job → its chunk, in id order (the listings walk it newest first).
-    by_id: BTreeMap<u64, ChunkKey>,
+    /// Fresh job → its chunk.
+    by_id: HashMap<u64, ChunkKey>,
     chunks: HashMap<ChunkKey, ChunkState>,
     /// Coalescing key → the fresh job that is its newest.
     latest: HashMap<Box<[u8]>, u64>,
@@ -225,7 +225,7 @@ impl Index {
     }
 
     /// Takes what a committed transaction changed.
-    pub fn apply(&mut self, change: Change) {
+    fn apply(&mut self, change: Change) {
         for (chunk, ids) in change.left {
             for id in &ids {
                 self.by_id.remove(id);
@@ -289,24 +289,14 @@ impl Index {
         Ok(out)
     }
 
-    /// The fresh jobs' ids, oldest first.
-    #[cfg(test)]
+    /// The fresh jobs' ids, in no order.
     pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
         self.by_id.keys().copied()
     }
 
-    /// The highest fresh job id below `before` (`None`: from the top).
-    pub fn newest_before(&self, before: Option<u64>) -> Option<u64> {
-        match before {
-            Some(before) => self.by_id.range(..before).next_back(),
-            None => self.by_id.iter().next_back(),
-        }
-        .map(|(&id, _)| id)
-    }
-
     /// The highest fresh job id.
     pub fn max_id(&self) -> Option<u64> {
-        self.newest_before(None)
+        self.by_id.keys().copied().max()
     }
 
     /// The overlay's entries (coalescing key, job id).
@@ -385,6 +375,13 @@ pub(super) struct Change {
     added: Vec<(ChunkKey, Vec<u64>)>,
     /// Overlay entries: the fresh job now newest of the key, or `None` (`latest_jobs` says).
     latest: HashMap<Vec<u8>, Option<u64>>,
+}
+
+impl Change {
+    /// Hands the change to the index (after the transaction committed).
+    pub fn apply_to(self, index: &mut Index) {
+        index.apply(self);
+    }
 }
 
 /// The fresh jobs inside one transaction: the index as committed, and this transaction's

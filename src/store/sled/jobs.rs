@@ -213,7 +213,7 @@ impl Trees {
             });
         self.set_aside_jobs(bad);
         let (transitions, change) = result?;
-        index.apply(change);
+        change.apply_to(&mut index);
         drop(index);
         let mut applied = Applied::default();
         for t in transitions {
@@ -311,7 +311,7 @@ impl Trees {
             });
         self.set_aside_jobs(bad);
         let (outcome, change) = result?;
-        index.apply(change);
+        change.apply_to(&mut index);
         drop(index);
         Ok(outcome.map(|(before, t)| {
             let mut all_before = vec![&before];
@@ -505,15 +505,10 @@ impl Trees {
     /// The fresh jobs, newest first (each read as it is reached: it may have left its
     /// chunk since, and is then read where it went).
     fn fresh_newest_first(&self) -> impl Iterator<Item = Result<Job, StoreError>> + '_ {
-        // One id at a time under the lock: a listing that stops after `limit` walks no
-        // further, whatever the queue holds.
-        let mut before = None;
-        std::iter::from_fn(move || {
-            let id = self.fresh.lock().newest_before(before)?;
-            before = Some(id);
-            Some(id)
-        })
-        .filter_map(move |id| self.job(id).transpose())
+        let mut ids: Vec<u64> = self.fresh.lock().ids().collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids.into_iter()
+            .filter_map(move |id| self.job(id).transpose())
     }
 
     /// Every job, fresh, live and finished, newest first.
