@@ -31,8 +31,15 @@ pub fn live(app: &App) -> Response<Body> {
 pub async fn ready(app: &App) -> Response<Body> {
     let mut components = Map::new();
     let mut ready = true;
-    let store = match tokio::time::timeout(STORE_PROBE_TIMEOUT, app.store.probe_write()).await {
-        Ok(Ok(())) => json!({"status": "ok"}),
+    let probed = tokio::time::timeout(STORE_PROBE_TIMEOUT, app.store.probe_write()).await;
+    let store = match probed {
+        Ok(Ok(())) => match app.store.space_problem() {
+            None => json!({"status": "ok"}),
+            Some(why) => {
+                ready = false;
+                json!({"status": "failing", "error": why})
+            }
+        },
         Ok(Err(e)) => {
             ready = false;
             json!({"status": "failing", "error": e.to_string()})

@@ -316,6 +316,27 @@ impl Store {
         result
     }
 
+    /// `Some(why)` when the sled store's filesystem has less room than one intake log
+    /// segment (`storage.intake_segment_bytes`: the next one could not be allocated).
+    /// `/readyz` fails then, before the writes do: a probe's few bytes may still fit on a
+    /// full disk. PostgreSQL watches its own disk.
+    pub fn space_problem(&self) -> Option<String> {
+        let Backend::Sled(handle) = &self.backend else {
+            return None;
+        };
+        let needed = handle.settings().intake_segment_bytes;
+        match handle.current().ok()?.free_bytes() {
+            Ok(free) if free < needed => Some(format!(
+                "the store's filesystem has {} KiB free, less than one intake log segment \
+                 ({} KiB)",
+                free >> 10,
+                needed >> 10
+            )),
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// The stored SHA-256 of the generated admin token, if one was generated.
     pub async fn admin_token_hash(&self) -> Result<Option<[u8; 32]>, StoreError> {
         either!(self, sled: self.blocking(|s| s.admin_token_hash()).await,

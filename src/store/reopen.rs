@@ -57,6 +57,11 @@ impl SledHandle {
             })
     }
 
+    /// What the store is opened with.
+    pub fn settings(&self) -> &StorageSettings {
+        &self.settings
+    }
+
     /// A durable write failed: [`heal`](Self::heal) will look at it.
     pub fn mark_failing(&self) {
         self.failing.store(true, Ordering::SeqCst);
@@ -127,8 +132,11 @@ impl SledHandle {
     }
 }
 
-/// A write and its fsync, in sled and in the intake log.
+/// A write and its fsync, in sled and in the intake log; and the intake log's applier
+/// getting its deliveries into sled.
 pub(super) async fn probe(store: &Arc<SledStore>) -> Result<(), StoreError> {
+    // Deliveries accepted and not reaching sled: a reopen replays them.
+    store.applying()?;
     // The log's sync overlaps sled's, so the probe costs one sync's time, not two.
     let logged = store.log_probe()?;
     let probing = store.clone();

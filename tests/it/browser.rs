@@ -43,7 +43,7 @@ async fn oauth_sign_in_add_a_token_push_and_delete_it() {
         .await
         .unwrap();
     browser.type_into("#token", "tc-jdoe\u{E007}").await;
-    assert!(browser.text("p.notice").await.contains("Token added."));
+    browser.wait_for_text("p.notice", "Token added.").await;
     let row = browser.text("tbody tr").await;
     assert!(row.contains(&world.teamcity.url), "{row}");
     assert!(row.contains("jdoe"), "{row}");
@@ -87,7 +87,7 @@ async fn oauth_sign_in_add_a_token_push_and_delete_it() {
     browser.screenshot("tokens").await;
 
     browser.click("button.danger").await;
-    assert!(browser.text("p.notice").await.contains("Token deleted"));
+    browser.wait_for_text("p.notice", "Token deleted").await;
     assert_eq!(browser.text("p.empty").await, "No tokens yet.");
     assert!(world.api_tokens().await.is_empty());
     browser.close().await;
@@ -105,7 +105,7 @@ async fn pasted_token_sign_in_keeps_users_apart_and_refuses_forgeries() {
     sign_in_with_token(&browser, app, "bb-jdoe").await;
     assert!(browser.text("header .who").await.contains("jdoe"));
     browser.type_into("#token", "tc-jdoe\u{E007}").await;
-    assert!(browser.text("p.notice").await.contains("Token added."));
+    browser.wait_for_text("p.notice", "Token added.").await;
     let jdoe_token = world.api_tokens().await[0]["id"]
         .as_str()
         .unwrap()
@@ -178,7 +178,7 @@ async fn a_build_is_run_from_the_page_and_listed_with_its_outcome() {
     let app = &world.app.url;
     sign_in_with_token(&browser, app, "bb-jdoe").await;
     browser.type_into("#token", "tc-jdoe\u{E007}").await;
-    assert!(browser.text("p.notice").await.contains("Token added."));
+    browser.wait_for_text("p.notice", "Token added.").await;
 
     // Run a build: open the form, fill it in, submit.
     browser.click("details.run summary").await;
@@ -188,7 +188,7 @@ async fn a_build_is_run_from_the_page_and_listed_with_its_outcome() {
     browser
         .type_into("#run-commit", &format!("{commit}\u{E007}"))
         .await;
-    assert!(browser.text("p.notice").await.contains("Queued"));
+    browser.wait_for_text("p.notice", "Queued").await;
     let call = world.teamcity.wait_for_builds(1).await.remove(0);
     assert_eq!(call.authorization.as_deref(), Some("Bearer tc-jdoe"));
     assert_eq!(call.json()["branchName"], "feature/from-page");
@@ -215,7 +215,7 @@ async fn a_build_is_run_from_the_page_and_listed_with_its_outcome() {
 
     // Run again from the list.
     browser.click("table.builds button").await;
-    assert!(browser.text("p.notice").await.contains("Queued"));
+    browser.wait_for_text("p.notice", "Queued").await;
     world.teamcity.wait_for_builds(2).await;
     browser.close().await;
 }

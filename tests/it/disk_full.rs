@@ -49,6 +49,24 @@ impl Drop for LoopMount {
     }
 }
 
+/// Appends zeros to `path` until the disk takes no more (1 MiB at a time, then 4 KiB).
+fn fill_up(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for size in [1 << 20, 4096] {
+        let chunk = vec![0u8; size];
+        while file
+            .write_all(&chunk)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
+    }
+}
+
 fn big_push(n: u32) -> Vec<u8> {
     let refs: Vec<(String, String)> = (0..50)
         .map(|i| (format!("refs/heads/p{n}-{i}"), sha(n * 100 + i)))
@@ -113,16 +131,7 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
 
     // Fill the disk.
     let filler = mount.dir.join("filler");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let chunk = vec![0u8; 1 << 20];
-        while file
-            .write_all(&chunk)
-            .and_then(|()| file.sync_all())
-            .is_ok()
-        {}
-    }
+    fill_up(&filler);
     let mut accepted = Vec::new();
     let mut refused = None;
     for n in 1..=2000 {
@@ -136,12 +145,21 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
         }
     }
     let refused = refused.expect("the disk never filled up");
+    // A refused write is cut off its file again, and a segment that could not be prepared
+    // is removed: that frees a few blocks. Full again, to the last block: `/readyz` must
+    // say so even where its probe's few bytes would still fit.
+    fill_up(&filler);
     let ready = http
         .get(format!("{}/readyz", bridge.url))
         .send()
         .await
         .unwrap();
-    assert_eq!(ready.status(), 503, "not ready while the disk is full");
+    assert_eq!(
+        ready.status(),
+        503,
+        "not ready while the disk is full: {}",
+        bridge.log()
+    );
 
     // Space is freed: within seconds the store takes writes again, without a restart.
     std::fs::remove_file(&filler).unwrap();
@@ -172,6 +190,7 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
     accepted.push(1000);
 
     // Every delivery that got a 202 (or, retried, a duplicate) is on disk.
+    let before = bridge.log();
     bridge.kill();
     let bridge = Bridge::start(&config_path, "");
     let listed = admin_get(&bridge.url, "/deliveries?limit=10000").await;
@@ -191,7 +210,8 @@ async fn a_full_disk_answers_503_heals_when_space_is_freed_and_loses_no_202() {
         assert_eq!(
             kept.get(&format!("full-{n}")),
             Some(&50),
-            "delivery {n} lost"
+            "delivery {n} lost; the log before the kill:\n{before}\nand after:\n{}",
+            bridge.log()
         );
     }
     eprintln!(

@@ -227,6 +227,27 @@ impl SledStore {
         self.intake.log_probe()
     }
 
+    /// `Err` while accepted deliveries cannot be applied to the trees (a full disk): they
+    /// are safe in the intake log, but the store does not work (its probe fails on it).
+    pub fn applying(&self) -> Result<(), StoreError> {
+        match self.intake.apply_problem() {
+            None => Ok(()),
+            Some(why) => Err(StoreError::Durability(format!(
+                "accepted deliveries cannot be applied to the store: {why}"
+            ))),
+        }
+    }
+
+    /// Bytes of the store's filesystem that bb2tc can still use (as an unprivileged user:
+    /// the blocks reserved for root are not counted).
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        let fs = rustix::fs::statvfs(&self.path).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            message: format!("cannot read the filesystem's free space: {e}"),
+        })?;
+        Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
+    }
+
     /// The trees' maintained counts, and the deliveries not yet applied to them.
     pub fn stats(&self) -> crate::store::StatsSnapshot {
         let mut stats = self.trees.stats();

@@ -125,6 +125,26 @@ impl Browser {
         self.element(css).await.text().await.unwrap()
     }
 
+    /// Waits (up to 10 s) until an element's text contains `needle`, and returns that text.
+    /// After a submit the old page may still be shown, with an element of the same kind (the
+    /// notice of the step before): this finds the element anew until the new page has it.
+    pub async fn wait_for_text(&self, css: &str, needle: &str) -> String {
+        let mut seen = String::from("(no such element)");
+        for _ in 0..200 {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                // A page replaced between the find and the read makes the element stale.
+                if let Ok(text) = element.text().await {
+                    if text.contains(needle) {
+                        return text;
+                    }
+                    seen = text;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css:?} never read {needle:?}; the last text was {seen:?}");
+    }
+
     /// Waits (up to 10 s) for an element.
     pub async fn element(&self, css: &str) -> fantoccini::elements::Element {
         self.client

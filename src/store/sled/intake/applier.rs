@@ -56,13 +56,19 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct Applier {
     trees: Arc<Trees>,
     stop: Arc<AtomicBool>,
+    /// Why the last batch could not be applied, until one is.
+    problem: Problem,
     /// The highest delivery sequence number applied, for those who wait for it.
     applied: watch::Receiver<u64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Why the applier's last batch failed (`None`: it did not).
+type Problem = Arc<Mutex<Option<String>>>;
+
 struct Run {
     trees: Arc<Trees>,
+    problem: Problem,
     pending: Shared,
     backlog: Arc<Backlog>,
     events: mpsc::UnboundedSender<Applied>,
@@ -83,8 +89,10 @@ impl Applier {
     ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (watermark, applied) = watch::channel(0);
+        let problem = Problem::default();
         let run = Run {
             trees: trees.clone(),
+            problem: problem.clone(),
             pending,
             backlog,
             events,
@@ -139,6 +147,7 @@ impl Applier {
         Ok(Self {
             trees,
             stop,
+            problem,
             applied,
             thread: Some(thread),
         })
@@ -153,6 +162,18 @@ impl Applier {
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
     }
+
+    /// Why accepted deliveries cannot reach sled right now (they wait in the log, and the
+    /// log waits once they are too many: `backlog`); `None` while they do.
+    pub fn problem(&self) -> Option<String> {
+        lock_problem(&self.problem).clone()
+    }
+}
+
+fn lock_problem(problem: &Mutex<Option<String>>) -> std::sync::MutexGuard<'_, Option<String>> {
+    problem
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Drop for Applier {
@@ -179,6 +200,7 @@ impl Run {
             {
                 Ok(applied) => break applied,
                 Err(e) => {
+                    *lock_problem(&self.problem) = Some(e.to_string());
                     tracing::error!(error = %e, "cannot apply accepted deliveries to the store; they are safe in the intake log, trying again");
                     if self.stop.load(Ordering::SeqCst) {
                         return false;
@@ -187,6 +209,7 @@ impl Run {
                 }
             }
         };
+        lock_problem(&self.problem).take();
         // A few at a time: the request path waits for this lock.
         for chunk in batch.chunks(RELEASE_CHUNK) {
             let mut pending = lock(&self.pending);

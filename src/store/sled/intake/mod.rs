@@ -305,6 +305,11 @@ impl Intake {
         lock(&self.pending).unapplied
     }
 
+    /// Why accepted deliveries cannot be applied to sled right now (`None`: they are).
+    pub fn apply_problem(&self) -> Option<String> {
+        self.applier.problem()
+    }
+
     /// Queues a job's in-flight mark for the log.
     pub fn log_claim(&self, job: u64, attempt: u32) -> Result<Durable, StoreError> {
         self.log(&Entry::Claim { job, attempt })
@@ -594,6 +599,32 @@ mod tests {
         assert_eq!((job.state, job.attempts), (JobState::Inflight, 1));
         let resumed = store.resume_jobs(clock::now_ms()).unwrap();
         assert!(resumed[0].interrupted, "TeamCity is asked first");
+    }
+
+    #[test]
+    fn a_delivery_whose_window_write_was_cut_after_its_marks_is_added_again_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        push(&store, "d1", "b1", 'a');
+        push(&store, "d2", "b2", 'a');
+        store.wait_applied();
+        // sled has both; the window's file kept d2's mark but not its record (`kill -9`
+        // between two pages of the write).
+        store.window.cut_before_last_record();
+        drop(store);
+        let store = SledStore::open(&settings(dir.path())).unwrap();
+        let mut listed: Vec<String> = store
+            .list_deliveries(100)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        listed.sort();
+        assert_eq!(listed, ["d1", "d2"], "d2's record is back");
+        assert_eq!(store.list_jobs(None, 100).unwrap().len(), 2, "no job twice");
+        assert_eq!(push(&store, "d2", "b9", 'a'), RecordOutcome::Duplicate);
+        let (jobs, _) = recorded(push(&store, "e2", "b2", 'a'));
+        assert!(jobs.is_empty(), "d2's change is still seen");
     }
 
     #[test]

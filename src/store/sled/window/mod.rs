@@ -12,7 +12,8 @@
 //!   positional and not synced one by one: the intake log holds every delivery until a
 //!   checkpoint has synced this file too ([`Window::sync`]), and each entry carries its
 //!   intake sequence number, so the replay at start-up adds again exactly what is missing
-//!   ([`Window::max_seq`]). A slice that takes no more entries is synced, and its index is
+//!   ([`Window::max_seq`]: the newest delivery whose record reads, the marks written
+//!   before a record counting only with it). A slice that takes no more entries is synced, and its index is
 //!   written beside it (`<n>.idx`), so a start-up reads 8 bytes per mark, not the entries.
 //! - **Memory.** Each slice keeps an [`index::Index`] of its marks: a 32-bit fingerprint and
 //!   the entry's offset, 8 bytes a mark. A lookup reads the entries whose fingerprint
@@ -488,6 +489,22 @@ impl Window {
         last.file.set_len(cut).unwrap();
     }
 
+    /// Test-only: cuts the newest slice's file right before its last delivery record, so the
+    /// marks written with that record stay (a write cut short by a crash).
+    #[cfg(test)]
+    pub fn cut_before_last_record(&self) {
+        let slices = self.read();
+        let last = slices.last().unwrap();
+        let bytes = read_prefix(&last.file, last.len).unwrap();
+        let cut = frame::read_all(&bytes)
+            .0
+            .into_iter()
+            .rfind(|(_, e)| e.kind.is_delivery())
+            .map(|(offset, _)| u64::from(offset))
+            .unwrap();
+        last.file.set_len(cut).unwrap();
+    }
+
     pub fn counts(&self) -> WindowCounts {
         let slices = self.read();
         WindowCounts {
@@ -571,6 +588,18 @@ fn open_slice(dir: &Path, number: u64) -> Result<Slice, StoreError> {
             *offset,
         );
     }
+    // A delivery's marks are written before its record, in one write: a crash (`kill -9`
+    // between two pages of that write, or a power loss before the window's sync) can leave
+    // the marks of the last delivery without its record. So the slice counts as holding a
+    // sequence number only once that delivery's record is in it: the replay then adds the
+    // whole delivery again (its marks twice, which a lookup does not mind), and its record
+    // is never lost.
+    slice.max_seq = entries
+        .iter()
+        .filter(|(_, e)| e.kind.is_delivery())
+        .map(|(_, e)| e.seq)
+        .max()
+        .unwrap_or(0);
     if (end as u64) < file_len {
         // Written after the last sync: the intake log still holds it.
         tracing::warn!(slice = %path.display(), offset = end, "cut off the unsynced end of a de-duplication window file (its deliveries are added again from the intake log)");
