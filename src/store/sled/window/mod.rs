@@ -478,30 +478,30 @@ impl Window {
     /// crash before the window's sync would leave it (read at the next open).
     #[cfg(test)]
     pub fn forget_after(&self, seq: u64) {
-        let slices = self.read();
-        let last = slices.last().unwrap();
-        let bytes = read_prefix(&last.file, last.len).unwrap();
-        let cut = frame::read_all(&bytes)
-            .0
-            .into_iter()
-            .find(|(_, e)| e.seq > seq)
-            .map_or(last.len, |(offset, _)| u64::from(offset));
-        last.file.set_len(cut).unwrap();
+        self.cut_newest_slice(|entries| entries.into_iter().find(|(_, e)| e.seq > seq));
     }
 
     /// Test-only: cuts the newest slice's file right before its last delivery record, so the
     /// marks written with that record stay (a write cut short by a crash).
     #[cfg(test)]
     pub fn cut_before_last_record(&self) {
+        self.cut_newest_slice(|entries| {
+            let record = entries.into_iter().rfind(|(_, e)| e.kind.is_delivery());
+            assert!(record.is_some(), "the newest slice has no delivery record");
+            record
+        });
+    }
+
+    /// Test-only: cuts the newest slice's file at the entry `pick` chooses (none: keeps it).
+    #[cfg(test)]
+    fn cut_newest_slice(
+        &self,
+        pick: impl FnOnce(Vec<(u32, frame::Entry)>) -> Option<(u32, frame::Entry)>,
+    ) {
         let slices = self.read();
         let last = slices.last().unwrap();
         let bytes = read_prefix(&last.file, last.len).unwrap();
-        let cut = frame::read_all(&bytes)
-            .0
-            .into_iter()
-            .rfind(|(_, e)| e.kind.is_delivery())
-            .map(|(offset, _)| u64::from(offset))
-            .unwrap();
+        let cut = pick(frame::read_all(&bytes).0).map_or(last.len, |(offset, _)| u64::from(offset));
         last.file.set_len(cut).unwrap();
     }
 
