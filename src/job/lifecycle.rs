@@ -106,8 +106,14 @@ fn superseded(job: &Job, latest: Option<u64>) -> bool {
 
 /// A new job (its id assigned) for a key whose newest job is `latest`: that one is replaced
 /// when it is still pending; one in flight or finished is left alone.
-pub fn enqueue(mut job: Job, latest: Option<&Job>) -> Transition {
+pub fn enqueue(job: Job, latest: Option<&Job>) -> Transition {
     let key = job.coalescing_key();
+    enqueue_keyed(job, key, latest)
+}
+
+/// [`enqueue`] for a caller that made the job's coalescing key already (to find `latest`).
+pub fn enqueue_keyed(mut job: Job, key: Vec<u8>, latest: Option<&Job>) -> Transition {
+    debug_assert_eq!(key, job.coalescing_key());
     let mut writes = Vec::new();
     let mut coalesced = None;
     let mut becomes_latest = true;

@@ -68,6 +68,14 @@ fn apply_new(jobs: &JobTrees<'_>, id: u64, writes: &[Write], bad: &Unreadable) -
     Ok(())
 }
 
+/// A new job as the applier's transaction wrote it.
+enum Enqueued<'a> {
+    /// No job of its coalescing key was stored: written as it came.
+    Alone(&'a Job),
+    /// Decided against the newest job of its key (boxed: a transition holds three jobs).
+    After(Box<Transition>),
+}
+
 /// `meta` keys: the last intake-log delivery applied, and the next job id to give.
 pub(super) const APPLIED_SEQ: &[u8] = b"intake_applied_seq";
 pub(super) const NEXT_JOB_ID: &[u8] = b"next_job_id";
@@ -192,38 +200,55 @@ impl Trees {
                     latest,
                     fresh: FreshTx::new(chunks, gone, &index),
                 };
-                let mut transitions = Vec::new();
+                let mut enqueued = Vec::new();
                 let mut next_job_id = read_u64(meta, NEXT_JOB_ID)?;
                 for (_, accepted) in batch {
                     for job in &accepted.jobs {
-                        let newest = match jobs.newest(&job.coalescing_key())? {
+                        next_job_id = next_job_id.max(job.id + 1);
+                        let key = job.coalescing_key();
+                        let newest = match jobs.newest(&key)? {
                             Some(id) => jobs.get(id, &bad)?,
                             None => None,
                         };
-                        let t = lifecycle::enqueue(job.clone(), newest.as_ref());
+                        let Some(newest) = newest else {
+                            // What `lifecycle::enqueue` does with no job of the key: the
+                            // job as it came, the newest of its key. Without the
+                            // transition's two copies of it (most pushes make new keys).
+                            jobs.add_fresh(job, Some(&key), &bad)?;
+                            enqueued.push(Enqueued::Alone(job));
+                            continue;
+                        };
+                        let t = lifecycle::enqueue_keyed(job.clone(), key, Some(&newest));
                         apply_new(&jobs, job.id, &t.writes, &bad)?;
-                        next_job_id = next_job_id.max(job.id + 1);
-                        transitions.push(t);
+                        enqueued.push(Enqueued::After(Box::new(t)));
                     }
                 }
                 jobs.fresh.write_chunks(*last_seq)?;
                 meta.insert(APPLIED_SEQ, &last_seq.to_be_bytes())?;
                 meta.insert(NEXT_JOB_ID, &next_job_id.to_be_bytes())?;
-                Ok((transitions, jobs.fresh.into_change()))
+                Ok((enqueued, jobs.fresh.into_change()))
             });
         self.set_aside_jobs(bad);
-        let (transitions, change) = result?;
+        let (enqueued, change) = result?;
         change.apply_to(&mut index);
         drop(index);
         let mut applied = Applied::default();
-        for t in transitions {
-            let before: Vec<&Job> = t.coalesced.iter().collect();
-            // New jobs and the pending ones they replace: never finished ones.
-            self.count_writes(&CountCursor::DONE, &before, &t.writes);
-            if let Some(old) = &t.coalesced {
-                applied.coalesced.push((old.server.clone(), old.id));
+        for e in enqueued {
+            match e {
+                Enqueued::Alone(job) => {
+                    self.stats.job_changed(None, Some(job));
+                    applied.jobs.push(job.clone());
+                }
+                Enqueued::After(t) => {
+                    let before: Vec<&Job> = t.coalesced.iter().collect();
+                    // New jobs and the pending ones they replace: never finished ones.
+                    self.count_writes(&CountCursor::DONE, &before, &t.writes);
+                    if let Some(old) = &t.coalesced {
+                        applied.coalesced.push((old.server.clone(), old.id));
+                    }
+                    applied.jobs.extend(t.job);
+                }
             }
-            applied.jobs.extend(t.job);
         }
         Ok(applied)
     }

@@ -93,7 +93,9 @@ impl From<EntryV1> for Entry {
 
 /// Frames `entry` with sequence number `seq`.
 pub fn frame(seq: u64, entry: &Entry) -> Result<Vec<u8>, StoreError> {
-    let mut out = vec![0; HEADER_BYTES];
+    // Room for a push's delivery at once: postcard writes a byte or a field at a time.
+    let mut out = Vec::with_capacity(1024);
+    out.resize(HEADER_BYTES, 0);
     out.push(ENTRY_VERSION);
     postcard::to_io(&(seq, entry), &mut out)
         .map_err(|e| StoreError::Corrupt(format!("cannot encode an intake entry: {e}")))?;
