@@ -864,6 +864,51 @@ mod tests {
         assert_eq!(depth[&(ServerId::new("main"), JobState::Pending)].count, 0);
     }
 
+    #[test]
+    fn in_one_batch_a_new_key_is_written_as_it_came_and_a_known_one_is_coalesced() {
+        let (_dir, store) = temp_sled();
+        // `main` twice: the second job finds the first (fresh, in the same transaction) the
+        // newest of its key and replaces it; `other` has no job of its key.
+        let changes = [
+            change("main", 'a'),
+            change("main", 'b'),
+            change("other", 'c'),
+        ];
+        let (jobs, record) = recorded(store.record_now(&delivery("1"), true, &changes).unwrap());
+        assert_eq!((jobs.len(), record.jobs), (3, 3));
+        assert!(store.job(jobs[0].id).unwrap().is_none(), "coalesced");
+        for job in &jobs[1..] {
+            let stored = store.job(job.id).unwrap().expect("stored");
+            assert_eq!(
+                (stored.state, &stored.branch),
+                (JobState::Pending, &job.branch)
+            );
+        }
+        let mut listed: Vec<u64> = store
+            .list_jobs(None, 10)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        listed.sort_unstable();
+        assert_eq!(listed, vec![jobs[1].id, jobs[2].id]);
+        let depth = store.stats().jobs;
+        assert_eq!(depth[&(ServerId::new("main"), JobState::Pending)].count, 2);
+        // Both are the newest of their keys: a newer push of either replaces it.
+        for (id, branch, sha) in [(jobs[1].id, "main", 'd'), (jobs[2].id, "other", 'e')] {
+            store
+                .record_now(
+                    &delivery(&format!("{branch}-{sha}")),
+                    true,
+                    &[change(branch, sha)],
+                )
+                .unwrap();
+            assert!(store.job(id).unwrap().is_none(), "{branch} replaced");
+        }
+        let depth = store.stats().jobs;
+        assert_eq!(depth[&(ServerId::new("main"), JobState::Pending)].count, 2);
+    }
+
     fn now() -> u64 {
         clock::now_ms()
     }
